@@ -1,0 +1,240 @@
+// Package bots manages opsbot's virtual users: registering them with the
+// homeserver, keeping their profiles in sync with the config, joining rooms
+// they are invited to when the invite policy allows it, fetching a room's
+// state after joining, and leaving rooms nobody else is in.
+package bots
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/appservice/config"
+	"opsbot/appservice/outbox"
+)
+
+// ProfileStore remembers the profile last set for each bot.
+type ProfileStore interface {
+	BotProfile(ctx context.Context, userID id.UserID) (displayname, avatar string, err error)
+	SetBotProfile(ctx context.Context, userID id.UserID, displayname, avatar string) error
+}
+
+// Manager runs the configured bots.
+type Manager struct {
+	AS       *mas.AppService
+	Profiles ProfileStore
+	Log      zerolog.Logger
+	bots     []config.Bot
+	ids      []id.UserID
+	domain   string
+	invite   config.InvitePolicy
+	// OnJoined, if set, is called after a bot joined a room and fetched its state.
+	OnJoined func(ctx context.Context, bot id.UserID, room id.RoomID)
+}
+
+// New returns a manager for the bots in cfg.
+func New(cfg *config.Config, as *mas.AppService, profiles ProfileStore, log zerolog.Logger) *Manager {
+	m := &Manager{AS: as, Profiles: profiles, Log: log, bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite}
+	for _, b := range cfg.Bots {
+		m.ids = append(m.ids, id.NewUserID(b.Localpart, cfg.Homeserver.Domain))
+	}
+	return m
+}
+
+// IDs returns the bots' user IDs in config order.
+func (m *Manager) IDs() []id.UserID { return m.ids }
+
+// IsBot reports whether userID is one of our bots.
+func (m *Manager) IsBot(userID id.UserID) bool { return slices.Contains(m.ids, userID) }
+
+// Start registers every bot and brings its profile in line with the config.
+func (m *Manager) Start(ctx context.Context) error {
+	for i, b := range m.bots {
+		userID := m.ids[i]
+		intent := m.AS.Intent(userID)
+		err := outbox.Retry(ctx, m.Log, "register "+userID.String(), time.Second, 30*time.Second, func() error {
+			return intent.EnsureRegistered(ctx)
+		})
+		if err != nil {
+			return fmt.Errorf("registering bot %s: %w", userID, err)
+		}
+		if err := m.syncProfile(ctx, intent, b); err != nil {
+			return fmt.Errorf("setting the profile of bot %s: %w", userID, err)
+		}
+		m.Log.Info().Stringer("bot", userID).Strs("skills", b.Skills).Msg("Bot ready")
+	}
+	return nil
+}
+
+func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b config.Bot) error {
+	name, avatar, err := m.Profiles.BotProfile(ctx, intent.UserID)
+	if err != nil {
+		return err
+	}
+	if name == b.Displayname && avatar == b.Avatar {
+		return nil
+	}
+	if b.Displayname != name {
+		if err := intent.SetDisplayName(ctx, b.Displayname); err != nil {
+			return fmt.Errorf("displayname: %w", err)
+		}
+	}
+	if b.Avatar != avatar {
+		uri, err := id.ParseContentURI(b.Avatar)
+		if b.Avatar != "" && err != nil {
+			return fmt.Errorf("avatar %q: %w", b.Avatar, err)
+		}
+		if err := intent.SetAvatarURL(ctx, uri); err != nil {
+			return fmt.Errorf("avatar: %w", err)
+		}
+	}
+	m.Log.Info().Stringer("bot", intent.UserID).Str("displayname", b.Displayname).Msg("Updated bot profile")
+	return m.Profiles.SetBotProfile(ctx, intent.UserID, b.Displayname, b.Avatar)
+}
+
+// mayInvite applies permissions.invite: an explicit user list or server
+// list, or by default the users of our own homeserver.
+func (m *Manager) mayInvite(inviter id.UserID) bool {
+	_, server, err := inviter.Parse()
+	if err != nil {
+		return false
+	}
+	if len(m.invite.Users) == 0 && len(m.invite.Servers) == 0 {
+		return server == m.domain
+	}
+	return slices.Contains(m.invite.Users, inviter.String()) || slices.Contains(m.invite.Servers, server)
+}
+
+// HandleMember reacts to membership events about our bots and to people
+// leaving rooms our bots are in. The state store has already been updated.
+func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
+	content, ok := evt.Content.Parsed.(*event.MemberEventContent)
+	if !ok || evt.StateKey == nil {
+		return
+	}
+	target := id.UserID(*evt.StateKey)
+	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("sender", evt.Sender).Logger()
+	if !m.IsBot(target) {
+		if content.Membership.IsLeaveOrBan() {
+			m.leaveIfAlone(ctx, evt.RoomID)
+		}
+		return
+	}
+	switch content.Membership {
+	case event.MembershipInvite:
+		if !m.mayInvite(evt.Sender) {
+			log.Warn().Stringer("bot", target).Msg("Rejected invite from a user not allowed by permissions.invite")
+			_, err := m.AS.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
+				Reason: "Sorry, you are not allowed to invite this bot. Ask the opsbot admin to add you to permissions.invite.",
+			})
+			if err != nil {
+				log.Error().Err(err).Msg("Could not reject invite")
+			}
+			return
+		}
+		m.join(ctx, log, target, evt.RoomID)
+	case event.MembershipLeave, event.MembershipBan:
+		if evt.Sender != target {
+			log.Info().Stringer("bot", target).Str("membership", string(content.Membership)).Str("reason", content.Reason).Msg("Bot was removed from a room")
+		}
+	}
+}
+
+func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, room id.RoomID) {
+	intent := m.AS.Intent(bot)
+	err := outbox.Retry(ctx, log, "join", time.Second, 30*time.Second, func() error {
+		_, err := intent.JoinRoomByID(ctx, room)
+		return err
+	})
+	if err != nil {
+		log.Error().Err(err).Stringer("bot", bot).Msg("Could not join room after invite")
+		return
+	}
+	if err := m.FetchState(ctx, bot, room); err != nil {
+		log.Error().Err(err).Stringer("bot", bot).Msg("Joined, but could not fetch the room state")
+	}
+	log.Info().Stringer("bot", bot).Msg("Joined room")
+	if m.OnJoined != nil {
+		m.OnJoined(ctx, bot, room)
+	}
+}
+
+// FetchState loads a room's current state into the state store. After a
+// join the homeserver does not push the room's earlier state, and without it
+// opsbot would not know that the room is encrypted or who is in it.
+func (m *Manager) FetchState(ctx context.Context, bot id.UserID, room id.RoomID) error {
+	intent := m.AS.Intent(bot)
+	var state mautrix.RoomStateMap
+	err := outbox.Retry(ctx, m.Log, "fetch state", time.Second, 30*time.Second, func() error {
+		var err error
+		state, err = intent.Client.State(ctx, room)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	members := 0
+	for _, byKey := range state {
+		for _, evt := range byKey {
+			evt.RoomID = room
+			mautrix.UpdateStateStore(ctx, m.AS.StateStore, evt)
+			if evt.Type == event.StateMember {
+				members++
+			}
+		}
+	}
+	m.Log.Debug().Stringer("room_id", room).Int("state_types", len(state)).Int("members", members).Msg("Fetched room state")
+	return nil
+}
+
+// RoomBots returns our bots joined to a room, in config order.
+func (m *Manager) RoomBots(ctx context.Context, room id.RoomID) []id.UserID {
+	var out []id.UserID
+	for _, b := range m.ids {
+		if m.AS.StateStore.IsInRoom(ctx, room, b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// leaveIfAlone makes our bots leave a room that has no one but them left.
+func (m *Manager) leaveIfAlone(ctx context.Context, room id.RoomID) {
+	members, err := m.AS.StateStore.GetRoomJoinedOrInvitedMembers(ctx, room)
+	if err != nil {
+		m.Log.Warn().Err(err).Stringer("room_id", room).Msg("Could not list room members")
+		return
+	}
+	var ours []id.UserID
+	for _, u := range members {
+		if !m.IsBot(u) {
+			return
+		}
+		ours = append(ours, u)
+	}
+	for _, bot := range ours {
+		if _, err := m.AS.Intent(bot).LeaveRoom(ctx, room); err != nil && !errors.Is(err, mautrix.MForbidden) {
+			m.Log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not leave empty room")
+			continue
+		}
+		m.Log.Info().Stringer("bot", bot).Stringer("room_id", room).Msg("Left room: everyone else has gone")
+	}
+}
+
+// Describe returns "@a:x (ping, help), @b:x (echo)" for logs and check output.
+func (m *Manager) Describe() string {
+	parts := make([]string, len(m.bots))
+	for i, b := range m.bots {
+		parts[i] = fmt.Sprintf("%s (%s)", m.ids[i], strings.Join(b.Skills, ", "))
+	}
+	return strings.Join(parts, ", ")
+}

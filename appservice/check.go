@@ -1,0 +1,137 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/appservice/config"
+	"opsbot/appservice/intake"
+	"opsbot/appservice/store"
+)
+
+// CheckResult is one line of `opsbot-appservice check`.
+type CheckResult struct {
+	Name   string
+	Status string // ok, FAIL, skip
+	Detail string
+}
+
+// Check verifies, line by line, that the config is valid, the database is
+// reachable and migrated, the homeserver is reachable and knows our
+// as_token, and that the homeserver can reach the appservice (ping, where
+// the homeserver supports it). It writes each line as soon as it is known
+// and returns an error if any check failed.
+func Check(ctx context.Context, cfg *config.Config, path string, out io.Writer) error {
+	failed := false
+	report := func(r CheckResult) {
+		if r.Status == "FAIL" {
+			failed = true
+		}
+		fmt.Fprintf(out, "%-11s %-4s %s\n", r.Name, r.Status, r.Detail)
+	}
+	report(CheckResult{"config", "ok", fmt.Sprintf("%s: %d bot(s), database %s", path, len(cfg.Bots), cfg.Database.Type)})
+	report(checkDatabase(ctx, cfg))
+	client, hsResult := checkHomeserver(ctx, cfg)
+	report(hsResult)
+	if client == nil {
+		report(CheckResult{"as_token", "skip", "homeserver not reachable"})
+		report(CheckResult{"appservice", "skip", "homeserver not reachable"})
+	} else {
+		report(checkASToken(ctx, client, cfg))
+		report(checkPing(ctx, client, cfg))
+	}
+	if failed {
+		return errors.New("some checks failed")
+	}
+	return nil
+}
+
+func checkDatabase(ctx context.Context, cfg *config.Config) CheckResult {
+	st, err := store.Open(cfg.Database, zerolog.Nop())
+	if err != nil {
+		return CheckResult{"database", "FAIL", err.Error()}
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err != nil {
+		return CheckResult{"database", "FAIL", fmt.Sprintf("%s: %v", cfg.Database.Type, err)}
+	}
+	current, latest, err := st.Version(ctx)
+	if err != nil {
+		return CheckResult{"database", "FAIL", fmt.Sprintf("reading schema version: %v", err)}
+	}
+	switch {
+	case current == latest:
+		return CheckResult{"database", "ok", fmt.Sprintf("%s reachable, schema v%d (current)", cfg.Database.Type, current)}
+	case current < latest:
+		return CheckResult{"database", "ok", fmt.Sprintf("%s reachable, schema v%d; opsbot migrates it to v%d on start", cfg.Database.Type, current, latest)}
+	default:
+		return CheckResult{"database", "FAIL", fmt.Sprintf("schema v%d is newer than this opsbot (v%d): upgrade opsbot", current, latest)}
+	}
+}
+
+func checkHomeserver(ctx context.Context, cfg *config.Config) (*mautrix.Client, CheckResult) {
+	client, err := mautrix.NewClient(cfg.Homeserver.Address, "", cfg.AppService.ASToken)
+	if err != nil {
+		return nil, CheckResult{"homeserver", "FAIL", err.Error()}
+	}
+	client.DefaultHTTPRetries = 0
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	versions, err := client.Versions(ctx)
+	if err != nil {
+		return nil, CheckResult{"homeserver", "FAIL", fmt.Sprintf("%s: %v (is homeserver.address right, and the homeserver running?)", cfg.Homeserver.Address, err)}
+	}
+	return client, CheckResult{"homeserver", "ok", fmt.Sprintf("%s answers, spec versions %s", cfg.Homeserver.Address, strings.Join(versionStrings(versions), " "))}
+}
+
+func checkASToken(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {
+	sender := "@" + cfg.AppService.SenderLocalpart + ":" + cfg.Homeserver.Domain
+	client.SetAppServiceUserID = true
+	client.UserID = id.UserID(sender)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := client.Whoami(ctx)
+	if err != nil {
+		if errors.Is(err, mautrix.MUnknownToken) {
+			return CheckResult{"as_token", "FAIL", "the homeserver does not know this as_token: install the registration (generate-registration) and restart the homeserver"}
+		}
+		return CheckResult{"as_token", "FAIL", fmt.Sprintf("whoami as %s: %v", sender, err)}
+	}
+	return CheckResult{"as_token", "ok", fmt.Sprintf("the homeserver accepts the registration; acting as %s", resp.UserID)}
+}
+
+// checkPing asks the homeserver to ping the appservice (MSC2659). If opsbot
+// is not running, a temporary listener on appservice.listen answers it.
+func checkPing(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {
+	if l, err := net.Listen("tcp", cfg.AppService.Listen); err == nil {
+		mux := http.NewServeMux()
+		(&intake.Handler{HSToken: cfg.AppService.HSToken, MaxBodyBytes: 1 << 16, Log: zerolog.Nop(), IsOurUser: func(id.UserID) bool { return false }}).Register(mux)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	client.SetAppServiceUserID = false
+	resp, err := client.AppservicePing(ctx, cfg.AppService.ID, "opsbot-check-"+config.RandomToken()[:8])
+	if err != nil {
+		var httpErr mautrix.HTTPError
+		if errors.Is(err, mautrix.MUnrecognized) || (errors.As(err, &httpErr) && httpErr.IsStatus(http.StatusNotFound)) {
+			return CheckResult{"appservice", "skip", fmt.Sprintf("this homeserver has no appservice ping; make sure it can reach %s", cfg.AppService.PublicURL)}
+		}
+		return CheckResult{"appservice", "FAIL", fmt.Sprintf("the homeserver could not reach %s: %v", cfg.AppService.PublicURL, err)}
+	}
+	return CheckResult{"appservice", "ok", fmt.Sprintf("the homeserver reached %s in %d ms", cfg.AppService.PublicURL, resp.DurationMS)}
+}

@@ -1,0 +1,328 @@
+// Package config loads, validates and generates opsbot.yaml, and derives the
+// homeserver registration from it.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of opsbot.yaml.
+type Config struct {
+	Homeserver  Homeserver           `yaml:"homeserver"`
+	AppService  AppService           `yaml:"appservice"`
+	Database    Database             `yaml:"database"`
+	Bots        []Bot                `yaml:"bots"`
+	Skills      map[string]yaml.Node `yaml:"skills"`
+	Permissions Permissions          `yaml:"permissions"`
+	Logging     Logging              `yaml:"logging"`
+}
+
+// Homeserver says which Matrix server opsbot belongs to.
+type Homeserver struct {
+	// Domain is the server name, the part after ':' in user IDs.
+	Domain string `yaml:"domain"`
+	// Address is the client-server API base URL opsbot talks to.
+	Address string `yaml:"address"`
+}
+
+// AppService holds the appservice identity, listener and tokens.
+type AppService struct {
+	ID string `yaml:"id"`
+	// Listen is the host:port of the HTTP listener for transactions, health
+	// and skill webhooks.
+	Listen string `yaml:"listen"`
+	// PublicURL is how the homeserver reaches Listen; it goes into the
+	// registration's url.
+	PublicURL string `yaml:"public_url"`
+	// SenderLocalpart is the appservice's own user; defaults to the first bot.
+	SenderLocalpart string `yaml:"sender_localpart"`
+	ASToken         string `yaml:"as_token"`
+	HSToken         string `yaml:"hs_token"`
+	// MaxBodyBytes caps the size of a pushed transaction.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+// Database selects where opsbot keeps its state.
+type Database struct {
+	Type         string `yaml:"type"` // sqlite or postgres
+	URI          string `yaml:"uri"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// Bot is one virtual user run by opsbot.
+type Bot struct {
+	Localpart     string   `yaml:"localpart"`
+	Displayname   string   `yaml:"displayname"`
+	Avatar        string   `yaml:"avatar"`
+	CommandPrefix string   `yaml:"command_prefix"`
+	Skills        []string `yaml:"skills"`
+}
+
+// Permissions says who may do what with the bots.
+type Permissions struct {
+	// Invite lists who may invite a bot into a room. Empty lists mean
+	// "users of our own homeserver".
+	Invite InvitePolicy `yaml:"invite"`
+}
+
+// InvitePolicy allows inviters by exact user ID or by server name.
+type InvitePolicy struct {
+	Users   []string `yaml:"users"`
+	Servers []string `yaml:"servers"`
+}
+
+// Logging configures zerolog.
+type Logging struct {
+	Level  string `yaml:"level"`  // trace, debug, info, warn, error
+	Format string `yaml:"format"` // json or pretty
+}
+
+// Duration is a time.Duration written as "30s", "5m" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration strings.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like 30s or 5m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Defaults used when a key is left out.
+const (
+	DefaultListen        = "127.0.0.1:29333"
+	DefaultMaxBodyBytes  = 16 << 20
+	DefaultCommandPrefix = "!"
+	DefaultSQLiteURI     = "opsbot.db"
+)
+
+// Environment variables that override secrets and connection strings, so
+// Kubernetes Secrets never have to be written into the ConfigMap.
+var envOverrides = []struct {
+	name string
+	set  func(*Config, string)
+}{
+	{"OPSBOT_AS_TOKEN", func(c *Config, v string) { c.AppService.ASToken = v }},
+	{"OPSBOT_HS_TOKEN", func(c *Config, v string) { c.AppService.HSToken = v }},
+	{"OPSBOT_DATABASE_URI", func(c *Config, v string) { c.Database.URI = v }},
+	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
+}
+
+// EnvNames lists the environment variables Load reads, for docs and --help.
+func EnvNames() []string {
+	names := make([]string, len(envOverrides))
+	for i, o := range envOverrides {
+		names[i] = o.name
+	}
+	return names
+}
+
+// Load reads, decodes and validates a config file. Environment overrides are
+// applied before validation.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates config text; see Load.
+func Parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	cfg := &Config{}
+	if err := DecodeStrict(&root, cfg, ""); err != nil {
+		return nil, err
+	}
+	for _, o := range envOverrides {
+		if v, ok := os.LookupEnv(o.name); ok && v != "" {
+			o.set(cfg, v)
+		}
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.AppService.ID == "" {
+		c.AppService.ID = "opsbot"
+	}
+	if c.AppService.Listen == "" {
+		c.AppService.Listen = DefaultListen
+	}
+	if c.AppService.PublicURL == "" {
+		c.AppService.PublicURL = "http://" + c.AppService.Listen
+	}
+	if c.AppService.MaxBodyBytes == 0 {
+		c.AppService.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.Database.Type == "" {
+		c.Database.Type = "sqlite"
+	}
+	if c.Database.URI == "" && c.Database.Type == "sqlite" {
+		c.Database.URI = DefaultSQLiteURI
+	}
+	for i := range c.Bots {
+		if c.Bots[i].CommandPrefix == "" {
+			c.Bots[i].CommandPrefix = DefaultCommandPrefix
+		}
+	}
+	if c.AppService.SenderLocalpart == "" && len(c.Bots) > 0 {
+		c.AppService.SenderLocalpart = c.Bots[0].Localpart
+	}
+	if c.Logging.Level == "" {
+		c.Logging.Level = "info"
+	}
+	if c.Logging.Format == "" {
+		c.Logging.Format = "pretty"
+	}
+}
+
+// localpartRe is the spec's grammar for user ID localparts (historical
+// characters excluded: new users must use these).
+var localpartRe = regexp.MustCompile(`^[a-z0-9._=/+-]+$`)
+
+// Validate checks every value and names the key of the first bad one.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.Homeserver.Domain == "" {
+		bad("homeserver.domain", "required: the server name in your users' IDs, e.g. example.org")
+	} else if strings.ContainsAny(c.Homeserver.Domain, "/@ ") {
+		bad("homeserver.domain", "%q is not a server name (no scheme, no path)", c.Homeserver.Domain)
+	}
+	if c.Homeserver.Address == "" {
+		bad("homeserver.address", "required: the client-server API URL, e.g. https://matrix.example.org")
+	} else if err := checkHTTPURL(c.Homeserver.Address); err != nil {
+		bad("homeserver.address", "%v", err)
+	}
+	if c.AppService.ID == "" || strings.ContainsAny(c.AppService.ID, " /") {
+		bad("appservice.id", "%q must be a non-empty word", c.AppService.ID)
+	}
+	if _, _, err := net.SplitHostPort(c.AppService.Listen); err != nil {
+		bad("appservice.listen", "%q is not host:port", c.AppService.Listen)
+	}
+	if err := checkHTTPURL(c.AppService.PublicURL); err != nil {
+		bad("appservice.public_url", "%v", err)
+	}
+	if len(c.AppService.ASToken) < 16 {
+		bad("appservice.as_token", "missing or shorter than 16 characters (set it in the file or in OPSBOT_AS_TOKEN)")
+	}
+	if len(c.AppService.HSToken) < 16 {
+		bad("appservice.hs_token", "missing or shorter than 16 characters (set it in the file or in OPSBOT_HS_TOKEN)")
+	}
+	if c.AppService.ASToken != "" && c.AppService.ASToken == c.AppService.HSToken {
+		bad("appservice.hs_token", "must differ from as_token")
+	}
+	if c.AppService.MaxBodyBytes < 64<<10 {
+		bad("appservice.max_body_bytes", "%d is too small (at least 65536)", c.AppService.MaxBodyBytes)
+	}
+	switch c.Database.Type {
+	case "sqlite":
+	case "postgres":
+		if c.Database.URI == "" {
+			bad("database.uri", "required for postgres (e.g. postgres://opsbot@localhost/opsbot, or OPSBOT_DATABASE_URI)")
+		}
+	default:
+		bad("database.type", "%q is not one of sqlite, postgres", c.Database.Type)
+	}
+	if c.Database.MaxOpenConns < 0 {
+		bad("database.max_open_conns", "must not be negative")
+	}
+	if len(c.Bots) == 0 {
+		bad("bots", "at least one bot is required")
+	}
+	seen := map[string]bool{}
+	for i, b := range c.Bots {
+		key := fmt.Sprintf("bots[%d]", i)
+		if !localpartRe.MatchString(b.Localpart) {
+			bad(key+".localpart", "%q is not a valid localpart (lowercase letters, digits and ._=/+-)", b.Localpart)
+		}
+		if seen[b.Localpart] {
+			bad(key+".localpart", "%q is used by two bots", b.Localpart)
+		}
+		seen[b.Localpart] = true
+		if b.Avatar != "" && !strings.HasPrefix(b.Avatar, "mxc://") {
+			bad(key+".avatar", "%q must be an mxc:// URI", b.Avatar)
+		}
+		if strings.ContainsAny(b.CommandPrefix, " \t\n") {
+			bad(key+".command_prefix", "%q must not contain spaces", b.CommandPrefix)
+		}
+		dup := map[string]bool{}
+		for j, s := range b.Skills {
+			if dup[s] {
+				bad(fmt.Sprintf("%s.skills[%d]", key, j), "skill %q listed twice", s)
+			}
+			dup[s] = true
+		}
+	}
+	if c.AppService.SenderLocalpart != "" && !localpartRe.MatchString(c.AppService.SenderLocalpart) {
+		bad("appservice.sender_localpart", "%q is not a valid localpart", c.AppService.SenderLocalpart)
+	}
+	for i, u := range c.Permissions.Invite.Users {
+		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
+		}
+	}
+	switch c.Logging.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("logging.level", "%q is not one of trace, debug, info, warn, error", c.Logging.Level)
+	}
+	switch c.Logging.Format {
+	case "json", "pretty":
+	default:
+		bad("logging.format", "%q is not one of json, pretty", c.Logging.Format)
+	}
+	return errors.Join(errs...)
+}
+
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL: %v", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%q must start with http:// or https://", s)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	return nil
+}
+
+// BotIDs returns the full Matrix IDs of the configured bots, in config order.
+func (c *Config) BotIDs() []string {
+	ids := make([]string, len(c.Bots))
+	for i, b := range c.Bots {
+		ids[i] = "@" + b.Localpart + ":" + c.Homeserver.Domain
+	}
+	return ids
+}

@@ -1,0 +1,80 @@
+package config
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"strings"
+)
+
+// exampleTemplate is what generate-config writes. It must stay valid: a test
+// parses it and checks it against the registration example at the repo root.
+const exampleTemplate = `# opsbot configuration. Every key is documented in docs/configuration.md.
+# Secrets can also come from the environment: OPSBOT_AS_TOKEN, OPSBOT_HS_TOKEN,
+# OPSBOT_DATABASE_URI (and OPSBOT_HOMESERVER_ADDRESS).
+
+homeserver:
+  # The server name: the part after ':' in your users' IDs.
+  domain: example.org
+  # The client-server API URL opsbot talks to.
+  address: http://127.0.0.1:8008
+
+appservice:
+  id: opsbot
+  # Where opsbot listens for the homeserver's transactions (and /healthz, /readyz).
+  listen: 127.0.0.1:29333
+  # How the homeserver reaches that listener.
+  public_url: http://127.0.0.1:29333
+  # Shared secrets with the homeserver; they end up in the registration file.
+  as_token: @AS_TOKEN@
+  hs_token: @HS_TOKEN@
+  # Largest transaction body accepted, in bytes.
+  max_body_bytes: 16777216
+
+database:
+  # sqlite (one machine, the default) or postgres (production, several replicas).
+  type: sqlite
+  # sqlite: a file path. postgres: postgres://user:password@host/dbname?sslmode=disable
+  uri: opsbot.db
+
+bots:
+  - localpart: opsbot
+    displayname: Ops Bot
+    # avatar: mxc://example.org/abcdef
+    command_prefix: "!"
+    skills: [ping, help, echo]
+
+# Per-skill settings, keyed by skill name. See each skill's README.
+skills: {}
+
+permissions:
+  invite:
+    # Who may invite a bot into a room. With both lists empty, any user of
+    # homeserver.domain may; others are rejected and logged.
+    users: []
+    servers: []
+
+logging:
+  # trace, debug, info, warn or error. Message bodies appear only at debug and below.
+  level: info
+  # pretty (for a terminal) or json (for log collectors).
+  format: pretty
+`
+
+// Example returns the example config with freshly generated tokens.
+func Example() string {
+	return ExampleWithTokens(RandomToken(), RandomToken())
+}
+
+// ExampleWithTokens returns the example config with the given tokens.
+func ExampleWithTokens(asToken, hsToken string) string {
+	return strings.NewReplacer("@AS_TOKEN@", asToken, "@HS_TOKEN@", hsToken).Replace(exampleTemplate)
+}
+
+// RandomToken returns 256 bits of randomness, URL-safe.
+func RandomToken() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}

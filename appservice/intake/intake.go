@@ -1,0 +1,219 @@
+// Package intake serves the homeserver-facing appservice API: pushed
+// transactions, user and room-alias queries, and ping. A transaction is
+// answered 200 only once it and its events are durably recorded in the
+// inbox; a transaction ID seen before, even before a restart, is
+// acknowledged without being processed again.
+package intake
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/appservice/store"
+)
+
+// Recorder durably records transactions (appservice/store implements it).
+type Recorder interface {
+	RecordTransaction(ctx context.Context, txnID string, events []store.InboxEvent) (recorded []store.InboxEvent, duplicate bool, err error)
+}
+
+// Handler is the appservice API. All fields are required unless noted.
+type Handler struct {
+	HSToken      string
+	MaxBodyBytes int64
+	Store        Recorder
+	// Deliver hands freshly recorded events to the pipeline. It must not block.
+	Deliver func([]store.InboxEvent)
+	// IsOurUser answers the homeserver's user queries.
+	IsOurUser func(id.UserID) bool
+	// Overloaded, if set, makes intake refuse new transactions with a
+	// retryable error while the pipeline is too far behind.
+	Overloaded func() bool
+	Log        zerolog.Logger
+	// Observe, if set, is told the outcome of every transaction ("ok",
+	// "duplicate", "unauthorized", "forbidden", "too_large", "not_json",
+	// "overloaded", "store_error") and the number of events recorded.
+	Observe func(outcome string, events int)
+}
+
+// Register adds the appservice API routes to mux, under the v1 prefix and,
+// for homeservers that predate it, the legacy unprefixed paths.
+func (h *Handler) Register(mux *http.ServeMux) {
+	for _, prefix := range []string{"/_matrix/app/v1", ""} {
+		mux.HandleFunc("PUT "+prefix+"/transactions/{txnID}", h.putTransaction)
+		mux.HandleFunc("GET "+prefix+"/users/{userID}", h.getUser)
+		mux.HandleFunc("GET "+prefix+"/rooms/{alias}", h.getRoom)
+	}
+	mux.HandleFunc("POST /_matrix/app/v1/ping", h.postPing)
+}
+
+// authorize checks the hs_token, from the Authorization header or (legacy)
+// the access_token query parameter, in constant time.
+func (h *Handler) authorize(w http.ResponseWriter, r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		token = r.URL.Query().Get("access_token")
+	}
+	if token == "" {
+		h.observe("unauthorized", 0)
+		writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Missing hs_token")
+		return false
+	}
+	if subtle.ConstantTimeCompare([]byte(token), []byte(h.HSToken)) != 1 {
+		h.observe("forbidden", 0)
+		h.Log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("Rejected appservice request with a wrong hs_token")
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "Wrong hs_token")
+		return false
+	}
+	return true
+}
+
+// wireTransaction is the part of a transaction opsbot reads at intake. The
+// events stay raw: they are stored as sent and parsed once, by the pipeline.
+type wireTransaction struct {
+	Events           []json.RawMessage `json:"events"`
+	Ephemeral        []json.RawMessage `json:"ephemeral"`
+	MSC2409Ephemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral"`
+}
+
+// eventHeader holds the fields intake needs to file an event.
+type eventHeader struct {
+	Type    string `json:"type"`
+	EventID string `json:"event_id"`
+	RoomID  string `json:"room_id"`
+}
+
+func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r) {
+		return
+	}
+	txnID := r.PathValue("txnID")
+	log := h.Log.With().Str("txn_id", txnID).Logger()
+	if h.Overloaded != nil && h.Overloaded() {
+		h.observe("overloaded", 0)
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "opsbot is catching up; retry later")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			h.observe("too_large", 0)
+			log.Warn().Int64("limit", h.MaxBodyBytes).Msg("Rejected oversized transaction")
+			writeError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Transaction body is larger than appservice.max_body_bytes")
+			return
+		}
+		writeError(w, http.StatusBadRequest, "M_UNKNOWN", "Could not read the request body")
+		return
+	}
+	var txn wireTransaction
+	if err := json.Unmarshal(body, &txn); err != nil {
+		h.observe("not_json", 0)
+		log.Warn().Err(err).Msg("Rejected transaction that is not valid JSON")
+		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Transaction body is not a valid JSON object")
+		return
+	}
+	events := make([]store.InboxEvent, 0, len(txn.Events)+len(txn.Ephemeral))
+	events = h.file(log, events, txn.Events, store.KindPDU)
+	if txn.Ephemeral != nil {
+		events = h.file(log, events, txn.Ephemeral, store.KindEphemeral)
+	} else {
+		events = h.file(log, events, txn.MSC2409Ephemeral, store.KindEphemeral)
+	}
+	// Recording must finish even if the homeserver hangs up: it will retry,
+	// and the retry must then find the transaction already recorded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	defer cancel()
+	recorded, duplicate, err := h.Store.RecordTransaction(ctx, txnID, events)
+	if err != nil {
+		h.observe("store_error", 0)
+		log.Error().Err(err).Msg("Could not record transaction; the homeserver will retry")
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "Could not record the transaction; retry later")
+		return
+	}
+	if duplicate {
+		h.observe("duplicate", 0)
+		log.Debug().Msg("Acknowledged a transaction that was already recorded")
+	} else {
+		h.observe("ok", len(recorded))
+		log.Debug().Int("events", len(events)).Int("new", len(recorded)).Msg("Recorded transaction")
+		if len(recorded) > 0 {
+			h.Deliver(recorded)
+		}
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// file appends the well-formed events of a list to the inbox batch. A
+// malformed event is logged and left out rather than failing the whole
+// transaction: the homeserver would resend the same bad event forever,
+// blocking everything behind it.
+func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
+	for i, raw := range raws {
+		var hdr eventHeader
+		if err := json.Unmarshal(raw, &hdr); err != nil || hdr.Type == "" || (kind == store.KindPDU && (hdr.EventID == "" || hdr.RoomID == "")) {
+			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id or room_id)")
+			continue
+		}
+		out = append(out, store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Payload: raw})
+	}
+	return out
+}
+
+func (h *Handler) getUser(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r) {
+		return
+	}
+	if h.IsOurUser(id.UserID(r.PathValue("userID"))) {
+		writeJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such user in this appservice")
+}
+
+// getRoom answers alias queries: opsbot owns no aliases.
+func (h *Handler) getRoom(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r) {
+		return
+	}
+	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such room alias in this appservice")
+}
+
+func (h *Handler) postPing(w http.ResponseWriter, r *http.Request) {
+	if !h.authorize(w, r) {
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil || !json.Valid(body) {
+		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Ping body is not JSON")
+		return
+	}
+	h.Log.Info().Msg("Homeserver pinged the appservice")
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (h *Handler) observe(outcome string, events int) {
+	if h.Observe != nil {
+		h.Observe(outcome, events)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"errcode": code, "error": msg})
+}

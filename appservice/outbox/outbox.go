@@ -1,0 +1,155 @@
+// Package outbox performs skill actions as the right bot user. Every send
+// carries a transaction ID derived from what triggered it, so a send retried
+// after a timeout or a crash is de-duplicated by the homeserver. Homeserver
+// errors that can pass (rate limits, 5xx, network) are retried with backoff,
+// honouring retry_after_ms; errors that cannot (forbidden, bad request) are
+// returned at once.
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// ErrEncryptedRoom is returned for a plaintext send into an encrypted room.
+var ErrEncryptedRoom = errors.New("the room is encrypted and this bot cannot encrypt: refusing to send plaintext")
+
+// Encryptor encrypts content for a room as a bot; nil while E2EE is off.
+type Encryptor interface {
+	Encrypt(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, content any) (event.Type, any, error)
+}
+
+// Outbox sends as bot users through the appservice.
+type Outbox struct {
+	AS        *mas.AppService
+	Encryptor Encryptor
+	Log       zerolog.Logger
+	// Backoff bounds: the first wait, and the longest single wait.
+	MinBackoff, MaxBackoff time.Duration
+	// Observe, if set, is told the outcome of each send attempt.
+	Observe func(op string, err error, took time.Duration)
+}
+
+// New returns an outbox with default backoff (1 s doubling to 60 s).
+func New(as *mas.AppService, log zerolog.Logger) *Outbox {
+	return &Outbox{AS: as, Log: log, MinBackoff: time.Second, MaxBackoff: time.Minute}
+}
+
+// Send sends a message event as bot. The context bounds the total time
+// spent, retries included.
+func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, content any, txnID string) (id.EventID, error) {
+	encrypted, err := o.AS.StateStore.IsEncrypted(ctx, room)
+	if err != nil {
+		return "", fmt.Errorf("checking whether %s is encrypted: %w", room, err)
+	}
+	if encrypted && evtType != event.EventReaction {
+		// Reactions stay unencrypted in Matrix so that relations work.
+		if o.Encryptor == nil {
+			return "", ErrEncryptedRoom
+		}
+		evtType, content, err = o.Encryptor.Encrypt(ctx, bot, room, evtType, content)
+		if err != nil {
+			return "", fmt.Errorf("encrypting: %w", err)
+		}
+	}
+	var resp *mautrix.RespSendEvent
+	err = o.retry(ctx, "send", func() error {
+		var err error
+		resp, err = o.AS.Intent(bot).SendMessageEvent(ctx, room, evtType, content, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return resp.EventID, nil
+}
+
+// Redact redacts an event as bot.
+func (o *Outbox) Redact(ctx context.Context, bot id.UserID, room id.RoomID, target id.EventID, reason, txnID string) (id.EventID, error) {
+	var resp *mautrix.RespSendEvent
+	err := o.retry(ctx, "redact", func() error {
+		var err error
+		resp, err = o.AS.Intent(bot).RedactEvent(ctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return resp.EventID, nil
+}
+
+// retry runs op until it succeeds, fails permanently, or ctx ends.
+func (o *Outbox) retry(ctx context.Context, name string, op func() error) error {
+	return Retry(ctx, o.Log, name, o.MinBackoff, o.MaxBackoff, func() error {
+		start := time.Now()
+		err := op()
+		if o.Observe != nil {
+			o.Observe(name, err, time.Since(start))
+		}
+		return err
+	})
+}
+
+// Retry runs op with exponential backoff while its errors are retryable
+// (see RetryAfter). It is shared with other homeserver calls made at start-up.
+func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, maxBackoff time.Duration, op func() error) error {
+	backoff := minBackoff
+	for attempt := 1; ; attempt++ {
+		err := op()
+		if err == nil {
+			return nil
+		}
+		wait, retryable := RetryAfter(err)
+		if !retryable {
+			return err
+		}
+		if wait == 0 {
+			wait = backoff
+			backoff = min(backoff*2, maxBackoff)
+		}
+		wait = min(wait, maxBackoff)
+		log.Warn().Err(err).Str("op", name).Int("attempt", attempt).Dur("retry_in", wait).Msg("Homeserver request failed, retrying")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: gave up after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// RetryAfter classifies a homeserver error: whether it may pass on retry,
+// and how long the homeserver asked us to wait (0 if it did not say).
+func RetryAfter(err error) (wait time.Duration, retryable bool) {
+	var httpErr mautrix.HTTPError
+	if !errors.As(err, &httpErr) {
+		// Context cancellation is final; anything else without an HTTP
+		// response is a network problem worth retrying.
+		return 0, !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	if httpErr.Response == nil {
+		return 0, true
+	}
+	status := httpErr.Response.StatusCode
+	if status == http.StatusTooManyRequests || (httpErr.RespError != nil && httpErr.RespError.ErrCode == "M_LIMIT_EXCEEDED") {
+		if httpErr.RespError != nil {
+			if ms, ok := httpErr.RespError.ExtraData["retry_after_ms"].(float64); ok && ms > 0 {
+				return time.Duration(ms) * time.Millisecond, true
+			}
+		}
+		if secs, err := strconv.Atoi(httpErr.Response.Header.Get("Retry-After")); err == nil && secs > 0 {
+			return time.Duration(secs) * time.Second, true
+		}
+		return 0, true
+	}
+	return 0, status >= 500 || status == http.StatusRequestTimeout
+}

@@ -1,0 +1,267 @@
+// Package appservice wires opsbot together: config, store, the mautrix
+// appservice client side, the bot manager, the skills engine, the pipeline,
+// intake and health, behind one Service with a Run method.
+//
+// Data flows one way: intake records a pushed transaction in the inbox and
+// acknowledges it; the pipeline takes each event, updates the state store,
+// lets the bot manager handle membership, and routes it to the skills of the
+// bots in the room; skills act through the outbox.
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"opsbot/appservice/bots"
+	"opsbot/appservice/config"
+	"opsbot/appservice/health"
+	"opsbot/appservice/intake"
+	"opsbot/appservice/outbox"
+	"opsbot/appservice/pipeline"
+	"opsbot/appservice/store"
+	"opsbot/skills"
+)
+
+// MaxBacklog is how many recorded-but-unhandled events make intake ask the
+// homeserver to slow down.
+const MaxBacklog = 50_000
+
+// Service is a running opsbot.
+type Service struct {
+	Cfg      *config.Config
+	Log      zerolog.Logger
+	Store    *store.Store
+	AS       *mas.AppService
+	Bots     *bots.Manager
+	Engine   *skills.Engine
+	Outbox   *outbox.Outbox
+	Pipeline *pipeline.Pipeline
+
+	warnEncrypted sync.Once
+}
+
+// New builds a service without touching the network or the database, so
+// that every config error (unknown skill, bad regex, bad skill settings)
+// refuses start-up before anything happens.
+func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Service, error) {
+	s := &Service{Cfg: cfg, Log: log}
+	var err error
+	s.Store, err = store.Open(cfg.Database, log)
+	if err != nil {
+		return nil, err
+	}
+	s.AS, err = mas.CreateFull(mas.CreateOpts{
+		Registration:     cfg.Registration(),
+		HomeserverDomain: cfg.Homeserver.Domain,
+		HomeserverURL:    cfg.Homeserver.Address,
+		StateStore:       sqlstatestore.NewSQLStateStore(s.Store.DB, nil, false),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting up the appservice client: %w", err)
+	}
+	s.AS.Log = log.With().Str("component", "mautrix").Logger()
+	// The outbox retries with its own policy (retry_after_ms included);
+	// mautrix's own retries would multiply with it.
+	s.AS.DefaultHTTPRetries = 0
+	s.AS.HTTPClient.Timeout = 60 * time.Second
+
+	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
+	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
+	specs := make([]skills.BotSpec, len(cfg.Bots))
+	for i, b := range cfg.Bots {
+		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
+	}
+	s.Engine, err = skills.NewEngine(skills.Options{
+		Sender: s.Outbox,
+		Memory: s.Store,
+		Log:    log.With().Str("component", "skills").Logger(),
+		Decode: config.DecodeStrict,
+	}, available, cfg.Skills, specs)
+	if err != nil {
+		s.Store.Close()
+		return nil, err
+	}
+	s.Pipeline = &pipeline.Pipeline{
+		Inbox:      s.Store,
+		StateStore: s.AS.StateStore,
+		Handler:    s,
+		Log:        log.With().Str("component", "pipeline").Logger(),
+	}
+	return s, nil
+}
+
+// HandleEvent is the pipeline's per-event work after the state store update.
+func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
+	if evt.Type == event.StateMember {
+		s.Bots.HandleMember(ctx, evt)
+	}
+	roomBots := s.Bots.RoomBots(ctx, evt.RoomID)
+	if len(roomBots) == 0 {
+		return
+	}
+	if evt.Type == event.EventEncrypted {
+		s.warnEncrypted.Do(func() {
+			s.Log.Warn().Stringer("room_id", evt.RoomID).Msg("Received an encrypted event, but this build of opsbot cannot decrypt yet; bots will not answer in encrypted rooms")
+		})
+	}
+	s.Engine.Handle(ctx, evt, roomBots)
+}
+
+// Run starts opsbot and blocks until ctx is cancelled, then shuts down:
+// intake stops first, in-flight handlers get drainTimeout to finish, and
+// whatever is left stays in the inbox for the next start.
+func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
+	defer s.Store.Close()
+	if err := s.Store.Upgrade(ctx); err != nil {
+		return err
+	}
+	if err := s.AS.StateStore.(*sqlstatestore.SQLStateStore).Upgrade(ctx); err != nil {
+		return fmt.Errorf("migrating the state store: %w", err)
+	}
+	s.Log.Info().Str("type", s.Cfg.Database.Type).Msg("Database ready")
+
+	if err := s.waitForHomeserver(ctx); err != nil {
+		return err
+	}
+	if err := s.Bots.Start(ctx); err != nil {
+		return err
+	}
+
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	if err := s.Pipeline.Start(workCtx); err != nil {
+		return fmt.Errorf("resuming unhandled events: %w", err)
+	}
+
+	listener, err := net.Listen("tcp", s.Cfg.AppService.Listen)
+	if err != nil {
+		return fmt.Errorf("appservice.listen: %w", err)
+	}
+	server := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- server.Serve(listener) }()
+	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
+
+	go s.pruneLoop(workCtx)
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("HTTP listener: %w", err)
+	}
+	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = server.Shutdown(shutdownCtx)
+	drained := make(chan struct{})
+	go func() {
+		for s.Pipeline.Backlog() > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(drainTimeout):
+		s.Log.Warn().Int64("left", s.Pipeline.Backlog()).Msg("Drain timeout: unhandled events stay in the inbox for the next start")
+	}
+	stopWork()
+	s.Pipeline.Wait()
+	s.Log.Info().Msg("Stopped")
+	return nil
+}
+
+// Handler returns the HTTP handler of the appservice listener.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	(&intake.Handler{
+		HSToken:      s.Cfg.AppService.HSToken,
+		MaxBodyBytes: s.Cfg.AppService.MaxBodyBytes,
+		Store:        s.Store,
+		Deliver:      s.Pipeline.Deliver,
+		IsOurUser:    s.Bots.IsBot,
+		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
+		Log:          s.Log.With().Str("component", "intake").Logger(),
+	}).Register(mux)
+	(&health.Checker{
+		CacheFor: 5 * time.Second,
+		Log:      s.Log.With().Str("component", "health").Logger(),
+		Checks: []health.Check{
+			{Name: "database", Run: s.Store.Ping},
+			{Name: "homeserver", Run: func(ctx context.Context) error {
+				_, err := s.AS.BotClient().Versions(ctx)
+				return err
+			}},
+		},
+	}).Register(mux)
+	return mux
+}
+
+// waitForHomeserver blocks until /versions answers, logging while it waits,
+// so that opsbot can start before its homeserver (as in a Kubernetes pod).
+func (s *Service) waitForHomeserver(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		versions, err := s.AS.BotClient().Versions(cctx)
+		cancel()
+		if err == nil {
+			s.Log.Info().Str("homeserver", s.Cfg.Homeserver.Address).Strs("versions", versionStrings(versions)).Msg("Homeserver reachable")
+			return nil
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			s.Log.Warn().Err(err).Str("homeserver", s.Cfg.Homeserver.Address).Msg("Homeserver not reachable yet; waiting")
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("homeserver %s never became reachable: %w", s.Cfg.Homeserver.Address, errors.Join(err, ctx.Err()))
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func versionStrings(v *mautrix.RespVersions) []string {
+	if v == nil {
+		return nil
+	}
+	out := make([]string, 0, len(v.Versions))
+	for _, ver := range v.Versions {
+		out = append(out, ver.String())
+	}
+	return out
+}
+
+// pruneLoop forgets handled events and old transaction IDs once an hour.
+func (s *Service) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		events, txns, err := s.Store.Prune(ctx, time.Now().Add(-7*24*time.Hour))
+		if err != nil && ctx.Err() == nil {
+			s.Log.Warn().Err(err).Msg("Pruning the inbox failed")
+		} else if events+txns > 0 {
+			s.Log.Debug().Int64("events", events).Int64("transactions", txns).Msg("Pruned the inbox")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// BotID returns the user ID of a configured bot localpart.
+func (s *Service) BotID(localpart string) id.UserID {
+	return id.NewUserID(localpart, s.Cfg.Homeserver.Domain)
+}

@@ -1,0 +1,130 @@
+package harness_test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"opsbot/integration/harness"
+)
+
+func TestConversationSurvivesRestart(t *testing.T) {
+	hs := harness.Start(t, harness.Options{})
+	alice := hs.RegisterUser(t, "alice")
+	bob := hs.RegisterUser(t, "bob")
+	if alice.ID != "@alice:localhost" {
+		t.Fatalf("alice.ID = %q", alice.ID)
+	}
+
+	room := alice.CreateRoom(t, harness.RoomOptions{Name: "harness", Invite: []string{bob.ID}})
+	if got := bob.WaitForInvite(t, 10*time.Second); got != room {
+		t.Fatalf("bob invited to %q, want %q", got, room)
+	}
+	bob.Join(t, room)
+	alice.WaitForEvent(t, room, 10*time.Second, func(e harness.Event) bool {
+		return e.Type == "m.room.member" && e.Sender == bob.ID && e.Membership() == "join"
+	})
+	if members := alice.JoinedMembers(t, room); len(members) != 2 {
+		t.Fatalf("joined members = %v, want alice and bob", members)
+	}
+
+	sent := alice.SendText(t, room, "hello")
+	got := bob.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("hello"))
+	if got.Sender != alice.ID || got.EventID != sent {
+		t.Fatalf("bob got %s, want %s from %s", got, sent, alice.ID)
+	}
+
+	// Consecutive waits see only new events: the same "hello" is not seen twice.
+	alice.SendText(t, room, "second")
+	if got := bob.WaitForMessage(t, room, 10*time.Second, harness.From(alice.ID)); got.Body() != "second" {
+		t.Fatalf("bob's next message from alice = %s, want \"second\"", got)
+	}
+
+	began := time.Now()
+	hs.Restart(t)
+	t.Logf("restart took %s", time.Since(began).Round(time.Millisecond))
+
+	sent = alice.SendText(t, room, "after restart")
+	got = bob.WaitForMessage(t, room, 10*time.Second, harness.From(alice.ID))
+	if got.Body() != "after restart" || got.EventID != sent {
+		t.Fatalf("after restart bob got %s, want %q (%s)", got, "after restart", sent)
+	}
+	bob.ExpectNoEvent(t, room, 500*time.Millisecond, harness.OfType("m.room.message"))
+}
+
+func TestCrashRestart(t *testing.T) {
+	hs := harness.Start(t, harness.Options{})
+	alice := hs.RegisterUser(t, "alice")
+	room := alice.CreateRoom(t, harness.RoomOptions{})
+	alice.SendText(t, room, "before crash")
+	hs.Kill()
+	if hs.Running() {
+		t.Fatal("still running after Kill")
+	}
+	hs.Restart(t)
+	alice.SendText(t, room, "after crash")
+	alice.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("after crash"))
+}
+
+func TestAppServiceRegistration(t *testing.T) {
+	// A port nothing listens on: Dendrite must start although the
+	// appservice is not up yet.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	asURL := "http://" + l.Addr().String()
+	l.Close()
+
+	reg := filepath.Join(t.TempDir(), "registration.yaml")
+	const asToken = "as-token-harness-test"
+	err = os.WriteFile(reg, fmt.Appendf(nil, `id: harness-test
+url: %s
+as_token: %s
+hs_token: hs-token-harness-test
+sender_localpart: opsbot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: '@opsbot_.*:localhost'
+  aliases: []
+  rooms: []
+`, asURL, asToken), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	hs := harness.Start(t, harness.Options{AppServiceRegistrations: []string{reg}})
+
+	sender := hs.AppServiceUser(asToken, hs.UserID("opsbot"))
+	if id, _ := sender.WhoAmI(t); id != "@opsbot:localhost" {
+		t.Fatalf("whoami as sender = %q", id)
+	}
+
+	// The sender can act in rooms, and a person sees it.
+	alice := hs.RegisterUser(t, "alice")
+	room := alice.CreateRoom(t, harness.RoomOptions{Invite: []string{sender.ID}})
+	sender.Join(t, room)
+	sender.SendText(t, room, "hi from the appservice")
+	got := alice.WaitForMessage(t, room, 10*time.Second, harness.From(sender.ID))
+	if got.Body() != "hi from the appservice" {
+		t.Fatalf("alice got %s", got)
+	}
+}
+
+func TestPostgres(t *testing.T) {
+	if os.Getenv("OPSBOT_TEST_POSTGRES") == "" {
+		if _, err := net.DialTimeout("tcp", "127.0.0.1:5432", time.Second); err != nil {
+			t.Skip("no Postgres on 127.0.0.1:5432 and OPSBOT_TEST_POSTGRES unset")
+		}
+	}
+	hs := harness.Start(t, harness.Options{Postgres: true})
+	alice := hs.RegisterUser(t, "alice")
+	room := alice.CreateRoom(t, harness.RoomOptions{})
+	alice.SendText(t, room, "on postgres")
+	alice.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("on postgres"))
+}

@@ -1,0 +1,463 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Options configure a Homeserver. The zero value is a SQLite Dendrite for
+// server name "localhost" with no application services.
+type Options struct {
+	// ServerName is the homeserver's domain (global.server_name). Default "localhost".
+	ServerName string
+	// AppServiceRegistrations are paths of registration YAML files, given to
+	// Dendrite as app_service_api.config_files. Dendrite reads them only at
+	// start-up; the application service does not need to be listening yet.
+	AppServiceRegistrations []string
+	// Postgres puts all of Dendrite's data in a fresh Postgres database
+	// (created with psql on the server named by $OPSBOT_TEST_POSTGRES, default
+	// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable, and dropped
+	// at cleanup) instead of SQLite files in Dir.
+	Postgres bool
+	// Config, if set, may change the generated Dendrite configuration (the
+	// YAML document as nested maps, e.g. cfg["global"].(map[string]any)) before
+	// it is written.
+	Config func(cfg map[string]any)
+	// StartTimeout bounds the wait for the client API to answer. Default 60s.
+	StartTimeout time.Duration
+}
+
+// Homeserver is a running (or stopped) Dendrite process.
+type Homeserver struct {
+	// URL is the client-server API base URL, http://127.0.0.1:PORT.
+	URL string
+	// ServerName is the homeserver's domain; user IDs are @local:ServerName.
+	ServerName string
+	// Dir holds the config, signing key, databases, media and the log.
+	Dir string
+	// ConfigPath is Dir/dendrite.yaml; LogPath is Dir/dendrite.log, where the
+	// output of every run of the process is appended.
+	ConfigPath, LogPath string
+	// SharedSecret is client_api.registration_shared_secret.
+	SharedSecret string
+
+	bin          string
+	addr         string
+	startTimeout time.Duration
+	client       *http.Client
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
+	waitErr error
+	runs    int
+}
+
+// Start writes a configuration into a new temporary directory, starts
+// Dendrite on a free loopback port and waits until its client API answers.
+// The process is stopped by t.Cleanup; if the test failed, the tail of the
+// Dendrite log is printed first.
+func Start(t testing.TB, opts Options) *Homeserver {
+	t.Helper()
+	bin := DendriteBinary(t)
+	if opts.ServerName == "" {
+		opts.ServerName = "localhost"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 60 * time.Second
+	}
+	dir := t.TempDir()
+	hs := &Homeserver{
+		ServerName:   opts.ServerName,
+		Dir:          dir,
+		ConfigPath:   filepath.Join(dir, "dendrite.yaml"),
+		LogPath:      filepath.Join(dir, "dendrite.log"),
+		SharedSecret: randomHex(16),
+		bin:          bin,
+		startTimeout: opts.StartTimeout,
+		client:       &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}},
+	}
+	if err := writeSigningKey(filepath.Join(dir, "matrix_key.pem")); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	var dbURL string
+	if opts.Postgres {
+		dbURL = createPostgresDatabase(t)
+	}
+	cfg, err := hs.config(opts, dbURL)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if opts.Config != nil {
+		opts.Config(cfg)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf) // JSON is YAML, and needs no YAML library here
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(cfg); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if err := os.WriteFile(hs.ConfigPath, buf.Bytes(), 0o600); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("harness: last lines of %s:\n%s", hs.LogPath, hs.LogTail(80))
+		}
+		hs.Stop()
+	})
+
+	// The free port is found by listening on :0 and closing; another process
+	// may grab it before Dendrite binds, so try a few ports.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		hs.addr = fmt.Sprintf("127.0.0.1:%d", port)
+		hs.URL = "http://" + hs.addr
+		lastErr = hs.start()
+		if lastErr == nil {
+			return hs
+		}
+		if !strings.Contains(hs.LogTail(20), "address already in use") {
+			break
+		}
+	}
+	t.Fatalf("harness: Dendrite did not start: %v\nlast lines of %s:\n%s", lastErr, hs.LogPath, hs.LogTail(60))
+	return nil
+}
+
+// UserID returns "@localpart:ServerName".
+func (hs *Homeserver) UserID(localpart string) string {
+	return "@" + localpart + ":" + hs.ServerName
+}
+
+// Running reports whether the Dendrite process is alive.
+func (hs *Homeserver) Running() bool {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return hs.runningLocked()
+}
+
+func (hs *Homeserver) runningLocked() bool {
+	if hs.cmd == nil {
+		return false
+	}
+	select {
+	case <-hs.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop shuts Dendrite down with SIGTERM, and SIGKILL if it has not exited
+// after 15 s. Stopping a stopped server does nothing.
+func (hs *Homeserver) Stop() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if !hs.runningLocked() {
+		return
+	}
+	_ = terminate(hs.cmd.Process)
+	select {
+	case <-hs.exited:
+	case <-time.After(15 * time.Second):
+		hs.appendLog("harness: Dendrite ignored SIGTERM for 15s, killing it")
+		_ = hs.cmd.Process.Kill()
+		<-hs.exited
+	}
+	hs.appendLog("harness: Dendrite stopped")
+}
+
+// Kill ends Dendrite with SIGKILL, like a crash: nothing is flushed.
+func (hs *Homeserver) Kill() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if !hs.runningLocked() {
+		return
+	}
+	_ = hs.cmd.Process.Kill()
+	<-hs.exited
+	hs.appendLog("harness: Dendrite killed")
+}
+
+// Restart stops Dendrite if it is running (use Kill first for a crash) and
+// starts it again with the same directory, data and port, so URL, users'
+// access tokens and /sync positions stay valid.
+func (hs *Homeserver) Restart(t testing.TB) {
+	t.Helper()
+	hs.Stop()
+	var err error
+	// The port was ours a moment ago; give the kernel a moment if it is slow
+	// to release it.
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = hs.start(); err == nil {
+			return
+		}
+		if !strings.Contains(hs.LogTail(20), "address already in use") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("harness: Dendrite did not restart: %v\nlast lines of %s:\n%s", err, hs.LogPath, hs.LogTail(60))
+}
+
+// start runs the process and waits until /_matrix/client/versions answers.
+func (hs *Homeserver) start() error {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.runningLocked() {
+		return errors.New("already running")
+	}
+	logFile, err := os.OpenFile(hs.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	hs.runs++
+	fmt.Fprintf(logFile, "harness: === start #%d of %s on %s ===\n", hs.runs, hs.bin, hs.addr)
+	cmd := exec.Command(hs.bin,
+		"-config", hs.ConfigPath,
+		"-http-bind-address", hs.addr,
+	)
+	cmd.Dir = hs.Dir
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.Env = append(os.Environ(), "PPROFLISTEN=")
+	setProcAttr(cmd)
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return err
+	}
+	exited := make(chan struct{})
+	hs.cmd, hs.exited, hs.waitErr = cmd, exited, nil
+	go func() {
+		err := cmd.Wait()
+		logFile.Close()
+		hs.waitErr = err
+		close(exited)
+	}()
+
+	deadline := time.Now().Add(hs.startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := hs.Do(ctx, http.MethodGet, "/_matrix/client/versions", nil, nil)
+		cancel()
+		if err == nil {
+			hs.appendLogLocked(fmt.Sprintf("harness: client API up after %s", time.Since(began).Round(time.Millisecond)))
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("dendrite exited during start-up: %v", hs.waitErr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-exited
+			return fmt.Errorf("client API not up after %s: %v", hs.startTimeout, err)
+		}
+	}
+}
+
+// appendLog writes a harness note into the Dendrite log (the process must not
+// be starting concurrently; callers hold hs.mu or know it is stopped).
+func (hs *Homeserver) appendLog(line string) { hs.appendLogLocked(line) }
+
+func (hs *Homeserver) appendLogLocked(line string) {
+	f, err := os.OpenFile(hs.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, line)
+}
+
+// LogTail returns the last n lines of the Dendrite log.
+func (hs *Homeserver) LogTail(n int) string {
+	data, err := os.ReadFile(hs.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// config builds the Dendrite v0.13 configuration (see dendrite-sample.yaml
+// in the Dendrite module for the schema).
+func (hs *Homeserver) config(opts Options, dbURL string) (map[string]any, error) {
+	regs := make([]string, 0, len(opts.AppServiceRegistrations))
+	for _, r := range opts.AppServiceRegistrations {
+		abs, err := filepath.Abs(r)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("appservice registration: %w", err)
+		}
+		regs = append(regs, abs)
+	}
+	db := func(name string) map[string]any {
+		if dbURL != "" {
+			return map[string]any{} // global.database is used
+		}
+		return map[string]any{"connection_string": "file:" + filepath.Join(hs.Dir, "dendrite_"+name+".db")}
+	}
+	global := map[string]any{
+		"server_name":                    opts.ServerName,
+		"private_key":                    filepath.Join(hs.Dir, "matrix_key.pem"),
+		"disable_federation":             true,
+		"trusted_third_party_id_servers": []string{},
+		"well_known_client_name":         "",
+		"presence":                       map[string]any{"enable_inbound": false, "enable_outbound": false},
+		"report_stats":                   map[string]any{"enabled": false},
+		"metrics":                        map[string]any{"enabled": false},
+		"dns_cache":                      map[string]any{"enabled": false},
+		"cache":                          map[string]any{"max_size_estimated": "64mb", "max_age": "1h"},
+		// On disk, not in_memory: Restart must not lose queued events.
+		"jetstream": map[string]any{
+			"storage_path": filepath.Join(hs.Dir, "jetstream"),
+			"topic_prefix": "Dendrite",
+		},
+	}
+	if dbURL != "" {
+		global["database"] = map[string]any{
+			"connection_string": dbURL,
+			"max_open_conns":    10,
+			"max_idle_conns":    2,
+			"conn_max_lifetime": -1,
+		}
+	}
+	return map[string]any{
+		"version": 2,
+		"global":  global,
+		"app_service_api": map[string]any{
+			"config_files":           regs,
+			"disable_tls_validation": true,
+		},
+		"client_api": map[string]any{
+			"registration_disabled":      true,
+			"guests_disabled":            true,
+			"registration_shared_secret": hs.SharedSecret,
+			"rate_limiting":              map[string]any{"enabled": false, "threshold": 20, "cooloff_ms": 500},
+		},
+		"federation_api": map[string]any{
+			"database":         db("federationapi"),
+			"key_perspectives": []any{},
+		},
+		"key_server": map[string]any{"database": db("keyserver")},
+		"media_api": map[string]any{
+			"database":  db("mediaapi"),
+			"base_path": filepath.Join(hs.Dir, "media"),
+		},
+		"mscs":        map[string]any{"database": db("mscs"), "mscs": []string{}},
+		"relay_api":   map[string]any{"database": db("relayapi")},
+		"room_server": map[string]any{"database": db("roomserver")},
+		"sync_api": map[string]any{
+			"database": db("syncapi"),
+			"search":   map[string]any{"enabled": false},
+		},
+		"user_api": map[string]any{
+			"account_database": db("userapi"),
+			"bcrypt_cost":      4, // the minimum: logins are on every test's path
+		},
+		"tracing": map[string]any{"enabled": false},
+		"logging": []any{map[string]any{"type": "std", "level": "info"}},
+	}, nil
+}
+
+// writeSigningKey writes a new ed25519 server signing key in the PEM form
+// Dendrite reads: a "MATRIX PRIVATE KEY" block holding the 32-byte seed, with
+// a Key-ID header.
+func writeSigningKey(path string) error {
+	seed := make([]byte, ed25519.SeedSize)
+	if _, err := rand.Read(seed); err != nil {
+		return err
+	}
+	data := pem.EncodeToMemory(&pem.Block{
+		Type:    "MATRIX PRIVATE KEY",
+		Headers: map[string]string{"Key-ID": "ed25519:" + randomHex(3)},
+		Bytes:   seed,
+	})
+	return os.WriteFile(path, data, 0o600)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// createPostgresDatabase creates an empty database for one homeserver and
+// drops it at cleanup. It uses the psql command to stay free of a Go driver.
+func createPostgresDatabase(t testing.TB) string {
+	t.Helper()
+	admin := os.Getenv("OPSBOT_TEST_POSTGRES")
+	if admin == "" {
+		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatalf("harness: Options.Postgres needs the psql command: %v", err)
+	}
+	name := "harness_dendrite_" + randomHex(6)
+	run := func(sql string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", admin, "-c", sql).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("psql %q: %v: %s", sql, err, out)
+		}
+		return nil
+	}
+	if err := run("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("harness: %v (is Postgres running? pg_ctlcluster --skip-systemctl-redirect 15 main start; or set OPSBOT_TEST_POSTGRES)", err)
+	}
+	t.Cleanup(func() {
+		if err := run("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			t.Logf("harness: %v", err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("harness: OPSBOT_TEST_POSTGRES: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}

@@ -1,0 +1,303 @@
+package skills
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// BotSpec says which skills a bot runs and how people address it.
+type BotSpec struct {
+	ID     id.UserID
+	Prefix string
+	Skills []string
+	// ConfigKey is where the bot is configured ("bots[0]"), for errors.
+	ConfigKey string
+}
+
+// CommandHelp describes one command for !help.
+type CommandHelp struct {
+	Skill string
+	Name  string
+	Usage string // "!remind <duration> <text...>"
+	Help  string
+}
+
+// Options configure an Engine.
+type Options struct {
+	Sender Sender
+	Memory MemoryStore
+	Log    zerolog.Logger
+	// HandlerTimeout bounds one handler run (default one minute).
+	HandlerTimeout time.Duration
+	// Decode decodes skill config sections strictly (appservice/config.DecodeStrict).
+	Decode func(node *yaml.Node, v any, path string) error
+}
+
+// Engine routes events to the skills of each bot.
+type Engine struct {
+	opts   Options
+	skills map[string]Skill
+	routes map[string][]*route // by skill name
+	bots   map[id.UserID]*BotSpec
+}
+
+// NewEngine sets up the given skills for the given bots. Every skill named by
+// a bot must be in available, every config section must belong to a skill a
+// bot runs, and every skill's Setup must succeed; errors name the config key.
+func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, bots []BotSpec) (*Engine, error) {
+	if opts.HandlerTimeout == 0 {
+		opts.HandlerTimeout = time.Minute
+	}
+	e := &Engine{opts: opts, skills: map[string]Skill{}, routes: map[string][]*route{}, bots: map[id.UserID]*BotSpec{}}
+	byName := map[string]Skill{}
+	var names []string
+	for _, s := range available {
+		byName[s.Name()] = s
+		names = append(names, s.Name())
+	}
+	sort.Strings(names)
+	var errs []error
+	used := map[string]bool{}
+	for i := range bots {
+		b := bots[i]
+		e.bots[b.ID] = &b
+		for j, name := range b.Skills {
+			if _, ok := byName[name]; !ok {
+				errs = append(errs, fmt.Errorf("%s.skills[%d]: unknown skill %q (available: %s)", b.ConfigKey, j, name, strings.Join(names, ", ")))
+				continue
+			}
+			used[name] = true
+		}
+	}
+	for name := range sections {
+		if _, ok := byName[name]; !ok {
+			errs = append(errs, fmt.Errorf("skills.%s: unknown skill %q (available: %s)", name, name, strings.Join(names, ", ")))
+		} else if !used[name] {
+			errs = append(errs, fmt.Errorf("skills.%s: no bot runs this skill; add it to a bot's skills or remove the section", name))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	for _, name := range names {
+		if !used[name] {
+			continue
+		}
+		s := byName[name]
+		var cfg Config
+		if node, ok := sections[name]; ok {
+			cfg = NewConfig(name, &node, opts.Decode)
+		} else {
+			cfg = NewConfig(name, nil, opts.Decode)
+		}
+		r := newRouter(name)
+		if err := s.Setup(r, cfg); err != nil {
+			return nil, fmt.Errorf("skill %s: %w", name, err)
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		e.skills[name] = s
+		e.routes[name] = r.routes
+	}
+	// Two skills of one bot must not claim the same command word.
+	for _, b := range e.bots {
+		owner := map[string]string{}
+		for _, name := range b.Skills {
+			for _, rt := range e.routes[name] {
+				if rt.kind != kindCommand {
+					continue
+				}
+				if prev, ok := owner[rt.command.name]; ok {
+					return nil, fmt.Errorf("%s: skills %s and %s both define the command %q", b.ConfigKey, prev, name, rt.command.name)
+				}
+				owner[rt.command.name] = name
+			}
+		}
+	}
+	return e, nil
+}
+
+// botRoutes returns the routes of a bot's skills, in the order of its skill list.
+func (e *Engine) botRoutes(b *BotSpec) []*route {
+	var out []*route
+	for _, name := range b.Skills {
+		out = append(out, e.routes[name]...)
+	}
+	return out
+}
+
+// CommandsFor lists the commands a bot answers, in skill order.
+func (e *Engine) CommandsFor(bot id.UserID) []CommandHelp {
+	b := e.bots[bot]
+	if b == nil {
+		return nil
+	}
+	var out []CommandHelp
+	for _, rt := range e.botRoutes(b) {
+		if rt.kind == kindCommand && (len(rt.opts.bots) == 0 || slices.Contains(rt.opts.bots, bot)) {
+			out = append(out, CommandHelp{Skill: rt.skill, Name: rt.command.name, Usage: rt.command.usage(b.Prefix), Help: rt.opts.help})
+		}
+	}
+	return out
+}
+
+// Handle routes one event to the bots in roomBots (our bots joined to the
+// room, in config order). It returns when every handler has finished.
+func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
+	if _, ours := e.bots[evt.Sender]; ours {
+		return // never answer ourselves or each other
+	}
+	body, isEdit, isText := textOf(evt)
+	var unknown *BotSpec // first bot that would hint at an unknown command
+	knownSomewhere := false
+	for _, botID := range roomBots {
+		b := e.bots[botID]
+		if b == nil {
+			continue
+		}
+		matched := false
+		cmdName, argText, isCmd := "", "", false
+		if isText {
+			cmdName, argText, isCmd = splitCommand(body, b.Prefix)
+		}
+		for _, rt := range e.botRoutes(b) {
+			switch rt.kind {
+			case kindCommand:
+				if !isCmd || rt.command.name != cmdName || (isEdit && !rt.opts.edits) {
+					continue
+				}
+				knownSomewhere, matched = true, true
+				ev := e.newEvent(evt, b, rt, body)
+				ev.Command = cmdName
+				if !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+					e.notice(ctx, ev, fmt.Sprintf("You are not allowed to use %s%s here.", b.Prefix, cmdName))
+					continue
+				}
+				args, ok := rt.command.match(argText)
+				if !ok {
+					e.notice(ctx, ev, "Usage: "+rt.command.usage(b.Prefix))
+					continue
+				}
+				ev.Args = args
+				e.run(ctx, rt, ev)
+			case kindRegex:
+				if !isText || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+					continue
+				}
+				m := rt.regex.FindStringSubmatch(body)
+				if m == nil {
+					continue
+				}
+				matched = true
+				ev := e.newEvent(evt, b, rt, body)
+				ev.Match = m
+				ev.Args = map[string]string{}
+				for i, name := range rt.regex.SubexpNames() {
+					if name != "" {
+						ev.Args[name] = m[i]
+					}
+				}
+				e.run(ctx, rt, ev)
+			case kindEvent:
+				if evt.Type != rt.evtType || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+					continue
+				}
+				e.run(ctx, rt, e.newEvent(evt, b, rt, body))
+			}
+		}
+		if isText && !isEdit && !matched && !isCmd {
+			for _, rt := range e.botRoutes(b) {
+				if rt.kind == kindFallback && rt.allows(b.ID, evt.RoomID, evt.Sender) {
+					e.run(ctx, rt, e.newEvent(evt, b, rt, body))
+				}
+			}
+		}
+		if isCmd && !isEdit && unknown == nil {
+			unknown = b
+		}
+	}
+	if unknown != nil && !knownSomewhere {
+		cmdName, _, _ := splitCommand(body, unknown.Prefix)
+		ev := e.newEvent(evt, unknown, &route{skill: "help"}, body)
+		hint := fmt.Sprintf("Unknown command %s%s. Send %shelp for the list of commands.", unknown.Prefix, cmdName, unknown.Prefix)
+		e.notice(ctx, ev, hint)
+	}
+}
+
+// textOf returns the text a matcher sees: message bodies of text, emote and
+// notice... except notices, which bots send and must not trigger commands.
+func textOf(evt *event.Event) (body string, isEdit, isText bool) {
+	if evt.Type != event.EventMessage {
+		return "", false, false
+	}
+	msg, ok := evt.Content.Parsed.(*event.MessageEventContent)
+	if !ok {
+		return "", false, false
+	}
+	if msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace {
+		if msg.NewContent == nil {
+			return "", true, false
+		}
+		isEdit = true
+		msg = msg.NewContent
+	}
+	switch msg.MsgType {
+	case event.MsgText, event.MsgEmote:
+		return messageBody(msg), isEdit, true
+	}
+	return "", isEdit, false
+}
+
+func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {
+	ev := &Event{
+		Raw: evt, Bot: b.ID, RoomID: evt.RoomID, Sender: evt.Sender, ID: evt.ID,
+		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender,
+	}
+	if e.opts.Memory != nil {
+		ev.Memory = e.opts.Memory.Memory(rt.skill, evt.RoomID)
+	}
+	return ev
+}
+
+// run calls a handler, turning errors and panics into a log line and a short
+// apology in the room; the process and the other skills carry on.
+func (e *Engine) run(ctx context.Context, rt *route, ev *Event) {
+	log := e.opts.Log.With().Str("skill", rt.skill).Stringer("room_id", ev.RoomID).
+		Stringer("event_id", ev.ID).Stringer("bot", ev.Bot).Logger()
+	ctx, cancel := context.WithTimeout(log.WithContext(ctx), e.opts.HandlerTimeout)
+	defer cancel()
+	start := time.Now()
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic: %v", p)
+				log.Error().Str("stack", string(debug.Stack())).Msg("Skill handler panicked")
+			}
+		}()
+		return rt.handler(ctx, ev)
+	}()
+	if err != nil {
+		log.Error().Err(err).Dur("took", time.Since(start)).Msg("Skill handler failed")
+		e.notice(context.WithoutCancel(ctx), ev, fmt.Sprintf("Sorry, the %s skill failed while handling that. The error has been logged.", rt.skill))
+		return
+	}
+	log.Debug().Dur("took", time.Since(start)).Msg("Skill handler done")
+}
+
+func (e *Engine) notice(ctx context.Context, ev *Event, text string) {
+	if _, err := ev.Reply(ctx, text); err != nil {
+		e.opts.Log.Error().Err(err).Stringer("room_id", ev.RoomID).Msg("Failed to send notice")
+	}
+}

@@ -1,0 +1,152 @@
+package skills
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"strings"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Event is what a handler receives: the Matrix event plus what the matcher
+// found, and the actions the handler may take in reply.
+type Event struct {
+	// Raw is the Matrix event as received (decrypted, if it was encrypted).
+	Raw *event.Event
+	// Bot is the bot user this event is being handled as.
+	Bot    id.UserID
+	RoomID id.RoomID
+	Sender id.UserID
+	ID     id.EventID
+	// Body is the plain-text body of a message, reply fallback removed.
+	Body string
+	// Command is the command word, for command matches ("remind").
+	Command string
+	// Args holds command placeholders and named regex groups.
+	Args map[string]string
+	// Match holds regex submatches (Match[0] is the whole match).
+	Match []string
+	// Skill is the name of the skill handling the event.
+	Skill string
+	// Memory is the skill's memory for this room.
+	Memory Memory
+
+	engine  *Engine
+	sender  Sender
+	actions int // counts actions, so each gets its own transaction ID
+}
+
+// Arg returns a command placeholder or named regex group ("" if absent).
+func (ev *Event) Arg(name string) string { return ev.Args[name] }
+
+// Commands returns the help of every command this bot runs, for the help skill.
+func (ev *Event) Commands() []CommandHelp { return ev.engine.CommandsFor(ev.Bot) }
+
+// nextTxnID derives the transaction ID of the handler's next action from
+// the triggering event, the bot and the skill. A handler that runs again
+// after a crash sends with the same IDs, so the homeserver de-duplicates it.
+func (ev *Event) nextTxnID() string {
+	ev.actions++
+	return TxnID(string(ev.Bot), string(ev.ID), ev.Skill, ev.actions)
+}
+
+// TxnID derives a stable transaction ID for the n-th action of a skill
+// triggered by the event (or other trigger key) as the bot.
+func TxnID(bot, trigger, skill string, n int) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d", bot, trigger, skill, n)))
+	return "opsbot." + base64.RawURLEncoding.EncodeToString(sum[:18])
+}
+
+// relatesInThread returns the thread relation to reuse, if the trigger was
+// in a thread, so replies stay in it.
+func (ev *Event) threadRoot() id.EventID {
+	if ev.Raw == nil {
+		return ""
+	}
+	if msg, ok := ev.Raw.Content.Parsed.(*event.MessageEventContent); ok && msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelThread {
+		return msg.RelatesTo.EventID
+	}
+	return ""
+}
+
+func (ev *Event) send(ctx context.Context, t event.Type, content any) (id.EventID, error) {
+	return ev.sender.Send(ctx, ev.Bot, ev.RoomID, t, content, ev.nextTxnID())
+}
+
+func (ev *Event) message(msgtype event.MessageType, text, html string) *event.MessageEventContent {
+	c := &event.MessageEventContent{MsgType: msgtype, Body: text}
+	if html != "" {
+		c.Format = event.FormatHTML
+		c.FormattedBody = html
+	}
+	if root := ev.threadRoot(); root != "" {
+		c.RelatesTo = (&event.RelatesTo{}).SetThread(root, ev.ID)
+	}
+	return c
+}
+
+// Respond sends a notice into the room (into the thread, if the trigger was
+// in one). Bots send notices so that other bots do not answer them.
+func (ev *Event) Respond(ctx context.Context, text string) (id.EventID, error) {
+	return ev.send(ctx, event.EventMessage, ev.message(event.MsgNotice, text, ""))
+}
+
+// Reply sends a notice that replies to the triggering event.
+func (ev *Event) Reply(ctx context.Context, text string) (id.EventID, error) {
+	return ev.ReplyHTML(ctx, text, "")
+}
+
+// ReplyHTML sends a formatted reply; plain is what clients without HTML show.
+func (ev *Event) ReplyHTML(ctx context.Context, plain, html string) (id.EventID, error) {
+	c := ev.message(event.MsgNotice, plain, html)
+	if c.RelatesTo == nil {
+		c.RelatesTo = &event.RelatesTo{}
+		c.RelatesTo.SetReplyTo(ev.ID)
+	}
+	return ev.send(ctx, event.EventMessage, c)
+}
+
+// React puts a reaction (an emoji or short text) on the triggering event.
+func (ev *Event) React(ctx context.Context, key string) (id.EventID, error) {
+	return ev.send(ctx, event.EventReaction, &event.ReactionEventContent{
+		RelatesTo: event.RelatesTo{Type: event.RelAnnotation, EventID: ev.ID, Key: key},
+	})
+}
+
+// Edit replaces the text of a message the bot sent earlier.
+func (ev *Event) Edit(ctx context.Context, target id.EventID, text string) (id.EventID, error) {
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: "* " + text}
+	c.SetEdit(target)
+	c.NewContent = &event.MessageEventContent{MsgType: event.MsgNotice, Body: text}
+	return ev.send(ctx, event.EventMessage, c)
+}
+
+// Redact removes an event (the bot needs the power to redact others' events).
+func (ev *Event) Redact(ctx context.Context, target id.EventID, reason string) (id.EventID, error) {
+	return ev.sender.Redact(ctx, ev.Bot, ev.RoomID, target, reason, ev.nextTxnID())
+}
+
+// Send sends any message event; content is marshalled to JSON.
+func (ev *Event) Send(ctx context.Context, t event.Type, content any) (id.EventID, error) {
+	return ev.send(ctx, t, content)
+}
+
+// messageBody returns the text of a message with the reply fallback
+// ("> <@user> quoted" lines before a blank line) removed.
+func messageBody(msg *event.MessageEventContent) string {
+	body := msg.Body
+	if msg.RelatesTo != nil && msg.RelatesTo.InReplyTo != nil && strings.HasPrefix(body, "> ") {
+		lines := strings.Split(body, "\n")
+		i := 0
+		for i < len(lines) && strings.HasPrefix(lines[i], "> ") {
+			i++
+		}
+		if i < len(lines) && lines[i] == "" {
+			body = strings.Join(lines[i+1:], "\n")
+		}
+	}
+	return strings.TrimSpace(body)
+}

@@ -1,0 +1,91 @@
+// Package skills is the runtime that opsbot's skills plug into: the Skill
+// interface, the Router a skill registers its matchers on, the Event a
+// handler receives (with its actions: reply, react, edit, redact, ...), and
+// the per-skill, per-room Memory.
+//
+// A skill is a folder of its own (skills/ping, skills/echo, ...) with a
+// constructor returning a Skill; cmd/opsbot-appservice lists the built-in
+// ones. Handlers never talk HTTP to the homeserver: every action goes through
+// opsbot's outbox, which sends as the right bot user, encrypts where needed,
+// and de-duplicates retries.
+package skills
+
+import (
+	"context"
+	"fmt"
+
+	"gopkg.in/yaml.v3"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Skill is what a skill package provides.
+type Skill interface {
+	// Name is the skill's name in config (bots[].skills, skills.<name>).
+	Name() string
+	// Setup registers the skill's matchers and reads its config section.
+	// An error refuses start-up and is shown to the admin as it is.
+	Setup(r *Router, cfg Config) error
+}
+
+// Handler handles one matched event. A returned error is logged and the
+// sender gets a short apology; the error text itself is not shown in the room.
+type Handler func(ctx context.Context, ev *Event) error
+
+// Config is a skill's own section of opsbot.yaml (skills.<name>).
+type Config struct {
+	name string
+	node *yaml.Node
+	// decode is the strict decoder from appservice/config, injected so that
+	// unknown keys and bad values are reported with their full key path.
+	decode func(node *yaml.Node, v any, path string) error
+}
+
+// NewConfig wraps a skill's config section. decode must reject unknown keys.
+func NewConfig(name string, node *yaml.Node, decode func(*yaml.Node, any, string) error) Config {
+	return Config{name: name, node: node, decode: decode}
+}
+
+// Present reports whether the config file has a section for this skill.
+func (c Config) Present() bool { return c.node != nil && c.node.Kind != 0 }
+
+// Decode decodes the section into v (a pointer to a struct with yaml tags).
+// Unknown keys and wrong types are errors naming skills.<name>.<key>.
+// A missing section leaves v as it is, so set defaults before calling.
+func (c Config) Decode(v any) error {
+	if !c.Present() {
+		return nil
+	}
+	if c.decode == nil {
+		return c.node.Decode(v)
+	}
+	return c.decode(c.node, v, "skills."+c.name)
+}
+
+// Errorf returns a config error that names this skill's section, for
+// validation done by the skill itself.
+func (c Config) Errorf(key, format string, args ...any) error {
+	return fmt.Errorf("skills.%s.%s: %s", c.name, key, fmt.Sprintf(format, args...))
+}
+
+// Sender performs actions in rooms. opsbot's outbox implements it; tests
+// may use a fake. txnID makes the send idempotent: the homeserver answers a
+// retried send with the event it already created.
+type Sender interface {
+	Send(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, content any, txnID string) (id.EventID, error)
+	Redact(ctx context.Context, bot id.UserID, room id.RoomID, target id.EventID, reason, txnID string) (id.EventID, error)
+}
+
+// Memory is a skill's key/value store for one room. Values are stored as
+// JSON. Keys are at most 255 bytes; values at most 64 KiB.
+type Memory interface {
+	Get(ctx context.Context, key string, v any) (found bool, err error)
+	Put(ctx context.Context, key string, v any) error
+	Delete(ctx context.Context, key string) error
+	Keys(ctx context.Context) ([]string, error)
+}
+
+// MemoryStore hands out the Memory of a skill in a room.
+type MemoryStore interface {
+	Memory(skill string, room id.RoomID) Memory
+}
