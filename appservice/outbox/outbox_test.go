@@ -1,0 +1,165 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/appservice/outbox"
+)
+
+const (
+	bot  = id.UserID("@opsbot:example.org")
+	room = id.RoomID("!room:example.org")
+)
+
+// fakeHomeserver answers sends with scripted failures first.
+type fakeHomeserver struct {
+	mu       sync.Mutex
+	failures []func(w http.ResponseWriter)
+	txnIDs   []string
+	times    []time.Time
+	users    []string
+}
+
+func (f *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	parts := strings.Split(r.URL.Path, "/")
+	f.txnIDs = append(f.txnIDs, parts[len(parts)-1])
+	f.times = append(f.times, time.Now())
+	f.users = append(f.users, r.URL.Query().Get("user_id"))
+	if len(f.failures) > 0 {
+		fail := f.failures[0]
+		f.failures = f.failures[1:]
+		fail(w)
+		return
+	}
+	fmt.Fprintf(w, `{"event_id":"$sent%d"}`, len(f.txnIDs))
+}
+
+func setup(t *testing.T, hs *fakeHomeserver) *outbox.Outbox {
+	t.Helper()
+	srv := httptest.NewServer(hs)
+	t.Cleanup(srv.Close)
+	as, err := mas.CreateFull(mas.CreateOpts{
+		Registration:     &mas.Registration{AppToken: "as", ServerToken: "hs", SenderLocalpart: "opsbot"},
+		HomeserverDomain: "example.org", HomeserverURL: srv.URL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as.DefaultHTTPRetries = 0
+	ctx := context.Background()
+	_ = as.StateStore.MarkRegistered(ctx, bot)
+	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
+	o := outbox.New(as, zerolog.Nop())
+	o.MinBackoff, o.MaxBackoff = 10*time.Millisecond, 2*time.Second
+	return o
+}
+
+func status(code int, body string) func(w http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		fmt.Fprint(w, body)
+	}
+}
+
+func TestSendRetriesWithTheSameTxnID(t *testing.T) {
+	hs := &fakeHomeserver{failures: []func(http.ResponseWriter){
+		status(502, `bad gateway`),
+		status(429, `{"errcode":"M_LIMIT_EXCEEDED","error":"slow down","retry_after_ms":300}`),
+		status(500, `{"errcode":"M_UNKNOWN","error":"oops"}`),
+	}}
+	o := setup(t, hs)
+	evtID, err := o.Send(context.Background(), bot, room, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgNotice, Body: "pong"}, "opsbot.txn1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evtID != "$sent4" || len(hs.txnIDs) != 4 {
+		t.Fatalf("event %s after %d attempts", evtID, len(hs.txnIDs))
+	}
+	for i, txn := range hs.txnIDs {
+		if txn != "opsbot.txn1" {
+			t.Errorf("attempt %d used txn ID %q", i, txn)
+		}
+		if hs.users[i] != string(bot) {
+			t.Errorf("attempt %d sent as %q", i, hs.users[i])
+		}
+	}
+	if gap := hs.times[2].Sub(hs.times[1]); gap < 300*time.Millisecond {
+		t.Errorf("retry_after_ms 300 not honoured: retried after %v", gap)
+	}
+}
+
+func TestPermanentErrorsAreNotRetried(t *testing.T) {
+	hs := &fakeHomeserver{failures: []func(http.ResponseWriter){
+		status(403, `{"errcode":"M_FORBIDDEN","error":"not in room"}`),
+	}}
+	o := setup(t, hs)
+	_, err := o.Send(context.Background(), bot, room, event.EventMessage, map[string]any{"body": "x"}, "t")
+	if !errors.Is(err, mautrix.MForbidden) || len(hs.txnIDs) != 1 {
+		t.Fatalf("err=%v attempts=%d", err, len(hs.txnIDs))
+	}
+}
+
+func TestContextBoundsRetries(t *testing.T) {
+	hs := &fakeHomeserver{}
+	for i := 0; i < 100; i++ {
+		hs.failures = append(hs.failures, status(503, `{}`))
+	}
+	o := setup(t, hs)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "t")
+	if err == nil || !strings.Contains(err.Error(), "gave up") {
+		t.Fatalf("err=%v", err)
+	}
+}
+
+func TestNeverPlaintextIntoEncryptedRoom(t *testing.T) {
+	hs := &fakeHomeserver{}
+	o := setup(t, hs)
+	_ = o.AS.StateStore.SetEncryptionEvent(context.Background(), room, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+	_, err := o.Send(context.Background(), bot, room, event.EventMessage, map[string]any{"body": "secret"}, "t")
+	if !errors.Is(err, outbox.ErrEncryptedRoom) || len(hs.txnIDs) != 0 {
+		t.Fatalf("err=%v, requests=%d", err, len(hs.txnIDs))
+	}
+}
+
+func TestRetryAfterClassification(t *testing.T) {
+	mk := func(code int, resp *mautrix.RespError) error {
+		return mautrix.HTTPError{Response: &http.Response{StatusCode: code, Header: http.Header{}}, RespError: resp}
+	}
+	cases := []struct {
+		err       error
+		wait      time.Duration
+		retryable bool
+	}{
+		{mk(429, &mautrix.RespError{ErrCode: "M_LIMIT_EXCEEDED", ExtraData: map[string]any{"retry_after_ms": float64(1500)}}), 1500 * time.Millisecond, true},
+		{mk(500, nil), 0, true},
+		{mk(400, &mautrix.RespError{ErrCode: "M_BAD_JSON"}), 0, false},
+		{mk(404, nil), 0, false},
+		{errors.New("connection refused"), 0, true},
+		{context.Canceled, 0, false},
+	}
+	for i, c := range cases {
+		wait, retryable := outbox.RetryAfter(c.err)
+		if wait != c.wait || retryable != c.retryable {
+			t.Errorf("case %d: got %v %v, want %v %v", i, wait, retryable, c.wait, c.retryable)
+		}
+	}
+}

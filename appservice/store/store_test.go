@@ -1,0 +1,238 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"opsbot/appservice/config"
+	"opsbot/appservice/store"
+	"opsbot/appservice/store/storetest"
+)
+
+func open(t *testing.T, cfg config.Database) *store.Store {
+	t.Helper()
+	st, err := store.Open(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Upgrade(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func events(txn string, n int) []store.InboxEvent {
+	out := make([]store.InboxEvent, n)
+	for i := range out {
+		out[i] = store.InboxEvent{
+			EventID: fmt.Sprintf("$%s-%d", txn, i),
+			RoomID:  "!room:example.org",
+			Kind:    store.KindPDU,
+			Payload: []byte(fmt.Sprintf(`{"type":"m.room.message","event_id":"$%s-%d"}`, txn, i)),
+		}
+	}
+	return out
+}
+
+func forEachDialect(t *testing.T, fn func(t *testing.T, cfg config.Database)) {
+	for _, d := range storetest.Dialects {
+		t.Run(d, func(t *testing.T) { fn(t, storetest.Config(t, d)) })
+	}
+}
+
+func TestTransactionDeduplicationSurvivesRestart(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		rec, dup, err := st.RecordTransaction(ctx, "txn1", events("a", 3))
+		if err != nil || dup || len(rec) != 3 {
+			t.Fatalf("first record: rec=%d dup=%v err=%v", len(rec), dup, err)
+		}
+		if rec[0].Seq >= rec[1].Seq || rec[1].Seq >= rec[2].Seq {
+			t.Fatalf("sequence numbers not increasing: %d %d %d", rec[0].Seq, rec[1].Seq, rec[2].Seq)
+		}
+		rec, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3))
+		if err != nil || !dup || len(rec) != 0 {
+			t.Fatalf("replay: rec=%d dup=%v err=%v", len(rec), dup, err)
+		}
+		st.Close()
+
+		// A new process sees the same transaction as a duplicate too.
+		st = open(t, cfg)
+		defer st.Close()
+		_, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3))
+		if err != nil || !dup {
+			t.Fatalf("replay after reopen: dup=%v err=%v", dup, err)
+		}
+		pending, err := st.PendingEvents(ctx, 100)
+		if err != nil || len(pending) != 3 {
+			t.Fatalf("pending after reopen: %d, %v", len(pending), err)
+		}
+		if string(pending[1].Payload) != string(events("a", 3)[1].Payload) || pending[1].TxnID != "txn1" {
+			t.Fatalf("payload not kept verbatim: %+v", pending[1])
+		}
+	})
+}
+
+func TestEventInTwoTransactionsIsRecordedOnce(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		if _, _, err := st.RecordTransaction(ctx, "t1", events("x", 2)); err != nil {
+			t.Fatal(err)
+		}
+		both := append(events("x", 2), events("y", 1)...)
+		rec, dup, err := st.RecordTransaction(ctx, "t2", both)
+		if err != nil || dup {
+			t.Fatal(dup, err)
+		}
+		if len(rec) != 1 || rec[0].EventID != "$y-0" {
+			t.Fatalf("want only the new event recorded, got %+v", rec)
+		}
+		// Ephemeral events have no ID and are never de-duplicated by it.
+		eph := []store.InboxEvent{{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)}}
+		for _, txn := range []string{"t3", "t4"} {
+			rec, _, err := st.RecordTransaction(ctx, txn, eph)
+			if err != nil || len(rec) != 1 {
+				t.Fatalf("ephemeral in %s: %d %v", txn, len(rec), err)
+			}
+		}
+	})
+}
+
+func TestMarkDoneAndPrune(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		rec, _, err := st.RecordTransaction(ctx, "t1", events("a", 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.MarkDone(ctx, rec[0].Seq); err != nil {
+			t.Fatal(err)
+		}
+		pending, _ := st.PendingEvents(ctx, 100)
+		if len(pending) != 2 || pending[0].Seq != rec[1].Seq {
+			t.Fatalf("pending after mark: %+v", pending)
+		}
+		if n, _ := st.CountPending(ctx); n != 2 {
+			t.Fatalf("CountPending = %d", n)
+		}
+		// Nothing is old enough yet.
+		if ev, tx, err := st.Prune(ctx, time.Now().Add(-time.Hour)); err != nil || ev != 0 || tx != 0 {
+			t.Fatalf("prune recent: %d %d %v", ev, tx, err)
+		}
+		ev, tx, err := st.Prune(ctx, time.Now().Add(time.Hour))
+		if err != nil || ev != 1 || tx != 1 {
+			t.Fatalf("prune: events=%d txns=%d err=%v", ev, tx, err)
+		}
+		if pending, _ := st.PendingEvents(ctx, 100); len(pending) != 2 {
+			t.Fatalf("prune must keep unhandled events, have %d", len(pending))
+		}
+	})
+}
+
+func TestMemory(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		m := st.Memory("remind", "!a:x")
+		other := st.Memory("remind", "!b:x")
+		type item struct{ N int }
+		if found, err := m.Get(ctx, "k", &item{}); found || err != nil {
+			t.Fatalf("empty get: %v %v", found, err)
+		}
+		if err := m.Put(ctx, "k", item{1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Put(ctx, "k", item{2}); err != nil {
+			t.Fatal(err)
+		}
+		var got item
+		if found, err := m.Get(ctx, "k", &got); !found || err != nil || got.N != 2 {
+			t.Fatalf("get: %v %v %+v", found, err, got)
+		}
+		if found, _ := other.Get(ctx, "k", &got); found {
+			t.Fatal("memory leaked between rooms")
+		}
+		if found, _ := st.Memory("echo", "!a:x").Get(ctx, "k", &got); found {
+			t.Fatal("memory leaked between skills")
+		}
+		_ = m.Put(ctx, "a", 1)
+		keys, err := m.Keys(ctx)
+		if err != nil || strings.Join(keys, ",") != "a,k" {
+			t.Fatalf("keys: %v %v", keys, err)
+		}
+		if err := m.Delete(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if found, _ := m.Get(ctx, "k", &got); found {
+			t.Fatal("deleted key still there")
+		}
+		if err := m.Put(ctx, strings.Repeat("k", 256), 1); err == nil {
+			t.Fatal("overlong key accepted")
+		}
+		if err := m.Put(ctx, "big", strings.Repeat("x", store.MaxMemoryValueBytes)); err == nil {
+			t.Fatal("oversized value accepted")
+		}
+	})
+}
+
+func TestBotProfile(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		if n, a, err := st.BotProfile(ctx, "@bot:x"); n != "" || a != "" || err != nil {
+			t.Fatalf("unset profile: %q %q %v", n, a, err)
+		}
+		_ = st.SetBotProfile(ctx, "@bot:x", "Bot", "mxc://x/y")
+		_ = st.SetBotProfile(ctx, "@bot:x", "Bot 2", "mxc://x/y")
+		if n, a, _ := st.BotProfile(ctx, "@bot:x"); n != "Bot 2" || a != "mxc://x/y" {
+			t.Fatalf("profile: %q %q", n, a)
+		}
+	})
+}
+
+func TestVersion(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st, err := store.Open(cfg, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		cur, latest, err := st.Version(ctx)
+		if err != nil || cur != 0 || latest < 1 {
+			t.Fatalf("before upgrade: %d %d %v", cur, latest, err)
+		}
+		if err := st.Upgrade(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if cur, latest, _ := st.Version(ctx); cur != latest {
+			t.Fatalf("after upgrade: %d of %d", cur, latest)
+		}
+	})
+}
+
+func TestSQLiteDSN(t *testing.T) {
+	dsn := store.SQLiteDSN("/var/lib/opsbot/opsbot.db")
+	for _, want := range []string{"file:/var/lib/opsbot/opsbot.db?", "journal_mode%28WAL%29", "synchronous%28FULL%29", "_txlock=immediate"} {
+		if !strings.Contains(dsn, want) {
+			t.Errorf("DSN %q lacks %q", dsn, want)
+		}
+	}
+	// A pragma the admin set is kept, not doubled.
+	dsn = store.SQLiteDSN("file:x.db?_pragma=synchronous(NORMAL)")
+	if strings.Count(dsn, "synchronous") != 1 || !strings.Contains(dsn, "NORMAL") {
+		t.Errorf("admin pragma not respected: %q", dsn)
+	}
+}
