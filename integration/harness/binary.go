@@ -62,11 +62,11 @@ func findOrBuildDendrite(t testing.TB) (string, error) {
 	}
 	binDir := filepath.Join(root, ".build", "bin")
 	bin := filepath.Join(binDir, "dendrite")
-	if ok, why := binaryUpToDate(bin, want); ok {
+	ok, why := binaryUpToDate(bin, want)
+	if ok {
 		return bin, nil
-	} else {
-		t.Logf("harness: %s; building Dendrite %s (a few minutes on a cold Go cache)", why, want)
 	}
+	t.Logf("harness: %s; building Dendrite %s (a few minutes on a cold Go cache)", why, want)
 
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return "", err

@@ -135,7 +135,7 @@ func (u *User) Do(ctx context.Context, method, path string, body, out any) error
 // MustDo is Do with a RequestTimeout deadline that fails the test on error.
 func (u *User) MustDo(t testing.TB, method, path string, body, out any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
 	if err := u.Do(ctx, method, path, body, out); err != nil {
 		t.Fatalf("harness: %s: %v", u.ID, err)
@@ -166,7 +166,7 @@ func (hs *Homeserver) RegisterAdmin(t testing.TB, localpart string) *User {
 
 func (hs *Homeserver) register(t testing.TB, localpart string, admin bool) *User {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
 	const path = "/_synapse/admin/v1/register"
 	var nonce struct {
@@ -207,7 +207,7 @@ func (hs *Homeserver) register(t testing.TB, localpart string, admin bool) *User
 // deviceID may be empty for a server-chosen one.
 func (hs *Homeserver) Login(t testing.TB, localpart, password, deviceID string) *User {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
 	req := map[string]any{
 		"type":       "m.login.password",
@@ -238,12 +238,19 @@ func (u *User) NewDevice(t testing.TB) *User {
 }
 
 // AppServiceUser returns a User that calls the API with an application
-// service's as_token, acting as userID through ?user_id= (Dendrite then uses
-// its dummy device "AS_Device"); an empty userID acts as the appservice's
-// sender_localpart user. It is not logged out at cleanup, and its /sync
-// position starts at its first wait.
+// service's as_token, acting as userID through ?user_id= (Dendrite then
+// reports the dummy device "AS_Device"). With an empty userID it acts as the
+// appservice's sender_localpart user without ?user_id= (Dendrite reports a
+// device named like the localpart), and ID and DeviceID stay empty. The user
+// must exist: Dendrite creates the sender at start-up; others need a
+// m.login.application_service registration. It is not logged out at
+// cleanup, and its /sync position starts at its first wait.
 func (hs *Homeserver) AppServiceUser(asToken, userID string) *User {
-	return &User{ID: userID, AccessToken: asToken, DeviceID: "AS_Device", masquerade: userID, hs: hs}
+	u := &User{ID: userID, AccessToken: asToken, masquerade: userID, hs: hs}
+	if userID != "" {
+		u.DeviceID = "AS_Device"
+	}
+	return u
 }
 
 // prepareUser takes the initial sync position and registers the logout.
@@ -259,7 +266,7 @@ func (hs *Homeserver) prepareUser(t testing.TB, u *User) {
 			t.Logf("harness: logout of %s (%s): %v", u.ID, u.DeviceID, err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
 	if err := u.initialSync(ctx); err != nil {
 		t.Fatalf("harness: initial sync of %s: %v", u.ID, err)

@@ -31,7 +31,10 @@
 // Helpers that take a testing.TB fail the test with t.Fatalf on any error, so
 // they must be called from the test's own goroutine. For requests whose
 // failure the test wants to inspect, use User.Do or Homeserver.Do, which
-// return an error (an *HTTPError for a non-2xx answer).
+// return an error (an *HTTPError for a non-2xx answer). Each request of a
+// t-taking helper has its own deadline (RequestTimeout, plus the poll time
+// for /sync) and does not depend on t.Context, so the helpers also work in
+// t.Cleanup functions.
 //
 // # Events
 //

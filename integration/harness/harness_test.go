@@ -60,6 +60,8 @@ func TestCrashRestart(t *testing.T) {
 	alice := hs.RegisterUser(t, "alice")
 	room := alice.CreateRoom(t, harness.RoomOptions{})
 	alice.SendText(t, room, "before crash")
+	// See Homeserver.Kill: let the event through before pulling the plug.
+	alice.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("before crash"))
 	hs.Kill()
 	if hs.Running() {
 		t.Fatal("still running after Kill")
@@ -101,8 +103,16 @@ namespaces:
 	hs := harness.Start(t, harness.Options{AppServiceRegistrations: []string{reg}})
 
 	sender := hs.AppServiceUser(asToken, hs.UserID("opsbot"))
-	if id, _ := sender.WhoAmI(t); id != "@opsbot:localhost" {
+	if id, dev := sender.WhoAmI(t); id != "@opsbot:localhost" {
 		t.Fatalf("whoami as sender = %q", id)
+	} else {
+		t.Logf("whoami as sender: %s device %q", id, dev)
+	}
+	// Without ?user_id= the as_token is the sender itself.
+	if id, dev := hs.AppServiceUser(asToken, "").WhoAmI(t); id != "@opsbot:localhost" {
+		t.Fatalf("whoami with bare as_token = %q", id)
+	} else {
+		t.Logf("whoami with bare as_token: %s device %q", id, dev)
 	}
 
 	// The sender can act in rooms, and a person sees it.
@@ -117,14 +127,67 @@ namespaces:
 }
 
 func TestPostgres(t *testing.T) {
-	if os.Getenv("OPSBOT_TEST_POSTGRES") == "" {
-		if _, err := net.DialTimeout("tcp", "127.0.0.1:5432", time.Second); err != nil {
-			t.Skip("no Postgres on 127.0.0.1:5432 and OPSBOT_TEST_POSTGRES unset")
-		}
-	}
+	// Postgres is part of the test world: missing, it fails the test (in
+	// harness.Start), never skips it.
 	hs := harness.Start(t, harness.Options{Postgres: true})
 	alice := hs.RegisterUser(t, "alice")
 	room := alice.CreateRoom(t, harness.RoomOptions{})
 	alice.SendText(t, room, "on postgres")
 	alice.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("on postgres"))
+}
+
+func TestRoomHelpers(t *testing.T) {
+	hs := harness.Start(t, harness.Options{})
+	admin := hs.RegisterAdmin(t, "root")
+	alice := hs.RegisterUser(t, "alice")
+	alice.SetDisplayName(t, "Alice")
+
+	room := alice.CreateRoom(t, harness.RoomOptions{
+		Name: "helpers", Encrypted: true, AliasLocalpart: "helpers", Invite: []string{admin.ID},
+		InitialState: []harness.StateEvent{{Type: "org.example.memory", Content: map[string]any{"k": "v"}}},
+	})
+	if got := admin.Join(t, "#helpers:localhost"); got != room {
+		t.Fatalf("join by alias gave %q, want %q", got, room)
+	}
+	if m := alice.JoinedMembers(t, room); m[alice.ID].DisplayName != "Alice" || len(m) != 2 {
+		t.Fatalf("joined members = %v", m)
+	}
+	var enc struct {
+		Algorithm string `json:"algorithm"`
+	}
+	alice.State(t, room, "m.room.encryption", "", &enc)
+	var mem map[string]any
+	alice.State(t, room, "org.example.memory", "", &mem)
+	if enc.Algorithm != "m.megolm.v1.aes-sha2" || mem["k"] != "v" {
+		t.Fatalf("state: encryption %+v, memory %v", enc, mem)
+	}
+
+	// A second device of alice sees what the first sends.
+	phone := alice.NewDevice(t)
+	if phone.DeviceID == alice.DeviceID {
+		t.Fatal("NewDevice reused the device ID")
+	}
+	id := alice.SendText(t, room, "to be redacted")
+	phone.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("to be redacted"))
+	alice.Redact(t, room, id, "test")
+	phone.WaitForEvent(t, room, 10*time.Second, func(e harness.Event) bool {
+		return e.Type == "m.room.redaction" && e.Redacts == id
+	})
+
+	// Upgrades leave a tombstone pointing at the new room.
+	newRoom := alice.UpgradeRoom(t, room, "10")
+	tomb := phone.WaitForEvent(t, room, 10*time.Second, harness.OfType("m.room.tombstone"))
+	if tomb.Content["replacement_room"] != newRoom {
+		t.Fatalf("tombstone %s, want replacement %s", tomb.Raw, newRoom)
+	}
+
+	alice.Kick(t, room, admin.ID, "bye")
+	admin.WaitForEvent(t, room, 10*time.Second, func(e harness.Event) bool {
+		return e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == admin.ID && e.Membership() == "leave"
+	})
+	for _, r := range admin.JoinedRooms(t) {
+		if r == room {
+			t.Fatal("admin still joined after kick")
+		}
+	}
 }

@@ -263,7 +263,7 @@ func (u *User) WaitForEvent(t testing.TB, roomID string, timeout time.Duration, 
 }
 
 func (u *User) pollLocked(t testing.TB, poll time.Duration) error {
-	ctx, cancel := context.WithTimeout(t.Context(), poll+RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), poll+RequestTimeout)
 	defer cancel()
 	return u.syncOnceLocked(ctx, poll)
 }

@@ -1,0 +1,50 @@
+# opsbot — see README.md. Everything builds pure Go (CGO_ENABLED=0, goolm);
+# the race detector needs cgo, so unit tests run with cgo on.
+
+GO        ?= go
+BIN       := .build/bin
+OPSBOT    := $(BIN)/opsbot-appservice
+DENDRITE  := $(BIN)/dendrite
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.Version=$(VERSION)
+UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
+
+.PHONY: all build build-cgo dendrite demo test lint unit integration bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -tags goolm -trimpath -ldflags '$(LDFLAGS)' -o $(OPSBOT) ./cmd/opsbot-appservice
+
+# The cgo build (libolm instead of goolm) must keep compiling too.
+build-cgo:
+	CGO_ENABLED=1 $(GO) build -o /dev/null ./...
+
+# Dendrite v0.13.8, pinned in integration/tools/go.mod, for tests and the demo.
+dendrite:
+	cd integration/tools && GOWORK=off $(GO) build -o ../../$(DENDRITE) github.com/matrix-org/dendrite/cmd/dendrite
+
+# A local Dendrite and opsbot on SQLite, a demo user and room; Ctrl-C stops it.
+demo: build dendrite
+	$(GO) run ./integration/demo -opsbot $(OPSBOT)
+
+# The whole suite: formatting, vet, unit tests with the race detector on both
+# databases, and the integration tests against a real Dendrite and Postgres.
+test: lint build build-cgo dendrite unit integration
+
+lint:
+	@out=$$(gofmt -l appservice skills cmd integration); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags goolm ./...
+	CGO_ENABLED=1 $(GO) vet ./...
+
+unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -tags goolm $(UNIT_PKGS)
+
+integration:
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 -tags goolm ./appservice/...
+
+clean:
+	rm -rf .build

@@ -1,0 +1,259 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"opsbot/appservice/config"
+	"opsbot/appservice/store/storetest"
+	"opsbot/integration/harness"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// opsbotBinary builds cmd/opsbot-appservice the way it ships (pure Go,
+// goolm) once per test run.
+func opsbotBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := harness.RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(root, ".build", "bin", "opsbot-appservice")
+		cmd := exec.Command("go", "build", "-tags", "goolm", "-o", binPath, "./cmd/opsbot-appservice")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building opsbot: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Opsbot is an opsbot-appservice process under test.
+type Opsbot struct {
+	t       testing.TB
+	Dir     string
+	CfgPath string
+	Cfg     *config.Config
+	URL     string // the appservice listener, http://127.0.0.1:PORT
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+}
+
+// world is Dendrite plus opsbot configured for it.
+type world struct {
+	HS  *harness.Homeserver
+	Bot *Opsbot
+}
+
+// botSetup describes the bots of a test config, as YAML list items.
+const defaultBots = `
+  - localpart: opsbot
+    displayname: Ops Bot
+    skills: [ping, help, echo]
+`
+
+// newWorld writes an opsbot config for the database type, generates the
+// registration with the real CLI, starts Dendrite with it, then opsbot.
+func newWorld(t *testing.T, dbType, bots, extra string) *world {
+	t.Helper()
+	bin := opsbotBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	db := storetest.Config(t, dbType)
+	// Dendrite's URL is not known before it starts, but the registration
+	// must exist first; it does not contain the homeserver URL, so write the
+	// config with a placeholder address and fix it up afterwards.
+	write := func(hsURL string) string {
+		text := fmt.Sprintf(`homeserver:
+  domain: localhost
+  address: %s
+appservice:
+  id: opsbot
+  listen: 127.0.0.1:%d
+  public_url: http://127.0.0.1:%d
+  as_token: %s
+  hs_token: %s
+database:
+  type: %s
+  uri: %q
+bots:%s
+logging:
+  level: debug
+  format: json
+%s`, hsURL, port, port, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, extra)
+		return text
+	}
+	cfgPath := filepath.Join(dir, "opsbot.yaml")
+	text := write("http://127.0.0.1:1")
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-c", cfgPath, "generate-registration").Output()
+	if err != nil {
+		t.Fatalf("generate-registration: %v", err)
+	}
+	regPath := filepath.Join(dir, "registration.yaml")
+	if err := os.WriteFile(regPath, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hs := harness.Start(t, harness.Options{ServerName: "localhost", AppServiceRegistrations: []string{regPath}})
+	text = strings.Replace(text, "http://127.0.0.1:1\n", hs.URL+"\n", 1)
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}}
+	t.Cleanup(func() {
+		ob.Stop()
+		if t.Failed() {
+			t.Logf("opsbot log (last 60 lines):\n%s", ob.LogTail(60))
+		}
+	})
+	ob.Start()
+	return &world{HS: hs, Bot: ob}
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs opsbot and waits until /readyz says ready.
+func (o *Opsbot) Start() {
+	o.t.Helper()
+	o.mu.Lock()
+	cmd := exec.Command(opsbotBinary(o.t), "-c", o.CfgPath)
+	cmd.Stdout = lockedWriter{&o.mu, o.log}
+	cmd.Stderr = lockedWriter{&o.mu, o.log}
+	if err := cmd.Start(); err != nil {
+		o.mu.Unlock()
+		o.t.Fatal(err)
+	}
+	o.cmd = cmd
+	done := make(chan struct{})
+	o.done = done
+	o.mu.Unlock()
+	go func() { _ = cmd.Wait(); close(done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			o.t.Fatalf("opsbot exited during start-up:\n%s", o.LogTail(40))
+		default:
+		}
+		resp, err := http.Get(o.URL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	o.t.Fatalf("opsbot not ready after 60s:\n%s", o.LogTail(40))
+}
+
+// Kill ends opsbot with SIGKILL: no shutdown code runs.
+func (o *Opsbot) Kill() { o.signal(syscall.SIGKILL) }
+
+// Stop ends opsbot with SIGTERM and waits for it.
+func (o *Opsbot) Stop() { o.signal(syscall.SIGTERM) }
+
+func (o *Opsbot) signal(sig syscall.Signal) {
+	o.mu.Lock()
+	cmd, done := o.cmd, o.done
+	o.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	o.mu.Lock()
+	o.cmd = nil
+	o.mu.Unlock()
+}
+
+// Log returns everything opsbot has logged so far.
+func (o *Opsbot) Log() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.log.String()
+}
+
+// LogTail returns the last n lines of the log.
+func (o *Opsbot) LogTail(n int) string {
+	lines := strings.Split(strings.TrimRight(o.Log(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Run runs an opsbot subcommand with the test config.
+func (o *Opsbot) Run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, opsbotBinary(o.t), append([]string{"-c", o.CfgPath}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// PutTransaction pushes a transaction to opsbot as the homeserver would.
+func (o *Opsbot) PutTransaction(t testing.TB, txnID, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, o.URL+"/_matrix/app/v1/transactions/"+txnID, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+o.Cfg.AppService.HSToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
