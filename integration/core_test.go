@@ -143,9 +143,14 @@ func testReplayedTransaction(t *testing.T, w *world, alice *harness.User, room s
 // kill -9 between two commands loses nothing: the homeserver retries the
 // second command's transaction until opsbot is back.
 func testCrashBetweenCommands(t *testing.T, w *world, alice *harness.User, room string) {
-	if ev := ask(t, alice, room, "!echo before the crash", botID); ev.Body() != "before the crash" {
+	cmd := alice.SendText(t, room, "!echo before the crash")
+	if ev := alice.WaitForMessage(t, room, wait, harness.From(botID)); ev.Body() != "before the crash" {
 		t.Fatalf("got %s", ev)
 	}
+	// "Between two commands": the first one is fully handled (its reply
+	// acknowledged by the homeserver, the event marked done). A kill while a
+	// send is still in flight is the fault-injection suite's business.
+	w.Bot.WaitForLog(t, wait, `"event_id":"`+cmd+`"`, `"message":"Handled event"`)
 	w.Bot.Kill()
 	alice.SendText(t, room, "!echo while down")
 	time.Sleep(time.Second) // let Dendrite try (and fail) to push it
@@ -167,7 +172,8 @@ func TestInvitePolicy(t *testing.T) {
 	// bob may not invite the bot: it declines, with a reason.
 	bobRoom := bob.CreateRoom(t, harness.RoomOptions{Invite: []string{botID}})
 	leave := bob.WaitForEvent(t, bobRoom, wait, harness.All(harness.OfType("m.room.member"), harness.From(botID)))
-	if leave.Membership() != "leave" || !strings.Contains(fmt.Sprint(leave.Content["reason"]), "not allowed") {
+	// opsbot gives a reason, but Dendrite v0.13.8 drops the reason of /leave.
+	if leave.Membership() != "leave" {
 		t.Fatalf("bot answered bob's invite with %s (%v)", leave, leave.Content)
 	}
 	if !strings.Contains(w.Bot.Log(), "Rejected invite from a user not allowed by permissions.invite") {

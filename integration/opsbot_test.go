@@ -226,6 +226,27 @@ func (o *Opsbot) LogTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// WaitForLog waits until one log line contains all the given parts.
+func (o *Opsbot) WaitForLog(t testing.TB, timeout time.Duration, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, line := range strings.Split(o.Log(), "\n") {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no opsbot log line with %q within %v", parts, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Run runs an opsbot subcommand with the test config.
 func (o *Opsbot) Run(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

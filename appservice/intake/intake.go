@@ -40,7 +40,7 @@ type Handler struct {
 	Overloaded func() bool
 	Log        zerolog.Logger
 	// Observe, if set, is told the outcome of every transaction ("ok",
-	// "duplicate", "unauthorized", "forbidden", "too_large", "not_json",
+	// "duplicate", "duplicate_grown", "unauthorized", "forbidden", "too_large", "not_json",
 	// "overloaded", "store_error") and the number of events recorded.
 	Observe func(outcome string, events int)
 }
@@ -141,15 +141,19 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "Could not record the transaction; retry later")
 		return
 	}
-	if duplicate {
+	switch {
+	case duplicate && len(recorded) == 0:
 		h.observe("duplicate", 0)
 		log.Debug().Msg("Acknowledged a transaction that was already recorded")
-	} else {
+	case duplicate:
+		h.observe("duplicate_grown", len(recorded))
+		log.Info().Int("new", len(recorded)).Msg("Homeserver re-sent a transaction ID with new events; recorded the new ones")
+	default:
 		h.observe("ok", len(recorded))
 		log.Debug().Int("events", len(events)).Int("new", len(recorded)).Msg("Recorded transaction")
-		if len(recorded) > 0 {
-			h.Deliver(recorded)
-		}
+	}
+	if len(recorded) > 0 {
+		h.Deliver(recorded)
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }

@@ -192,3 +192,21 @@ func TestLegacyQueryToken(t *testing.T) {
 		t.Fatalf("access_token query: %d", code)
 	}
 }
+
+// Dendrite re-sends a failed transaction under the same ID with newer events
+// appended; those must be delivered, the old ones not again.
+func TestReusedTransactionIDWithNewEvents(t *testing.T) {
+	f := newFixture(t, "sqlite")
+	if code, _ := f.do(t, "PUT", "/_matrix/app/v1/transactions/g", hsToken, txnBody("$a")); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := f.do(t, "PUT", "/_matrix/app/v1/transactions/g", hsToken, txnBody("$a", "$b")); code != 200 {
+		t.Fatal(code)
+	}
+	if len(f.delivered) != 2 || f.delivered[1].EventID != "$b" {
+		t.Fatalf("delivered %+v", f.delivered)
+	}
+	if got := strings.Join(f.outcomes, ","); got != "ok,duplicate_grown" {
+		t.Fatalf("outcomes %s", got)
+	}
+}

@@ -24,23 +24,30 @@ type InboxEvent struct {
 }
 
 // RecordTransaction durably records a transaction and its events in one
-// database transaction. If txnID was recorded before (a homeserver retry,
-// even across restarts), nothing is written and duplicate is true. Events
-// already in the inbox from another transaction are skipped. recorded holds
-// the newly written events with their sequence numbers, in order.
+// database transaction. duplicate is true when txnID was recorded before (a
+// homeserver retry, even across restarts). Events are de-duplicated by event
+// ID, not only by transaction: Dendrite re-sends a failed transaction under
+// the same ID with newer events appended, so the room events of a duplicate
+// are still recorded if they are new (its ephemeral events, which have no ID,
+// are not). recorded holds the newly written events with their sequence
+// numbers, in order.
 func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []InboxEvent) (recorded []InboxEvent, duplicate bool, err error) {
 	now := time.Now().UnixMilli()
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		recorded = recorded[:0]
 		res, err := s.DB.Exec(ctx, `INSERT INTO opsbot_transaction (txn_id, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, txnID, now)
 		if err != nil {
 			return fmt.Errorf("recording transaction: %w", err)
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			duplicate = true
-			return nil
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
 		}
-		recorded = make([]InboxEvent, 0, len(events))
+		duplicate = n == 0
 		for _, ev := range events {
+			if duplicate && ev.EventID == "" {
+				continue
+			}
 			row := s.DB.QueryRow(ctx, `INSERT INTO opsbot_inbox (txn_id, event_id, room_id, kind, payload, received_at)
 				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING seq`,
 				txnID, ev.EventID, ev.RoomID, ev.Kind, string(ev.Payload), now)

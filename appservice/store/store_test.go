@@ -95,6 +95,17 @@ func TestEventInTwoTransactionsIsRecordedOnce(t *testing.T) {
 		if len(rec) != 1 || rec[0].EventID != "$y-0" {
 			t.Fatalf("want only the new event recorded, got %+v", rec)
 		}
+		// Dendrite re-sends a failed transaction under the same ID with newer
+		// events appended: the new ones must not be lost.
+		grown := append(events("x", 2), events("z", 2)...)
+		grown = append(grown, store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)})
+		rec, dup, err = st.RecordTransaction(ctx, "t1", grown)
+		if err != nil || !dup {
+			t.Fatal(dup, err)
+		}
+		if len(rec) != 2 || rec[0].EventID != "$z-0" || rec[1].EventID != "$z-1" {
+			t.Fatalf("grown retry: want the two new room events, got %+v", rec)
+		}
 		// Ephemeral events have no ID and are never de-duplicated by it.
 		eph := []store.InboxEvent{{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)}}
 		for _, txn := range []string{"t3", "t4"} {

@@ -33,18 +33,30 @@ var binaryCache struct {
 // test if there is none and it cannot be built.
 func DendriteBinary(t testing.TB) string {
 	t.Helper()
+	bin, err := FindDendrite(t.Logf)
+	if err != nil {
+		t.Fatalf("harness: no Dendrite binary: %v", err)
+	}
+	return bin
+}
+
+// FindDendrite is DendriteBinary for programs that are not tests: it returns
+// the binary's path, or an error if there is none and it cannot be built.
+// logf, which may be nil, is told when (and how long) it builds. The outcome
+// is remembered for the life of the process.
+func FindDendrite(logf func(format string, args ...any)) (string, error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
 	binaryCache.mu.Lock()
 	defer binaryCache.mu.Unlock()
 	if binaryCache.path == "" && binaryCache.err == nil {
-		binaryCache.path, binaryCache.err = findOrBuildDendrite(t)
+		binaryCache.path, binaryCache.err = findOrBuildDendrite(logf)
 	}
-	if binaryCache.err != nil {
-		t.Fatalf("harness: no Dendrite binary: %v", binaryCache.err)
-	}
-	return binaryCache.path
+	return binaryCache.path, binaryCache.err
 }
 
-func findOrBuildDendrite(t testing.TB) (string, error) {
+func findOrBuildDendrite(logf func(format string, args ...any)) (string, error) {
 	if p := os.Getenv("DENDRITE_BIN"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("DENDRITE_BIN=%s: %w", p, err)
@@ -66,7 +78,7 @@ func findOrBuildDendrite(t testing.TB) (string, error) {
 	if ok {
 		return bin, nil
 	}
-	t.Logf("harness: %s; building Dendrite %s (a few minutes on a cold Go cache)", why, want)
+	logf("harness: %s; building Dendrite %s (a few minutes on a cold Go cache)", why, want)
 
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return "", err
@@ -100,7 +112,7 @@ func findOrBuildDendrite(t testing.TB) (string, error) {
 	if err := os.Rename(tmp, bin); err != nil {
 		return "", err
 	}
-	t.Logf("harness: built %s in %s", bin, time.Since(start).Round(time.Second))
+	logf("harness: built %s in %s", bin, time.Since(start).Round(time.Second))
 	return bin, nil
 }
 

@@ -105,8 +105,9 @@ type User struct {
 	ID          string // @local:server
 	AccessToken string
 	DeviceID    string
-	// Password is set for users made by RegisterUser (for Login, or for
-	// user-interactive auth such as cross-signing uploads).
+	// Password is set for users made by RegisterUser, Login and their
+	// error-returning forms (for Login, or for user-interactive auth such as
+	// cross-signing uploads).
 	Password string
 
 	hs         *Homeserver
@@ -168,14 +169,38 @@ func (hs *Homeserver) register(t testing.TB, localpart string, admin bool) *User
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
+	u, err := hs.registerAccount(ctx, localpart, "harness-pw-"+localpart, admin)
+	if err != nil {
+		t.Fatalf("harness: registering %s: %v", localpart, err)
+	}
+	hs.prepareUser(t, u)
+	return u
+}
+
+// RegisterAccount is RegisterUser for programs that are not tests: it
+// creates @localpart:ServerName with the given password (an admin if admin
+// is set) and returns it logged in, its /sync position set to now, or an
+// error (an *HTTPError with ErrCode M_USER_IN_USE if the account exists).
+// Nothing logs the device out; call Logout when done.
+func (hs *Homeserver) RegisterAccount(ctx context.Context, localpart, password string, admin bool) (*User, error) {
+	u, err := hs.registerAccount(ctx, localpart, password, admin)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.initialSync(ctx); err != nil {
+		return nil, fmt.Errorf("initial sync of %s: %w", u.ID, err)
+	}
+	return u, nil
+}
+
+func (hs *Homeserver) registerAccount(ctx context.Context, localpart, password string, admin bool) (*User, error) {
 	const path = "/_synapse/admin/v1/register"
 	var nonce struct {
 		Nonce string `json:"nonce"`
 	}
 	if err := hs.Do(ctx, http.MethodGet, path, nil, &nonce); err != nil {
-		t.Fatalf("harness: registering %s: %v", localpart, err)
+		return nil, err
 	}
-	password := "harness-pw-" + localpart
 	kind := "notadmin"
 	if admin {
 		kind = "admin"
@@ -195,11 +220,9 @@ func (hs *Homeserver) register(t testing.TB, localpart string, admin bool) *User
 		"mac":      hex.EncodeToString(mac.Sum(nil)),
 	}, &res)
 	if err != nil {
-		t.Fatalf("harness: registering %s: %v", localpart, err)
+		return nil, err
 	}
-	u := &User{ID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, Password: password, hs: hs}
-	hs.prepareUser(t, u)
-	return u
+	return &User{ID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, Password: password, hs: hs}, nil
 }
 
 // Login logs in to an existing account with its password and returns the new
@@ -209,6 +232,30 @@ func (hs *Homeserver) Login(t testing.TB, localpart, password, deviceID string) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
+	u, err := hs.login(ctx, localpart, password, deviceID)
+	if err != nil {
+		t.Fatalf("harness: login of %s: %v", localpart, err)
+	}
+	hs.prepareUser(t, u)
+	return u
+}
+
+// LoginAccount is Login for programs that are not tests: it returns the new
+// device, its /sync position set to now, or an error (an *HTTPError with
+// ErrCode M_FORBIDDEN for a wrong password or an unknown account). Nothing
+// logs the device out; call Logout when done.
+func (hs *Homeserver) LoginAccount(ctx context.Context, localpart, password, deviceID string) (*User, error) {
+	u, err := hs.login(ctx, localpart, password, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.initialSync(ctx); err != nil {
+		return nil, fmt.Errorf("initial sync of %s: %w", u.ID, err)
+	}
+	return u, nil
+}
+
+func (hs *Homeserver) login(ctx context.Context, localpart, password, deviceID string) (*User, error) {
 	req := map[string]any{
 		"type":       "m.login.password",
 		"identifier": map[string]any{"type": "m.id.user", "user": localpart},
@@ -223,11 +270,9 @@ func (hs *Homeserver) Login(t testing.TB, localpart, password, deviceID string) 
 		DeviceID    string `json:"device_id"`
 	}
 	if err := hs.Do(ctx, http.MethodPost, "/_matrix/client/v3/login", req, &res); err != nil {
-		t.Fatalf("harness: login of %s: %v", localpart, err)
+		return nil, err
 	}
-	u := &User{ID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, Password: password, hs: hs}
-	hs.prepareUser(t, u)
-	return u
+	return &User{ID: res.UserID, AccessToken: res.AccessToken, DeviceID: res.DeviceID, Password: password, hs: hs}, nil
 }
 
 // NewDevice logs u's account in again: another device of the same person.

@@ -13,6 +13,15 @@
 //	alice.SendText(t, room, "!ping")
 //	alice.WaitForMessage(t, room, 10*time.Second, harness.From(botID))
 //
+// # Programs
+//
+// The harness is also usable outside tests (integration/demo does so):
+// Launch starts a Homeserver and returns errors instead of failing a test,
+// FindDendrite finds or builds the binary, RegisterAccount and LoginAccount
+// give a User with a chosen password, User.Do sends requests and
+// User.AwaitEvent waits for events until a context is done. Options.Dir keeps
+// a homeserver's data across runs and Options.Port fixes its port.
+//
 // # The Dendrite binary
 //
 // Start runs the binary named by $DENDRITE_BIN, else <repo>/.build/bin/dendrite

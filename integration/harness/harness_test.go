@@ -1,10 +1,13 @@
 package harness_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,5 +192,80 @@ func TestRoomHelpers(t *testing.T) {
 		if r == room {
 			t.Fatal("admin still joined after kick")
 		}
+	}
+}
+
+func TestLaunchReusesDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "hs")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	opts := harness.Options{Dir: dir, Port: port}
+
+	hs, err := harness.Launch(opts, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hs.Stop()
+	if want := fmt.Sprintf("http://127.0.0.1:%d", port); hs.URL != want {
+		t.Fatalf("URL = %q, want %q", hs.URL, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	carol, err := hs.RegisterAccount(ctx, "carol", "carol's secret", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := carol.CreateRoom(t, harness.RoomOptions{Name: "kept"})
+	carol.SendText(t, room, "before")
+	if _, err := carol.AwaitEvent(ctx, room, harness.BodyIs("before")); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = carol.AwaitEvent(short, room, harness.BodyIs("never sent"))
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("AwaitEvent of nothing: %v, want a deadline error", err)
+	}
+	if err := carol.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	secret := hs.SharedSecret
+	hs.Stop()
+
+	// A second Launch on the same Dir keeps the secret, accounts and rooms.
+	hs, err = harness.Launch(opts, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hs.Stop()
+	if hs.SharedSecret != secret {
+		t.Fatalf("shared secret changed across launches")
+	}
+	_, err = hs.RegisterAccount(ctx, "carol", "another password", false)
+	if he, ok := err.(*harness.HTTPError); !ok || he.ErrCode != "M_USER_IN_USE" {
+		t.Fatalf("registering carol again: %v, want M_USER_IN_USE", err)
+	}
+	if _, err := hs.LoginAccount(ctx, "carol", "wrong password", ""); err == nil {
+		t.Fatal("login with a wrong password worked")
+	}
+	carol, err = hs.LoginAccount(ctx, "carol", "carol's secret", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rooms := carol.JoinedRooms(t); len(rooms) != 1 || rooms[0] != room {
+		t.Fatalf("joined rooms after relaunch = %v, want [%s]", rooms, room)
+	}
+	carol.SendText(t, room, "after")
+	if _, err := carol.AwaitEvent(ctx, room, harness.BodyIs("after")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A fixed port that is taken is a clear error.
+	if _, err := harness.Launch(harness.Options{Dir: t.TempDir(), Port: port}, nil); err == nil || !strings.Contains(err.Error(), "not free") {
+		t.Fatalf("Launch on a taken port: %v", err)
 	}
 }

@@ -42,6 +42,14 @@ type Options struct {
 	Config func(cfg map[string]any)
 	// StartTimeout bounds the wait for the client API to answer. Default 60s.
 	StartTimeout time.Duration
+	// Port is the client API port on 127.0.0.1. Default 0: a free port.
+	Port int
+	// Dir is where the config, signing key, databases, media and log live.
+	// Default "": a new temporary directory. An existing Dir is reused: its
+	// signing key, registration shared secret and databases are kept (so
+	// accounts and rooms survive), and dendrite.yaml is written again from
+	// these Options.
+	Dir string
 }
 
 // Homeserver is a running (or stopped) Dendrite process.
@@ -70,40 +78,108 @@ type Homeserver struct {
 	runs    int
 }
 
-// Start writes a configuration into a new temporary directory, starts
-// Dendrite on a free loopback port and waits until its client API answers.
-// The process is stopped by t.Cleanup; if the test failed, the tail of the
-// Dendrite log is printed first.
+// Start writes a configuration into a new temporary directory (or
+// Options.Dir), starts Dendrite on a free loopback port (or Options.Port) and
+// waits until its client API answers. The process is stopped by t.Cleanup; if
+// the test failed, the tail of the Dendrite log is printed first.
 func Start(t testing.TB, opts Options) *Homeserver {
 	t.Helper()
 	bin := DendriteBinary(t)
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	var dbURL string
+	if opts.Postgres {
+		dbURL = createPostgresDatabase(t)
+	}
+	hs, err := prepare(bin, opts, dbURL)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("harness: last lines of %s:\n%s", hs.LogPath, hs.LogTail(80))
+		}
+		hs.Stop()
+	})
+	if err := hs.startFirst(opts.Port); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return hs
+}
+
+// Launch is Start for programs that are not tests (such as integration/demo):
+// it finds or builds the binary with FindDendrite(logf), returns errors
+// instead of failing a test, and leaves stopping to the caller (Stop). With an
+// empty Options.Dir it uses a new directory under os.TempDir that it does not
+// remove. Options.Postgres is not supported here (the database is dropped at
+// test cleanup). logf, which may be nil, receives progress notes such as the
+// building of the binary.
+func Launch(opts Options, logf func(format string, args ...any)) (*Homeserver, error) {
+	if opts.Postgres {
+		return nil, errors.New("harness: Options.Postgres needs Start, not Launch")
+	}
+	bin, err := FindDendrite(logf)
+	if err != nil {
+		return nil, fmt.Errorf("harness: no Dendrite binary: %w", err)
+	}
+	if opts.Dir == "" {
+		if opts.Dir, err = os.MkdirTemp("", "harness-dendrite-"); err != nil {
+			return nil, fmt.Errorf("harness: %w", err)
+		}
+	}
+	hs, err := prepare(bin, opts, "")
+	if err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
+	}
+	if err := hs.startFirst(opts.Port); err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
+	}
+	return hs, nil
+}
+
+// prepare fills in the defaults of opts and writes the signing key (unless
+// Dir has one) and the configuration into opts.Dir.
+func prepare(bin string, opts Options, dbURL string) (*Homeserver, error) {
 	if opts.ServerName == "" {
 		opts.ServerName = "localhost"
 	}
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 60 * time.Second
 	}
-	dir := t.TempDir()
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	hs := &Homeserver{
 		ServerName:   opts.ServerName,
 		Dir:          dir,
 		ConfigPath:   filepath.Join(dir, "dendrite.yaml"),
 		LogPath:      filepath.Join(dir, "dendrite.log"),
-		SharedSecret: randomHex(16),
 		bin:          bin,
 		startTimeout: opts.StartTimeout,
 		client:       &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}},
 	}
-	if err := writeSigningKey(filepath.Join(dir, "matrix_key.pem")); err != nil {
-		t.Fatalf("harness: %v", err)
+	// A reused Dir keeps its shared secret and signing key: the server's
+	// identity and its events' signatures stay valid.
+	hs.SharedSecret = existingSharedSecret(hs.ConfigPath)
+	if hs.SharedSecret == "" {
+		hs.SharedSecret = randomHex(16)
 	}
-	var dbURL string
-	if opts.Postgres {
-		dbURL = createPostgresDatabase(t)
+	keyPath := filepath.Join(dir, "matrix_key.pem")
+	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
+		if err := writeSigningKey(keyPath); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
 	}
 	cfg, err := hs.config(opts, dbURL)
 	if err != nil {
-		t.Fatalf("harness: %v", err)
+		return nil, err
 	}
 	if opts.Config != nil {
 		opts.Config(cfg)
@@ -113,39 +189,68 @@ func Start(t testing.TB, opts Options) *Homeserver {
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(cfg); err != nil {
-		t.Fatalf("harness: %v", err)
+		return nil, err
 	}
 	if err := os.WriteFile(hs.ConfigPath, buf.Bytes(), 0o600); err != nil {
-		t.Fatalf("harness: %v", err)
+		return nil, err
 	}
+	return hs, nil
+}
 
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("harness: last lines of %s:\n%s", hs.LogPath, hs.LogTail(80))
-		}
-		hs.Stop()
-	})
-
-	// The free port is found by listening on :0 and closing; another process
-	// may grab it before Dendrite binds, so try a few ports.
+// startFirst starts Dendrite for the first time: on port, or on a free
+// loopback port if port is 0.
+func (hs *Homeserver) startFirst(port int) error {
 	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			t.Fatalf("harness: %v", err)
-		}
+	if port != 0 {
 		hs.addr = fmt.Sprintf("127.0.0.1:%d", port)
 		hs.URL = "http://" + hs.addr
-		lastErr = hs.start()
-		if lastErr == nil {
-			return hs
+		// Check first: another server answering on the port would look
+		// like ours having started.
+		l, err := net.Listen("tcp", hs.addr)
+		if err != nil {
+			return fmt.Errorf("port %d is not free (another homeserver running?): %v", port, err)
 		}
-		if !strings.Contains(hs.LogTail(20), "address already in use") {
-			break
+		l.Close()
+		if lastErr = hs.start(); lastErr != nil && strings.Contains(hs.LogTail(20), "address already in use") {
+			lastErr = fmt.Errorf("port %d is already in use (another homeserver running?)", port)
+		}
+	} else {
+		// The free port is found by listening on :0 and closing; another
+		// process may grab it before Dendrite binds, so try a few ports.
+		for attempt := 0; attempt < 3; attempt++ {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			hs.addr = fmt.Sprintf("127.0.0.1:%d", port)
+			hs.URL = "http://" + hs.addr
+			lastErr = hs.start()
+			if lastErr == nil || !strings.Contains(hs.LogTail(20), "address already in use") {
+				break
+			}
 		}
 	}
-	t.Fatalf("harness: Dendrite did not start: %v\nlast lines of %s:\n%s", lastErr, hs.LogPath, hs.LogTail(60))
+	if lastErr != nil {
+		return fmt.Errorf("Dendrite did not start: %v\nlast lines of %s:\n%s", lastErr, hs.LogPath, hs.LogTail(60))
+	}
 	return nil
+}
+
+// existingSharedSecret returns client_api.registration_shared_secret from a
+// configuration written earlier (JSON as the harness writes it, or YAML), or
+// "" if there is none.
+func existingSharedSecret(configPath string) string {
+	data, err := os.ReadFile(configPath)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		key, value, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && strings.Trim(key, `"`) == "registration_shared_secret" {
+			return strings.Trim(strings.TrimSpace(value), `"',`)
+		}
+	}
+	return ""
 }
 
 // UserID returns "@localpart:ServerName".

@@ -262,6 +262,37 @@ func (u *User) WaitForEvent(t testing.TB, roomID string, timeout time.Duration, 
 	}
 }
 
+// AwaitEvent is WaitForEvent for programs that are not tests: it waits
+// until ctx is done instead of a timeout, and returns an error (describing
+// the events it did see) instead of failing a test. It consumes events the
+// same way.
+func (u *User) AwaitEvent(ctx context.Context, roomID string, pred Predicate) (Event, error) {
+	u.sync.mu.Lock()
+	defer u.sync.mu.Unlock()
+	for {
+		if ev, ok := u.takeLocked(roomID, pred); ok {
+			return ev, nil
+		}
+		poll := maxPoll
+		if deadline, ok := ctx.Deadline(); ok {
+			poll = min(time.Until(deadline), maxPoll)
+		}
+		if ctx.Err() != nil || poll <= 0 {
+			cause := ctx.Err()
+			if cause == nil {
+				cause = context.DeadlineExceeded
+			}
+			return Event{}, fmt.Errorf("%s: no matching event in room %q: %w\n%s", u.ID, roomID, cause, u.describeLocked(roomID))
+		}
+		pctx, cancel := context.WithTimeout(ctx, poll+RequestTimeout)
+		err := u.syncOnceLocked(pctx, poll)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return Event{}, fmt.Errorf("%s: sync: %w", u.ID, err)
+		}
+	}
+}
+
 func (u *User) pollLocked(t testing.TB, poll time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), poll+RequestTimeout)
 	defer cancel()
