@@ -151,6 +151,8 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if cfg.created {
 		say("wrote %s (from opsbot generate-config) and %s", cfgPath, regPath)
+	} else if cfg.updated {
+		say("reusing %s with its tokens, updated for these ports; wrote %s again", cfgPath, regPath)
 	} else {
 		say("reusing %s and %s", cfgPath, regPath)
 	}
@@ -311,6 +313,7 @@ func portFree(port int, flagName, what string) error {
 // demoConfig is what the demo needs to know from opsbot.yaml.
 type demoConfig struct {
 	created bool
+	updated bool   // an existing config was changed (e.g. another -port)
 	botID   string // the first bot's user ID
 	prefix  string // its command prefix
 }
@@ -355,6 +358,7 @@ func prepareConfig(ctx context.Context, bin, cfgPath, regPath, hsURL string, bot
 		}
 	}
 	changed := len(todo) > 0
+	dc.updated = changed && !dc.created
 	localpart, prefix := "opsbot", "!"
 	if bots := lookup(root, "bots"); bots != nil && bots.Kind == yaml.SequenceNode && len(bots.Content) > 0 {
 		if n := lookup(bots.Content[0], "localpart"); n != nil && n.Value != "" {
