@@ -26,6 +26,7 @@ import (
 
 	"opsbot/appservice/bots"
 	"opsbot/appservice/config"
+	"opsbot/appservice/e2ee"
 	"opsbot/appservice/health"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/outbox"
@@ -48,6 +49,8 @@ type Service struct {
 	Engine   *skills.Engine
 	Outbox   *outbox.Outbox
 	Pipeline *pipeline.Pipeline
+	// E2EE is nil when encryption.enabled is false.
+	E2EE *e2ee.Manager
 
 	warnEncrypted sync.Once
 }
@@ -79,6 +82,20 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 
 	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
 	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
+	if cfg.Encryption.Enabled {
+		s.E2EE = e2ee.New(e2ee.Options{
+			DB:            s.Store.DB,
+			StateStore:    s.AS.StateStore.(*sqlstatestore.SQLStateStore),
+			HomeserverURL: cfg.Homeserver.Address,
+			ASToken:       cfg.AppService.ASToken,
+			PickleKey:     []byte(cfg.Encryption.PickleKey),
+			Bots:          s.Bots.IDs(),
+			Trust:         cfg.Encryption.Trust,
+			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
+			Log:           log.With().Str("component", "e2ee").Logger(),
+		})
+		s.Outbox.Encryptor = s.E2EE
+	}
 	specs := make([]skills.BotSpec, len(cfg.Bots))
 	for i, b := range cfg.Bots {
 		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
@@ -104,6 +121,12 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 
 // HandleEvent is the pipeline's per-event work after the state store update.
 func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
+	if evt.Type.Class == event.ToDeviceEventType {
+		if s.E2EE != nil && s.E2EE.Mode() == e2ee.ModeAppservice {
+			s.E2EE.HandleToDevice(ctx, evt)
+		}
+		return
+	}
 	if evt.Type == event.StateMember {
 		s.Bots.HandleMember(ctx, evt)
 	}
@@ -111,12 +134,44 @@ func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	if len(roomBots) == 0 {
 		return
 	}
+	if s.E2EE != nil && (evt.Type == event.StateMember || evt.Type == event.StateHistoryVisibility) {
+		s.E2EE.HandleState(ctx, evt, roomBots)
+	}
 	if evt.Type == event.EventEncrypted {
-		s.warnEncrypted.Do(func() {
-			s.Log.Warn().Stringer("room_id", evt.RoomID).Msg("Received an encrypted event, but this build of opsbot cannot decrypt yet; bots will not answer in encrypted rooms")
-		})
+		if s.Bots.IsBot(evt.Sender) {
+			return // our own messages: nothing to decrypt or answer
+		}
+		decrypted, ok := s.decrypt(ctx, evt, roomBots)
+		if !ok {
+			return
+		}
+		evt = decrypted
 	}
 	s.Engine.Handle(ctx, evt, roomBots)
+}
+
+// decrypt decrypts an event for the skills, or logs (and, if configured,
+// tells the sender) why it could not.
+func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, bool) {
+	log := zerolog.Ctx(ctx)
+	if s.E2EE == nil {
+		s.warnEncrypted.Do(func() {
+			log.Warn().Stringer("room_id", evt.RoomID).Msg("Received an encrypted event, but encryption.enabled is false: bots will not answer in encrypted rooms")
+		})
+		return nil, false
+	}
+	decrypted, reason, err := s.E2EE.Decrypt(ctx, evt, roomBots)
+	if err != nil {
+		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
+		if *s.Cfg.Encryption.ReplyOnFailure && reason == "no_session" {
+			s.Engine.Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+		}
+		return nil, false
+	}
+	if reason == "late_key" {
+		log.Debug().Msg("Decrypted after waiting for the room key")
+	}
+	return decrypted, true
 }
 
 // Run starts opsbot and blocks until ctx is cancelled, then shuts down:
@@ -138,9 +193,13 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
-
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
+	if s.E2EE != nil {
+		if err := s.startEncryption(ctx, workCtx); err != nil {
+			return err
+		}
+	}
 	if err := s.Pipeline.Start(workCtx); err != nil {
 		return fmt.Errorf("resuming unhandled events: %w", err)
 	}
@@ -179,6 +238,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	}
 	stopWork()
 	s.Pipeline.Wait()
+	if s.E2EE != nil {
+		s.E2EE.Wait()
+	}
 	s.Log.Info().Msg("Stopped")
 	return nil
 }
@@ -193,6 +255,7 @@ func (s *Service) Handler() http.Handler {
 		Deliver:      s.Pipeline.Deliver,
 		IsOurUser:    s.Bots.IsBot,
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
+		DeviceInfo:   s.deviceInfoHandler(),
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 	}).Register(mux)
 	(&health.Checker{
@@ -264,4 +327,50 @@ func (s *Service) pruneLoop(ctx context.Context) {
 // BotID returns the user ID of a configured bot localpart.
 func (s *Service) BotID(localpart string) id.UserID {
 	return id.NewUserID(localpart, s.Cfg.Homeserver.Domain)
+}
+
+// startEncryption picks the key-delivery mode and starts the bots' devices.
+// setupCtx bounds the start-up; the devices' loops run until runCtx ends.
+func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
+	mode, why := s.Cfg.Encryption.Mode, "set in encryption.mode"
+	if mode == "auto" {
+		mode, why = s.detectKeyDelivery(setupCtx)
+	}
+	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
+	s.E2EE.SetMode(mode)
+	ctx, cancel := context.WithCancel(runCtx)
+	stop := context.AfterFunc(setupCtx, cancel) // abandon start-up if asked to stop
+	defer stop()
+	if err := s.E2EE.Start(ctx); err != nil {
+		return fmt.Errorf("encryption: %w", err)
+	}
+	return nil
+}
+
+// detectKeyDelivery implements encryption.mode auto: appservice mode when
+// the homeserver says it pushes device lists and one-time-key counts to
+// appservices (MSC3202) and to-device events (MSC2409), else sync mode.
+func (s *Service) detectKeyDelivery(ctx context.Context) (mode, why string) {
+	versions, err := s.AS.BotClient().Versions(ctx)
+	if err != nil {
+		return e2ee.ModeSync, fmt.Sprintf("could not read the homeserver's features (%v); sync mode works everywhere", err)
+	}
+	msc3202 := versions.UnstableFeatures["org.matrix.msc3202"]
+	msc2409 := versions.UnstableFeatures["org.matrix.msc2409"] || versions.UnstableFeatures["org.matrix.msc2409.to_device"]
+	if msc3202 && msc2409 {
+		return e2ee.ModeAppservice, "the homeserver advertises MSC2409 and MSC3202 (keys arrive in transactions)"
+	}
+	return e2ee.ModeSync, "the homeserver does not advertise both MSC2409 and MSC3202 (org.matrix.msc2409, org.matrix.msc3202), so each bot device runs its own /sync"
+}
+
+// deviceInfoHandler routes MSC3202 fields to encryption in appservice mode.
+func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
+	if s.E2EE == nil {
+		return nil
+	}
+	return func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
+		if s.E2EE.Mode() == e2ee.ModeAppservice {
+			s.E2EE.HandleDeviceInfo(lists, otks)
+		}
+	}
 }

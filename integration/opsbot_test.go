@@ -88,6 +88,12 @@ func newWorld(t *testing.T, dbType, bots, extra string) *world {
 	// Dendrite's URL is not known before it starts, but the registration
 	// must exist first; it does not contain the homeserver URL, so write the
 	// config with a placeholder address and fix it up afterwards.
+	// Encryption is on, as generate-config writes it, unless the test
+	// brings its own section.
+	encryption := "encryption:\n  enabled: true\n  pickle_key: " + config.RandomToken() + "\n"
+	if strings.Contains(extra, "encryption:") {
+		encryption = ""
+	}
 	write := func(hsURL string) string {
 		text := fmt.Sprintf(`homeserver:
   domain: localhost
@@ -105,7 +111,7 @@ bots:%s
 logging:
   level: debug
   format: json
-%s`, hsURL, port, port, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, extra)
+%s%s`, hsURL, port, port, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, encryption, extra)
 		return text
 	}
 	cfgPath := filepath.Join(dir, "opsbot.yaml")

@@ -301,3 +301,13 @@ func (e *Engine) notice(ctx context.Context, ev *Event, text string) {
 		e.opts.Log.Error().Err(err).Stringer("room_id", ev.RoomID).Msg("Failed to send notice")
 	}
 }
+
+// Notify sends a notice as bot in reply to an event, outside any skill (for
+// opsbot's own messages, such as "I could not decrypt your message").
+func (e *Engine) Notify(ctx context.Context, bot id.UserID, evt *event.Event, text string) {
+	b := e.bots[bot]
+	if b == nil {
+		return
+	}
+	e.notice(ctx, e.newEvent(evt, b, &route{skill: "opsbot"}, ""), text)
+}

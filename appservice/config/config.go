@@ -20,6 +20,7 @@ type Config struct {
 	Homeserver  Homeserver           `yaml:"homeserver"`
 	AppService  AppService           `yaml:"appservice"`
 	Database    Database             `yaml:"database"`
+	Encryption  Encryption           `yaml:"encryption"`
 	Bots        []Bot                `yaml:"bots"`
 	Skills      map[string]yaml.Node `yaml:"skills"`
 	Permissions Permissions          `yaml:"permissions"`
@@ -56,6 +57,25 @@ type Database struct {
 	Type         string `yaml:"type"` // sqlite or postgres
 	URI          string `yaml:"uri"`
 	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// Encryption configures end-to-end encryption for the bots.
+type Encryption struct {
+	// Enabled gives every bot an E2EE device so it can talk in encrypted rooms.
+	Enabled bool `yaml:"enabled"`
+	// Mode says how the bots' devices get their to-device messages, device
+	// list changes and one-time-key counts: sync (a /sync loop per device),
+	// appservice (MSC2409/MSC3202 transaction fields) or auto.
+	Mode string `yaml:"mode"`
+	// PickleKey encrypts the bots' private keys in the database.
+	PickleKey string `yaml:"pickle_key"`
+	// Trust is the key sharing policy: which devices get the bots' room keys
+	// (all, cross-signed or verified).
+	Trust string `yaml:"trust"`
+	// ReplyOnFailure makes a bot answer a message it could not decrypt.
+	ReplyOnFailure *bool `yaml:"reply_on_failure"`
+	// DecryptWait bounds how long an event waits for a late room key.
+	DecryptWait Duration `yaml:"decrypt_wait"`
 }
 
 // Bot is one virtual user run by opsbot.
@@ -120,6 +140,7 @@ var envOverrides = []struct {
 	{"OPSBOT_AS_TOKEN", func(c *Config, v string) { c.AppService.ASToken = v }},
 	{"OPSBOT_HS_TOKEN", func(c *Config, v string) { c.AppService.HSToken = v }},
 	{"OPSBOT_DATABASE_URI", func(c *Config, v string) { c.Database.URI = v }},
+	{"OPSBOT_PICKLE_KEY", func(c *Config, v string) { c.Encryption.PickleKey = v }},
 	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
 }
 
@@ -195,6 +216,19 @@ func (c *Config) applyDefaults() {
 	if c.AppService.SenderLocalpart == "" && len(c.Bots) > 0 {
 		c.AppService.SenderLocalpart = c.Bots[0].Localpart
 	}
+	if c.Encryption.Mode == "" {
+		c.Encryption.Mode = "auto"
+	}
+	if c.Encryption.Trust == "" {
+		c.Encryption.Trust = "all"
+	}
+	if c.Encryption.ReplyOnFailure == nil {
+		yes := true
+		c.Encryption.ReplyOnFailure = &yes
+	}
+	if c.Encryption.DecryptWait == 0 {
+		c.Encryption.DecryptWait = Duration(30 * time.Second)
+	}
 	if c.Logging.Level == "" {
 		c.Logging.Level = "info"
 	}
@@ -255,6 +289,24 @@ func (c *Config) Validate() error {
 	}
 	if c.Database.MaxOpenConns < 0 {
 		bad("database.max_open_conns", "must not be negative")
+	}
+	if c.Encryption.Enabled {
+		switch c.Encryption.Mode {
+		case "auto", "sync", "appservice":
+		default:
+			bad("encryption.mode", "%q is not one of auto, sync, appservice", c.Encryption.Mode)
+		}
+		if len(c.Encryption.PickleKey) < 16 {
+			bad("encryption.pickle_key", "missing or shorter than 16 characters (set it in the file or in OPSBOT_PICKLE_KEY); it encrypts the bots' keys, so keep it with your backups")
+		}
+	}
+	switch c.Encryption.Trust {
+	case "all", "cross-signed", "verified":
+	default:
+		bad("encryption.trust", "%q is not one of all, cross-signed, verified", c.Encryption.Trust)
+	}
+	if c.Encryption.DecryptWait < 0 || time.Duration(c.Encryption.DecryptWait) > 10*time.Minute {
+		bad("encryption.decrypt_wait", "must be between 0s and 10m")
 	}
 	if len(c.Bots) == 0 {
 		bad("bots", "at least one bot is required")

@@ -10,7 +10,7 @@ import (
 // parses it and checks it against the registration example at the repo root.
 const exampleTemplate = `# opsbot configuration. Every key is documented in docs/configuration.md.
 # Secrets can also come from the environment: OPSBOT_AS_TOKEN, OPSBOT_HS_TOKEN,
-# OPSBOT_DATABASE_URI (and OPSBOT_HOMESERVER_ADDRESS).
+# OPSBOT_PICKLE_KEY, OPSBOT_DATABASE_URI (and OPSBOT_HOMESERVER_ADDRESS).
 
 homeserver:
   # The server name: the part after ':' in your users' IDs.
@@ -35,6 +35,24 @@ database:
   type: sqlite
   # sqlite: a file path. postgres: postgres://user:password@host/dbname?sslmode=disable
   uri: opsbot.db
+
+encryption:
+  # Give every bot its own end-to-end-encryption device, so it can talk in
+  # encrypted rooms. See docs/getting-started.md for what that means.
+  enabled: true
+  # How the bots' devices receive keys: auto, sync (a /sync loop per bot
+  # device: Dendrite, Conduit) or appservice (MSC2409/MSC3202: Synapse with
+  # the experimental flags). auto picks by what the homeserver supports.
+  mode: auto
+  # Encrypts the bots' private keys in the database. Back it up with the
+  # database: without it the bots cannot read their keys.
+  pickle_key: @PICKLE_KEY@
+  # Which devices get the bots' room keys: all, cross-signed or verified.
+  trust: all
+  # Answer "I could not decrypt your message" when a room key never arrives.
+  reply_on_failure: true
+  # How long a message waits for its room key before that answer.
+  decrypt_wait: 30s
 
 bots:
   - localpart: opsbot
@@ -67,7 +85,12 @@ func Example() string {
 
 // ExampleWithTokens returns the example config with the given tokens.
 func ExampleWithTokens(asToken, hsToken string) string {
-	return strings.NewReplacer("@AS_TOKEN@", asToken, "@HS_TOKEN@", hsToken).Replace(exampleTemplate)
+	return ExampleWithSecrets(asToken, hsToken, RandomToken())
+}
+
+// ExampleWithSecrets returns the example config with the given tokens and pickle key.
+func ExampleWithSecrets(asToken, hsToken, pickleKey string) string {
+	return strings.NewReplacer("@AS_TOKEN@", asToken, "@HS_TOKEN@", hsToken, "@PICKLE_KEY@", pickleKey).Replace(exampleTemplate)
 }
 
 // RandomToken returns 256 bits of randomness, URL-safe.

@@ -24,6 +24,9 @@ func (c *Config) Registration() *mas.Registration {
 		RateLimited:         &rateLimited,
 		EphemeralEvents:     true,
 		SoruEphemeralEvents: true,
+		// MSC3202 asks for device lists and one-time-key counts in
+		// transactions: the appservice key-delivery mode needs them.
+		MSC3202: c.Encryption.Enabled && c.Encryption.Mode != "sync",
 	}
 	localparts := []string{c.AppService.SenderLocalpart}
 	for _, b := range c.Bots {

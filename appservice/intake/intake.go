@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
 	"opsbot/appservice/store"
@@ -35,6 +36,10 @@ type Handler struct {
 	Deliver func([]store.InboxEvent)
 	// IsOurUser answers the homeserver's user queries.
 	IsOurUser func(id.UserID) bool
+	// DeviceInfo, if set, receives the MSC3202 device-list changes and
+	// one-time-key counts of each new transaction (appservice key delivery).
+	// They are not stored: a lost update costs a key refetch, not a message.
+	DeviceInfo func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount)
 	// Overloaded, if set, makes intake refuse new transactions with a
 	// retryable error while the pipeline is too far behind.
 	Overloaded func() bool
@@ -83,13 +88,24 @@ type wireTransaction struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
 	MSC2409Ephemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral"`
+	ToDevice         []json.RawMessage `json:"to_device"`
+	MSC2409ToDevice  []json.RawMessage `json:"de.sorunome.msc2409.to_device"`
+
+	DeviceLists        *mautrix.DeviceLists `json:"device_lists"`
+	MSC3202DeviceLists *mautrix.DeviceLists `json:"org.matrix.msc3202.device_lists"`
+	OTKCounts          otkCounts            `json:"device_one_time_keys_count"`
+	MSC3202OTKCounts   otkCounts            `json:"org.matrix.msc3202.device_one_time_keys_count"`
 }
+
+type otkCounts map[id.UserID]map[id.DeviceID]mautrix.OTKCount
 
 // eventHeader holds the fields intake needs to file an event.
 type eventHeader struct {
-	Type    string `json:"type"`
-	EventID string `json:"event_id"`
-	RoomID  string `json:"room_id"`
+	Type       string `json:"type"`
+	EventID    string `json:"event_id"`
+	RoomID     string `json:"room_id"`
+	ToUserID   string `json:"to_user_id"`
+	ToDeviceID string `json:"to_device_id"`
 }
 
 func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
@@ -130,6 +146,13 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	} else {
 		events = h.file(log, events, txn.MSC2409Ephemeral, store.KindEphemeral)
 	}
+	// To-device events carry room keys: they are stored like room events,
+	// so that a crash cannot lose a key the homeserver will not send again.
+	if txn.ToDevice != nil {
+		events = h.file(log, events, txn.ToDevice, store.KindToDevice)
+	} else {
+		events = h.file(log, events, txn.MSC2409ToDevice, store.KindToDevice)
+	}
 	// Recording must finish even if the homeserver hangs up: it will retry,
 	// and the retry must then find the transaction already recorded.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
@@ -155,6 +178,18 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	if len(recorded) > 0 {
 		h.Deliver(recorded)
 	}
+	if h.DeviceInfo != nil {
+		lists, otks := txn.DeviceLists, txn.OTKCounts
+		if lists == nil {
+			lists = txn.MSC3202DeviceLists
+		}
+		if otks == nil {
+			otks = txn.MSC3202OTKCounts
+		}
+		if (lists != nil && !lists.IsZero()) || len(otks) > 0 {
+			h.DeviceInfo(lists, otks)
+		}
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -165,11 +200,19 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
 	for i, raw := range raws {
 		var hdr eventHeader
-		if err := json.Unmarshal(raw, &hdr); err != nil || hdr.Type == "" || (kind == store.KindPDU && (hdr.EventID == "" || hdr.RoomID == "")) {
-			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id or room_id)")
+		if err := json.Unmarshal(raw, &hdr); err != nil || hdr.Type == "" ||
+			(kind == store.KindPDU && (hdr.EventID == "" || hdr.RoomID == "")) ||
+			(kind == store.KindToDevice && (hdr.ToUserID == "" || hdr.ToDeviceID == "")) {
+			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id, room_id, to_user_id or to_device_id)")
 			continue
 		}
-		out = append(out, store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Payload: raw})
+		ev := store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Payload: raw}
+		if kind == store.KindToDevice {
+			// One queue for all to-device events of a device, in order:
+			// Olm sessions break if their messages are handled out of order.
+			ev.EventID, ev.RoomID = "", "to-device:"+hdr.ToUserID+"|"+hdr.ToDeviceID
+		}
+		out = append(out, ev)
 	}
 	return out
 }

@@ -204,7 +204,7 @@ func Parse(item store.InboxEvent) (*event.Event, error) {
 		evt.Type.Class = event.MessageEventType
 		evt.Mautrix.EventSource = event.SourceTimeline
 	}
-	if evt.RoomID == "" && item.RoomID != "" {
+	if evt.RoomID == "" && item.RoomID != "" && item.Kind != store.KindToDevice {
 		evt.RoomID = id.RoomID(item.RoomID)
 	}
 	evt.Mautrix.ReceivedAt = time.Now()

@@ -1,0 +1,72 @@
+package e2ee
+
+import (
+	"context"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// This file is appservice key delivery: to-device events (MSC2409), device
+// list changes and one-time-key counts (MSC3202) arrive in the homeserver's
+// transactions instead of each device's /sync.
+
+// HandleToDevice hands a to-device event from a transaction to the machine
+// of the bot device it was sent to. Events for devices opsbot does not run
+// are logged and dropped: a machine must never see another device's messages.
+func (m *Manager) HandleToDevice(ctx context.Context, evt *event.Event) {
+	dev := m.devices[evt.ToUserID]
+	if dev == nil || dev.DeviceID != evt.ToDeviceID {
+		m.opts.Log.Warn().Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
+			Str("type", evt.Type.Type).Stringer("sender", evt.Sender).
+			Msg("Dropped a to-device event for a device opsbot does not run")
+		m.observe("to_device", "unknown_device")
+		return
+	}
+	evt.Type.Class = event.ToDeviceEventType
+	dev.Machine.HandleToDeviceEvent(ctx, evt)
+	dev.Machine.MarkOlmHashSavePoint(ctx)
+	m.observe("to_device", "ok")
+}
+
+type deviceInfo struct {
+	lists *mautrix.DeviceLists
+	otks  map[id.UserID]map[id.DeviceID]mautrix.OTKCount
+}
+
+// HandleDeviceInfo queues MSC3202 device-list changes and one-time-key counts
+// from a transaction. It never blocks the transaction: when the queue is full
+// the update is dropped (the next transaction carries fresh counts, and a
+// missed device change is caught by the next key query).
+func (m *Manager) HandleDeviceInfo(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
+	select {
+	case m.deviceInfo <- deviceInfo{lists, otks}:
+	default:
+		m.opts.Log.Warn().Msg("Dropped a device-list/one-time-key update: the encryption queue is full")
+	}
+}
+
+func (m *Manager) deviceInfoLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case info := <-m.deviceInfo:
+			if info.lists != nil && len(info.lists.Changed) > 0 && len(m.order) > 0 {
+				m.devicesChanged(ctx, info.lists.Changed)
+				m.devices[m.order[0]].Machine.HandleDeviceLists(ctx, info.lists, "")
+			}
+			for user, devices := range info.otks {
+				for deviceID, count := range devices {
+					dev := m.devices[user]
+					if dev == nil || dev.DeviceID != deviceID {
+						continue
+					}
+					count.UserID, count.DeviceID = user, deviceID
+					dev.Machine.HandleOTKCounts(ctx, &count)
+				}
+			}
+		}
+	}
+}

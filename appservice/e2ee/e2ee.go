@@ -1,0 +1,288 @@
+// Package e2ee gives every bot user its own end-to-end-encryption device:
+// an Olm account created through appservice login, an OlmMachine on the SQL
+// crypto store (same database, one account per bot, keys pickled with the
+// configured key), and a way to receive to-device messages, device-list
+// changes and one-time-key counts: a filtered /sync loop per device (sync
+// mode) or the fields of pushed transactions (appservice mode).
+//
+// The pipeline calls Decrypt for m.room.encrypted events and HandleState for
+// membership and history-visibility changes; the outbox calls Encrypt.
+package e2ee
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Modes of key delivery.
+const (
+	ModeSync       = "sync"
+	ModeAppservice = "appservice"
+)
+
+// Options configure a Manager.
+type Options struct {
+	DB            *dbutil.Database
+	StateStore    StateStore
+	HomeserverURL string
+	ASToken       string
+	PickleKey     []byte
+	Bots          []id.UserID
+	// Mode is ModeSync or ModeAppservice (auto is resolved by the caller).
+	Mode string
+	// Trust is the key sharing policy: all, cross-signed or verified.
+	Trust string
+	// DecryptWait bounds the wait for a late room key.
+	DecryptWait time.Duration
+	Log         zerolog.Logger
+	// Observe, if set, is told the outcome of each decryption ("ok",
+	// "late_key", "no_session", "error") and each encryption.
+	Observe func(op, outcome string)
+}
+
+// StateStore is what encryption needs to know about rooms (mautrix's
+// sqlstatestore implements it).
+type StateStore interface {
+	crypto.StateStore
+	GetRoomJoinedOrInvitedMembers(ctx context.Context, roomID id.RoomID) ([]id.UserID, error)
+}
+
+// Device is one bot's E2EE device.
+type Device struct {
+	UserID   id.UserID
+	DeviceID id.DeviceID
+	Client   *mautrix.Client
+	Machine  *crypto.OlmMachine
+	store    *crypto.SQLCryptoStore
+	log      zerolog.Logger
+}
+
+// Manager holds the devices of all bots.
+type Manager struct {
+	opts    Options
+	devices map[id.UserID]*Device
+	order   []id.UserID
+	// encryptLocks serialises session sharing per bot and room.
+	encryptLocks sync.Map
+	deviceInfo   chan deviceInfo
+	wg           sync.WaitGroup
+}
+
+// New prepares a manager; Start logs the devices in.
+func New(opts Options) *Manager {
+	if opts.DecryptWait == 0 {
+		opts.DecryptWait = 30 * time.Second
+	}
+	return &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256)}
+}
+
+// Start creates or reuses each bot's device, makes sure its keys are on the
+// server, and (in sync mode) starts its /sync loop until ctx ends.
+func (m *Manager) Start(ctx context.Context) error {
+	// The crypto tables are shared by every bot (one account row each).
+	store := crypto.NewSQLCryptoStore(m.opts.DB, dbutil.ZeroLogger(m.opts.Log.With().Str("db_section", "crypto").Logger()), "", "", m.opts.PickleKey)
+	if err := store.DB.Upgrade(ctx); err != nil {
+		return fmt.Errorf("migrating the crypto store: %w", err)
+	}
+	for _, bot := range m.opts.Bots {
+		dev, err := m.startDevice(ctx, bot)
+		if err != nil {
+			return fmt.Errorf("encryption device of %s: %w", bot, err)
+		}
+		m.devices[bot] = dev
+		m.order = append(m.order, bot)
+	}
+	if m.opts.Mode == ModeAppservice {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.deviceInfoLoop(ctx)
+		}()
+	}
+	for _, bot := range m.order {
+		dev := m.devices[bot]
+		if m.opts.Mode == ModeSync {
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				m.syncLoop(ctx, dev)
+			}()
+		}
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			dev.Machine.ExpiredKeyDeleteLoop(ctx)
+		}()
+	}
+	return nil
+}
+
+// SetMode sets the key delivery mode (before Start).
+func (m *Manager) SetMode(mode string) { m.opts.Mode = mode }
+
+// Mode returns the key delivery mode.
+func (m *Manager) Mode() string { return m.opts.Mode }
+
+// Wait blocks until the background loops have stopped (after ctx ends).
+func (m *Manager) Wait() { m.wg.Wait() }
+
+// Device returns a bot's device, or nil.
+func (m *Manager) Device(bot id.UserID) *Device { return m.devices[bot] }
+
+func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, error) {
+	log := m.opts.Log.With().Stringer("bot", bot).Logger()
+	store := crypto.NewSQLCryptoStore(m.opts.DB, dbutil.ZeroLogger(log.With().Str("db_section", "crypto").Logger()), bot.String(), "", m.opts.PickleKey)
+	storedID, err := store.FindDeviceID(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the stored device ID: %w", err)
+	}
+	deviceID := storedID
+	if deviceID == "" {
+		deviceID = newDeviceID()
+	}
+	client, err := mautrix.NewClient(m.opts.HomeserverURL, bot, m.opts.ASToken)
+	if err != nil {
+		return nil, err
+	}
+	client.Log = log.With().Str("component", "e2ee-client").Logger()
+	client.DefaultHTTPRetries = 3
+	localpart, _, _ := bot.Parse()
+	// Appservice login with a fixed device ID: the first time it creates
+	// the device, later it returns a new token for the same device and the
+	// keys in the database stay valid.
+	resp, err := client.Login(ctx, &mautrix.ReqLogin{
+		Type:                     mautrix.AuthTypeAppservice,
+		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
+		DeviceID:                 deviceID,
+		InitialDeviceDisplayName: "opsbot (" + localpart + ")",
+		StoreCredentials:         true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("appservice login (m.login.application_service) as %s: %w", bot, err)
+	}
+	if resp.DeviceID != deviceID {
+		return nil, fmt.Errorf("the homeserver gave device %s, not the requested %s", resp.DeviceID, deviceID)
+	}
+	store.DeviceID = deviceID
+	client.Store = store
+	machine := crypto.NewOlmMachine(client, &log, store, m.opts.StateStore)
+	machine.SendKeysMinTrust = trustLevel(m.opts.Trust)
+	// Only the bot's own other devices may ask for its room keys (it has none
+	// today), so keys never leak to a device the policy would not share with.
+	machine.ShareKeysMinTrust = id.TrustStateCrossSignedTOFU
+	if err := machine.Load(ctx); err != nil {
+		return nil, fmt.Errorf("loading the Olm account: %w", err)
+	}
+	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log}
+	if err := dev.ensureKeysOnServer(ctx); err != nil {
+		return nil, err
+	}
+	if storedID == "" {
+		log.Info().Stringer("device_id", deviceID).Msg("Created the bot's encryption device")
+	} else {
+		log.Info().Stringer("device_id", deviceID).Msg("Reusing the bot's encryption device")
+	}
+	return dev, nil
+}
+
+// ensureKeysOnServer uploads the device keys the first time, and checks on
+// later starts that the server still has the keys this database holds.
+func (d *Device) ensureKeysOnServer(ctx context.Context) error {
+	resp, err := d.Client.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{d.UserID: {d.DeviceID}}})
+	if err != nil {
+		return fmt.Errorf("querying the device's own keys: %w", err)
+	}
+	own := d.Machine.OwnIdentity()
+	shared := d.Machine.GetAccount().Shared
+	keys, ok := resp.DeviceKeys[d.UserID][d.DeviceID]
+	switch {
+	case !ok || len(keys.Keys) == 0:
+		if shared {
+			return errors.New("the device's keys disappeared from the server; delete the device and its crypto_account row to start over")
+		}
+		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
+			return fmt.Errorf("uploading device keys: %w", err)
+		}
+		return nil
+	case !shared:
+		return errors.New("the server has keys for this device, but the database does not know them (restored an old database?)")
+	case keys.Keys.GetEd25519(d.DeviceID) != own.SigningKey:
+		return fmt.Errorf("the server's signing key for device %s differs from the database's: wrong database or pickle key", d.DeviceID)
+	}
+	return nil
+}
+
+func trustLevel(policy string) id.TrustState {
+	switch policy {
+	case "cross-signed":
+		return id.TrustStateCrossSignedTOFU
+	case "verified":
+		return id.TrustStateVerified
+	}
+	return id.TrustStateUnset
+}
+
+const deviceIDLetters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+// newDeviceID returns OPSBOT followed by 10 random capital letters.
+func newDeviceID() id.DeviceID {
+	b := []byte("OPSBOT")
+	for i := 0; i < 10; i++ {
+		n, err := rand.Int(rand.Reader, big.NewInt(int64(len(deviceIDLetters))))
+		if err != nil {
+			panic(err)
+		}
+		b = append(b, deviceIDLetters[n.Int64()])
+	}
+	return id.DeviceID(b)
+}
+
+// HandleState tells the bots' machines about membership and history
+// visibility changes in a room they are in, so outbound sessions are rotated
+// when someone leaves (and re-shared when someone joins).
+func (m *Manager) HandleState(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
+	for _, bot := range roomBots {
+		dev := m.devices[bot]
+		if dev == nil {
+			continue
+		}
+		switch evt.Type {
+		case event.StateMember:
+			dev.Machine.HandleMemberEvent(ctx, evt)
+		case event.StateHistoryVisibility:
+			dev.Machine.HandleHistoryVisibility(ctx, evt)
+		}
+	}
+}
+
+// devicesChanged tells every bot's machine that a user's devices changed.
+// The crypto store's device tables are shared between bots, so only the
+// first machine to refetch a user's devices would notice the change on its
+// own; the others would keep encrypting with a session the new device never
+// received.
+func (m *Manager) devicesChanged(ctx context.Context, users []id.UserID) {
+	for _, bot := range m.order {
+		for _, u := range users {
+			if u == bot {
+				continue
+			}
+			m.devices[bot].Machine.OnDevicesChanged(ctx, u)
+		}
+	}
+}
+
+// Bots lists the bots with devices.
+func (m *Manager) Bots() []id.UserID { return slices.Clone(m.order) }
