@@ -102,6 +102,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 	}
 	s.Engine, err = skills.NewEngine(skills.Options{
 		Sender: s.Outbox,
+		Media:  s.Outbox,
 		Memory: s.Store,
 		Log:    log.With().Str("component", "skills").Logger(),
 		Decode: config.DecodeStrict,

@@ -36,6 +36,8 @@ type CommandHelp struct {
 // Options configure an Engine.
 type Options struct {
 	Sender Sender
+	// Media, if set, lets skills download and send files.
+	Media  Media
 	Memory MemoryStore
 	Log    zerolog.Logger
 	// HandlerTimeout bounds one handler run (default one minute).
@@ -263,7 +265,7 @@ func textOf(evt *event.Event) (body string, isEdit, isText bool) {
 func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {
 	ev := &Event{
 		Raw: evt, Bot: b.ID, RoomID: evt.RoomID, Sender: evt.Sender, ID: evt.ID,
-		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender,
+		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender, media: e.opts.Media,
 	}
 	if e.opts.Memory != nil {
 		ev.Memory = e.opts.Memory.Memory(rt.skill, evt.RoomID)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -36,6 +37,7 @@ type Event struct {
 
 	engine  *Engine
 	sender  Sender
+	media   Media
 	actions int // counts actions, so each gets its own transaction ID
 }
 
@@ -149,4 +151,61 @@ func messageBody(msg *event.MessageEventContent) string {
 		}
 	}
 	return strings.TrimSpace(body)
+}
+
+// ErrNoFile is returned by Download for a message without a file.
+var ErrNoFile = errors.New("this message has no file")
+
+// File returns the file message content of the triggering event, or nil.
+func (ev *Event) File() *event.MessageEventContent {
+	if ev.Raw == nil || ev.Raw.Type != event.EventMessage {
+		return nil
+	}
+	msg, ok := ev.Raw.Content.Parsed.(*event.MessageEventContent)
+	if !ok || (msg.URL == "" && msg.File == nil) {
+		return nil
+	}
+	switch msg.MsgType {
+	case event.MsgFile, event.MsgImage, event.MsgAudio, event.MsgVideo:
+		return msg
+	}
+	return nil
+}
+
+// Download fetches (and decrypts) a file message's content, at most maxBytes.
+func (ev *Event) Download(ctx context.Context, content *event.MessageEventContent, maxBytes int64) ([]byte, error) {
+	if content == nil {
+		return nil, ErrNoFile
+	}
+	if ev.media == nil {
+		return nil, errors.New("file transfer is not available")
+	}
+	return ev.media.Download(ctx, ev.Bot, content, maxBytes)
+}
+
+// SendFile uploads data (encrypted in an encrypted room) and sends it as a
+// file, image, audio or video message chosen from the MIME type.
+func (ev *Event) SendFile(ctx context.Context, name, mimetype string, data []byte) (id.EventID, error) {
+	if ev.media == nil {
+		return "", errors.New("file transfer is not available")
+	}
+	url, file, err := ev.media.Upload(ctx, ev.Bot, ev.RoomID, data, mimetype, name)
+	if err != nil {
+		return "", err
+	}
+	msgtype := event.MsgFile
+	switch {
+	case strings.HasPrefix(mimetype, "image/"):
+		msgtype = event.MsgImage
+	case strings.HasPrefix(mimetype, "audio/"):
+		msgtype = event.MsgAudio
+	case strings.HasPrefix(mimetype, "video/"):
+		msgtype = event.MsgVideo
+	}
+	c := &event.MessageEventContent{MsgType: msgtype, Body: name, FileName: name, URL: url, File: file,
+		Info: &event.FileInfo{MimeType: mimetype, Size: len(data)}}
+	if root := ev.threadRoot(); root != "" {
+		c.RelatesTo = (&event.RelatesTo{}).SetThread(root, ev.ID)
+	}
+	return ev.send(ctx, event.EventMessage, c)
 }

@@ -76,6 +76,13 @@ type Sender interface {
 	Redact(ctx context.Context, bot id.UserID, room id.RoomID, target id.EventID, reason, txnID string) (id.EventID, error)
 }
 
+// Media moves files as a bot: download (and decrypt) a message's file, and
+// upload (encrypting when the room is encrypted). opsbot's outbox implements it.
+type Media interface {
+	Download(ctx context.Context, bot id.UserID, content *event.MessageEventContent, maxBytes int64) ([]byte, error)
+	Upload(ctx context.Context, bot id.UserID, room id.RoomID, data []byte, mimetype, name string) (id.ContentURIString, *event.EncryptedFileInfo, error)
+}
+
 // Memory is a skill's key/value store for one room. Values are stored as
 // JSON. Keys are at most 255 bytes; values at most 64 KiB.
 type Memory interface {

@@ -26,6 +26,7 @@ import (
 	"opsbot/appservice/config"
 	"opsbot/skills"
 	"opsbot/skills/echo"
+	"opsbot/skills/files"
 	"opsbot/skills/help"
 	"opsbot/skills/ping"
 )
@@ -35,7 +36,7 @@ var Version = "dev"
 
 // builtinSkills are the skills compiled into this binary.
 func builtinSkills() []skills.Skill {
-	return []skills.Skill{ping.New(), help.New(), echo.New()}
+	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New()}
 }
 
 func main() {

@@ -31,10 +31,38 @@ type Action struct {
 // Body returns the action's body ("" for actions without one).
 func (a Action) Body() string { s, _ := a.Content["body"].(string); return s }
 
-// Sender records actions instead of sending them.
+// Sender records actions instead of sending them, and keeps uploaded files
+// in memory (it implements skills.Media too).
 type Sender struct {
 	mu      sync.Mutex
 	Actions []Action
+	Files   map[id.ContentURIString][]byte
+}
+
+// Upload keeps the file in memory under a new mxc:// URI.
+func (f *Sender) Upload(ctx context.Context, bot id.UserID, room id.RoomID, data []byte, mimetype, name string) (id.ContentURIString, *event.EncryptedFileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Files == nil {
+		f.Files = map[id.ContentURIString][]byte{}
+	}
+	uri := id.ContentURIString(fmt.Sprintf("mxc://example.org/file%d", len(f.Files)+1))
+	f.Files[uri] = append([]byte(nil), data...)
+	return uri, nil, nil
+}
+
+// Download returns a file stored by Upload.
+func (f *Sender) Download(ctx context.Context, bot id.UserID, content *event.MessageEventContent, maxBytes int64) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	data, ok := f.Files[content.URL]
+	if !ok {
+		return nil, fmt.Errorf("no file %s", content.URL)
+	}
+	if int64(len(data)) > maxBytes {
+		return nil, fmt.Errorf("file larger than %d bytes", maxBytes)
+	}
+	return data, nil
 }
 
 // Send records a message event.
@@ -77,14 +105,24 @@ type Harness struct {
 	n      int
 }
 
-// New sets up the skills, with optional YAML config sections by skill name.
+// New sets up the skills, with optional YAML config sections by skill name,
+// failing the test if setup fails.
 func New(t testing.TB, available []skills.Skill, sections map[string]string) *Harness {
 	t.Helper()
+	h, err := Setup(available, sections)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// Setup is New for tests that expect setup to fail: it returns the error.
+func Setup(available []skills.Skill, sections map[string]string) (*Harness, error) {
 	nodes := map[string]yaml.Node{}
 	for name, text := range sections {
 		var root yaml.Node
 		if err := yaml.Unmarshal([]byte(text), &root); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		nodes[name] = *root.Content[0]
 	}
@@ -94,21 +132,33 @@ func New(t testing.TB, available []skills.Skill, sections map[string]string) *Ha
 	}
 	h := &Harness{Sender: &Sender{}}
 	var err error
-	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Log: zerolog.Nop(), Decode: config.DecodeStrict},
+	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Log: zerolog.Nop(), Decode: config.DecodeStrict},
 		available, nodes, []skills.BotSpec{{ID: Bot, Prefix: "!", Skills: names, ConfigKey: "bots[0]"}})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return h
+	return h, nil
 }
 
 // Say handles a text message from @alice and returns the bodies the bot sent in reply.
 func (h *Harness) Say(body string) []string {
+	return h.Send(&event.MessageEventContent{MsgType: event.MsgText, Body: body})
+}
+
+// SendFile has @alice send a file message (uploaded to the fake media store)
+// and returns the bodies the bot sent in reply.
+func (h *Harness) SendFile(name, mimetype string, data []byte) []string {
+	uri, _, _ := h.Sender.Upload(context.Background(), "@alice:example.org", "!room:example.org", data, mimetype, name)
+	return h.Send(&event.MessageEventContent{MsgType: event.MsgFile, Body: name, URL: uri, Info: &event.FileInfo{MimeType: mimetype, Size: len(data)}})
+}
+
+// Send handles any message from @alice and returns the bodies the bot sent in reply.
+func (h *Harness) Send(content *event.MessageEventContent) []string {
 	h.n++
 	before := len(h.Sender.Bodies())
 	evt := &event.Event{
 		Type: event.EventMessage, ID: id.EventID(fmt.Sprintf("$msg%d", h.n)), RoomID: "!room:example.org", Sender: "@alice:example.org",
-		Content: event.Content{Parsed: &event.MessageEventContent{MsgType: event.MsgText, Body: body}},
+		Content: event.Content{Parsed: content},
 	}
 	h.Engine.Handle(context.Background(), evt, []id.UserID{Bot})
 	var out []string
