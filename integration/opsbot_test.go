@@ -81,6 +81,13 @@ const defaultBots = `
 // registration with the real CLI, starts Dendrite with it, then opsbot.
 func newWorld(t *testing.T, dbType, bots, extra string) *world {
 	t.Helper()
+	return newWorldVia(t, dbType, bots, extra, nil)
+}
+
+// newWorldVia is newWorld with opsbot talking to the homeserver through
+// whatever address via returns (a relay, a fault injector), if via is set.
+func newWorldVia(t *testing.T, dbType, bots, extra string, via func(hs *harness.Homeserver) string) *world {
+	t.Helper()
 	bin := opsbotBinary(t)
 	dir := t.TempDir()
 	port := freePort(t)
@@ -128,7 +135,11 @@ logging:
 		t.Fatal(err)
 	}
 	hs := harness.Start(t, harness.Options{ServerName: "localhost", AppServiceRegistrations: []string{regPath}})
-	text = strings.Replace(text, "http://127.0.0.1:1\n", hs.URL+"\n", 1)
+	address := hs.URL
+	if via != nil {
+		address = via(hs)
+	}
+	text = strings.Replace(text, "http://127.0.0.1:1\n", address+"\n", 1)
 	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,179 @@
+package integration
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"opsbot/appservice/store/storetest"
+	"opsbot/integration/harness"
+	"opsbot/integration/peers"
+)
+
+const echobotID = "@echobot:localhost"
+
+// e2eeBots: opsbot with the files skill, and a second bot, so that every
+// check also covers two bots sharing one crypto store.
+const e2eeBots = `
+  - localpart: opsbot
+    displayname: Ops Bot
+    skills: [ping, help, echo, files]
+  - localpart: echobot
+    command_prefix: "?"
+    skills: [echo]
+`
+
+// botJoined waits until bot has joined room, as seen by u.
+func botJoined(t *testing.T, u *harness.User, room, bot string) {
+	t.Helper()
+	u.WaitForEvent(t, room, wait, harness.All(harness.OfType("m.room.member"), harness.From(bot), func(e harness.Event) bool {
+		return e.Membership() == "join"
+	}))
+}
+
+// lastSessionFrom returns the Megolm session ID of the next encrypted event
+// from sender that u sees, failing if the sender sent anything in plaintext.
+func lastSessionFrom(t *testing.T, u *harness.User, room, sender string) string {
+	t.Helper()
+	ev := u.WaitForEvent(t, room, wait, harness.All(harness.From(sender), func(e harness.Event) bool {
+		return e.Type == "m.room.message" || e.Type == "m.room.encrypted"
+	}))
+	if ev.Type != "m.room.encrypted" {
+		t.Fatalf("%s sent plaintext into an encrypted room: %s", sender, ev)
+	}
+	sid, _ := ev.Content["session_id"].(string)
+	return sid
+}
+
+func TestEncryptedConversation(t *testing.T) {
+	for _, d := range storetest.Dialects {
+		t.Run(d, func(t *testing.T) { testEncryptedConversation(t, d) })
+	}
+}
+
+func testEncryptedConversation(t *testing.T, dbType string) {
+	w := newWorld(t, dbType, e2eeBots, "")
+	// Dendrite has neither MSC2409 nor MSC3202: auto must pick sync mode and say why.
+	w.Bot.WaitForLog(t, wait, `"mode":"sync"`, "Encryption key delivery mode", "MSC3202")
+
+	alice := w.HS.RegisterUser(t, "alice") // raw view of alice's account, for ciphertext checks
+	bob := w.HS.RegisterUser(t, "bob")
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	js := peers.StartJS(t)
+	js.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
+
+	room := nio.CreateRoom(true, botID, echobotID, bob.ID)
+	botJoined(t, alice, room, botID)
+	botJoined(t, alice, room, echobotID)
+
+	// Commands from both kinds of client, answered encrypted, many times.
+	for i := 0; i < 5; i++ {
+		want := fmt.Sprintf("nio says %d", i)
+		nio.Send(room, "!echo "+want)
+		if m := nio.WaitMessage(room, botID, wait); m.Body != want || !m.Encrypted {
+			t.Fatalf("nio round %d: got %+v", i, m)
+		}
+	}
+	// bob joins now, so the bot must share a key with a new member.
+	js.Join(room)
+	js.Send(room, "!ping")
+	if m := js.WaitMessage(room, botID, wait); m.Body != "pong" || !m.Encrypted {
+		t.Fatalf("js !ping: got %+v", m)
+	}
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "pong" {
+		t.Fatalf("nio should see the bot's answer to bob too, got %+v", m)
+	}
+	// The second bot has its own device and keys.
+	js.Send(room, "?echo from the second bot")
+	if m := js.WaitMessage(room, echobotID, wait); m.Body != "from the second bot" || !m.Encrypted {
+		t.Fatalf("echobot: got %+v", m)
+	}
+	if m := nio.WaitMessage(room, echobotID, wait); m.Body != "from the second bot" {
+		t.Fatalf("nio from echobot: got %+v", m)
+	}
+
+	// Restart: same devices, old and new sessions still work.
+	deviceLine := func() string {
+		for _, l := range strings.Split(w.Bot.Log(), "\n") {
+			if strings.Contains(l, `"bot":"`+botID+`"`) && strings.Contains(l, "encryption device") {
+				return l[strings.Index(l, `"device_id":"`):][:30]
+			}
+		}
+		return ""
+	}
+	before := deviceLine()
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "Reusing the bot's encryption device", `"bot":"`+botID+`"`)
+	if after := deviceLine(); before == "" || after != before {
+		t.Fatalf("device changed across restart: %q -> %q", before, after)
+	}
+	nio.Send(room, "!echo after restart")
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "after restart" || !m.Encrypted {
+		t.Fatalf("after restart: got %+v", m)
+	}
+
+	// alice adds a device: both bots' next replies must decrypt there.
+	nio2 := peers.StartNio(t)
+	nio2.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO2")
+	nio.Send(room, "!echo two devices")
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "two devices" {
+		t.Fatalf("first device: got %+v", m)
+	}
+	if m := nio2.WaitMessage(room, botID, wait); m.Body != "two devices" || !m.Encrypted {
+		t.Fatalf("second device: got %+v", m)
+	}
+	nio.Send(room, "?echo both bots know the new device")
+	if m := nio2.WaitMessage(room, echobotID, wait); m.Body != "both bots know the new device" {
+		t.Fatalf("second device from echobot: got %+v", m)
+	}
+
+	// bob leaves: the bot's next message uses a new Megolm session.
+	nio.Send(room, "!echo before leave")
+	nio.WaitMessage(room, botID, wait)
+	drain := alice.Collect(t, room, 2*time.Second, harness.From(botID))
+	if len(drain) == 0 {
+		t.Fatal("alice's raw view saw nothing from the bot")
+	}
+	oldSession := drain[len(drain)-1].Content["session_id"]
+	for _, ev := range drain {
+		if ev.Type != "m.room.encrypted" {
+			t.Fatalf("bot sent plaintext into the encrypted room: %s", ev)
+		}
+	}
+	js.Leave(room)
+	alice.WaitForEvent(t, room, wait, harness.All(harness.OfType("m.room.member"), harness.From(bob.ID)))
+	nio.Send(room, "!echo after leave")
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "after leave" {
+		t.Fatalf("after leave: got %+v", m)
+	}
+	if newSession := lastSessionFrom(t, alice, room, botID); newSession == "" || newSession == oldSession {
+		t.Fatalf("bob left but the bot kept Megolm session %v", oldSession)
+	}
+
+	// An encrypted file: the bot decrypts it, and sends it back encrypted.
+	data := make([]byte, 100<<10)
+	_, _ = rand.Read(data)
+	sum := sha256.Sum256(data)
+	path := filepath.Join(t.TempDir(), "blob.bin")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nio.SendFile(room, path, "application/octet-stream")
+	nio.Send(room, "!sha256")
+	if m := nio.WaitMessage(room, botID, wait); !strings.Contains(m.Body, hex.EncodeToString(sum[:])) {
+		t.Fatalf("!sha256 answered %+v", m)
+	}
+	nio.Send(room, "!mirror")
+	f := nio.WaitFile(room, botID, filepath.Join(t.TempDir(), "back.bin"), wait)
+	if f.SHA256 != hex.EncodeToString(sum[:]) || !f.Encrypted {
+		t.Fatalf("mirrored file: %+v", f)
+	}
+}

@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"opsbot/appservice/config"
+	"opsbot/integration/harness"
+	"opsbot/integration/peers"
+)
+
+// relay stands in for a homeserver with MSC2409 and MSC3202 (Synapse with
+// its experimental appservice flags), which cannot run here. It sits between
+// opsbot and Dendrite as a reverse proxy; when a bot device logs in through
+// it, the relay takes note of the device's access token (Dendrite allows one
+// token per device, so it cannot log in itself) and reads that device's
+// /sync stream, pushing its to-device events, device-list changes and
+// one-time-key counts into opsbot as transaction fields, as such a
+// homeserver would. The keys are real, from real clients; only their
+// transport is rerouted.
+type relay struct {
+	hs     *harness.Homeserver
+	bot    *Opsbot
+	userID string
+	proxy  *httptest.Server
+
+	mu     sync.Mutex
+	token  string // the bot device's current access token
+	device string
+	pushed int
+	n      int
+}
+
+func newRelay(t *testing.T, userID string) *relay {
+	return &relay{userID: userID}
+}
+
+// via starts the proxy in front of hs and returns its address for opsbot.
+func (r *relay) via(t *testing.T) func(hs *harness.Homeserver) string {
+	return func(hs *harness.Homeserver) string {
+		r.hs = hs
+		target, _ := url.Parse(hs.URL)
+		p := httputil.NewSingleHostReverseProxy(target)
+		p.ModifyResponse = func(resp *http.Response) error {
+			if resp.Request.Method != "POST" || !strings.HasSuffix(resp.Request.URL.Path, "/login") || resp.StatusCode != 200 {
+				return nil
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			var login struct {
+				UserID      string `json:"user_id"`
+				DeviceID    string `json:"device_id"`
+				AccessToken string `json:"access_token"`
+			}
+			if json.Unmarshal(body, &login) == nil && login.UserID == r.userID {
+				r.mu.Lock()
+				r.token, r.device = login.AccessToken, login.DeviceID
+				r.mu.Unlock()
+			}
+			return nil
+		}
+		r.proxy = httptest.NewServer(p)
+		t.Cleanup(r.proxy.Close)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); r.loop(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return r.proxy.URL
+	}
+}
+
+func (r *relay) current() (token, device string, bot *Opsbot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.token, r.device, r.bot
+}
+
+func (r *relay) loop(ctx context.Context) {
+	filter := `{"room":{"rooms":["!none:invalid"],"timeline":{"limit":1}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`
+	since, sinceToken := "", ""
+	client := &http.Client{Timeout: 30 * time.Second}
+	for ctx.Err() == nil {
+		token, device, bot := r.current()
+		if token == "" || bot == nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if token != sinceToken { // a new login (opsbot restarted): start over
+			since, sinceToken = "", token
+		}
+		q := url.Values{"timeout": {"1000"}, "filter": {filter}}
+		if since != "" {
+			q.Set("since", since)
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", r.hs.URL+"/_matrix/client/v3/sync?"+q.Encode(), nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		var body struct {
+			NextBatch   string                            `json:"next_batch"`
+			ToDevice    struct{ Events []map[string]any } `json:"to_device"`
+			DeviceLists *struct {
+				Changed []string `json:"changed"`
+				Left    []string `json:"left"`
+			} `json:"device_lists"`
+			OTK map[string]int `json:"device_one_time_keys_count"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		since = body.NextBatch
+		txn := map[string]any{"events": []any{}}
+		for _, ev := range body.ToDevice.Events {
+			ev["to_user_id"], ev["to_device_id"] = r.userID, device
+		}
+		if len(body.ToDevice.Events) > 0 {
+			txn["de.sorunome.msc2409.to_device"] = body.ToDevice.Events
+		}
+		if body.DeviceLists != nil && (len(body.DeviceLists.Changed) > 0 || len(body.DeviceLists.Left) > 0) {
+			txn["org.matrix.msc3202.device_lists"] = body.DeviceLists
+		}
+		if body.OTK != nil {
+			txn["org.matrix.msc3202.device_one_time_keys_count"] = map[string]any{r.userID: map[string]any{device: body.OTK}}
+		}
+		if len(txn) == 1 {
+			continue
+		}
+		data, _ := json.Marshal(txn)
+		// Like a homeserver, retry the same transaction until opsbot takes it.
+		r.n++
+		txnID := fmt.Sprintf("relay-%d-%d", time.Now().UnixNano(), r.n)
+		for ctx.Err() == nil {
+			req, _ := http.NewRequestWithContext(ctx, "PUT", bot.URL+"/_matrix/app/v1/transactions/"+txnID, bytes.NewReader(data))
+			req.Header.Set("Authorization", "Bearer "+bot.Cfg.AppService.HSToken)
+			resp, err := client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					r.mu.Lock()
+					r.pushed += len(body.ToDevice.Events)
+					r.mu.Unlock()
+					break
+				}
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
+
+// TestAppserviceKeyDelivery runs the encrypted conversation with keys
+// delivered in transactions (encryption.mode: appservice) instead of /sync.
+func TestAppserviceKeyDelivery(t *testing.T) {
+	enc := "encryption:\n  enabled: true\n  mode: appservice\n  pickle_key: " + config.RandomToken() + "\n"
+	r := newRelay(t, botID)
+	w := newWorldVia(t, "sqlite", defaultBots, enc, r.via(t))
+	r.mu.Lock()
+	r.bot = w.Bot
+	r.mu.Unlock()
+	w.Bot.WaitForLog(t, wait, `"mode":"appservice"`, "Encryption key delivery mode")
+
+	alice := w.HS.RegisterUser(t, "alice")
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	room := nio.CreateRoom(true, botID)
+	botJoined(t, alice, room, botID)
+	for i := 0; i < 3; i++ {
+		want := fmt.Sprintf("through transactions %d", i)
+		nio.Send(room, "!echo "+want)
+		if m := nio.WaitMessage(room, botID, wait); m.Body != want || !m.Encrypted {
+			t.Fatalf("round %d: got %+v", i, m)
+		}
+	}
+	// A new device of alice reaches the bot as an MSC3202 device-list change.
+	nio2 := peers.StartNio(t)
+	nio2.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO2")
+	nio.Send(room, "!echo second device")
+	if m := nio2.WaitMessage(room, botID, wait); m.Body != "second device" || !m.Encrypted {
+		t.Fatalf("second device: got %+v", m)
+	}
+	r.mu.Lock()
+	pushed := r.pushed
+	r.mu.Unlock()
+	if pushed == 0 {
+		t.Fatal("the relay pushed no to-device events: the test did not exercise appservice mode")
+	}
+	if strings.Contains(w.Bot.Log(), "Receiving encryption keys through /sync") {
+		t.Fatal("appservice mode must not run a /sync loop")
+	}
+}
