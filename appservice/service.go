@@ -29,6 +29,7 @@ import (
 	"opsbot/appservice/e2ee"
 	"opsbot/appservice/health"
 	"opsbot/appservice/intake"
+	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
 	"opsbot/appservice/store"
@@ -50,7 +51,8 @@ type Service struct {
 	Outbox   *outbox.Outbox
 	Pipeline *pipeline.Pipeline
 	// E2EE is nil when encryption.enabled is false.
-	E2EE *e2ee.Manager
+	E2EE    *e2ee.Manager
+	Metrics *metrics.Metrics
 
 	warnEncrypted sync.Once
 }
@@ -58,8 +60,14 @@ type Service struct {
 // New builds a service without touching the network or the database, so
 // that every config error (unknown skill, bad regex, bad skill settings)
 // refuses start-up before anything happens.
-func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Service, error) {
+func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, version string) (*Service, error) {
 	s := &Service{Cfg: cfg, Log: log}
+	s.Metrics = metrics.New(version, func() int64 {
+		if s.Pipeline == nil {
+			return 0
+		}
+		return s.Pipeline.Backlog()
+	})
 	var err error
 	s.Store, err = store.Open(cfg.Database, log)
 	if err != nil {
@@ -81,6 +89,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 	s.AS.HTTPClient.Timeout = 60 * time.Second
 
 	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
+	s.Outbox.Observe = s.Metrics.ObserveSend
 	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
 	if cfg.Encryption.Enabled {
 		s.E2EE = e2ee.New(e2ee.Options{
@@ -93,6 +102,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 			Trust:         cfg.Encryption.Trust,
 			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
 			Log:           log.With().Str("component", "e2ee").Logger(),
+			Observe:       s.Metrics.ObserveCrypto,
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
@@ -101,11 +111,12 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
 	}
 	s.Engine, err = skills.NewEngine(skills.Options{
-		Sender: s.Outbox,
-		Media:  s.Outbox,
-		Memory: s.Store,
-		Log:    log.With().Str("component", "skills").Logger(),
-		Decode: config.DecodeStrict,
+		Sender:  s.Outbox,
+		Media:   s.Outbox,
+		Memory:  s.Store,
+		Log:     log.With().Str("component", "skills").Logger(),
+		Decode:  config.DecodeStrict,
+		Observe: s.Metrics.ObserveSkill,
 	}, available, cfg.Skills, specs)
 	if err != nil {
 		s.Store.Close()
@@ -116,6 +127,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill) (*Ser
 		StateStore: s.AS.StateStore,
 		Handler:    s,
 		Log:        log.With().Str("component", "pipeline").Logger(),
+		Observe:    s.Metrics.ObserveEvent,
 	}
 	return s, nil
 }
@@ -162,6 +174,7 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 		return nil, false
 	}
 	decrypted, reason, err := s.E2EE.Decrypt(ctx, evt, roomBots)
+	s.Metrics.ObserveCrypto("decrypt", reason)
 	if err != nil {
 		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
 		if *s.Cfg.Encryption.ReplyOnFailure && reason == "no_session" {
@@ -215,6 +228,11 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
 
 	go s.pruneLoop(workCtx)
+	if s.Cfg.Metrics.Listen != "" {
+		if err := s.Metrics.Serve(workCtx, s.Cfg.Metrics.Listen, s.Log.With().Str("component", "metrics").Logger()); err != nil {
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+	}
 
 	select {
 	case <-ctx.Done():
@@ -258,6 +276,7 @@ func (s *Service) Handler() http.Handler {
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
 		DeviceInfo:   s.deviceInfoHandler(),
 		Log:          s.Log.With().Str("component", "intake").Logger(),
+		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
@@ -345,6 +364,7 @@ func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
 	if err := s.E2EE.Start(ctx); err != nil {
 		return fmt.Errorf("encryption: %w", err)
 	}
+	s.Metrics.BotDevices.Set(float64(len(s.E2EE.Bots())))
 	return nil
 }
 

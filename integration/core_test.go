@@ -108,6 +108,17 @@ func testCoreConversation(t *testing.T, dbType string) {
 		t.Errorf("profile of a user nobody registered: %v", resp)
 	}
 
+	// Metrics count what happened, with bounded labels.
+	if n := w.Bot.Metric(t, `opsbot_transactions_total{outcome="ok"}`); n < 1 {
+		t.Errorf("opsbot_transactions_total{outcome=\"ok\"} = %v", n)
+	}
+	if n := w.Bot.Metric(t, `opsbot_skill_invocations_total{outcome="ok",skill="ping"}`); n != 1 {
+		t.Errorf("ping invocations = %v, want 1", n)
+	}
+	if n := w.Bot.Metric(t, `opsbot_events_total{type="m.room.message"}`); n < 4 {
+		t.Errorf("message events = %v", n)
+	}
+
 	testReplayedTransaction(t, w, alice, room)
 	testCrashBetweenCommands(t, w, alice, room)
 }

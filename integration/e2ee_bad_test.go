@@ -78,6 +78,12 @@ func TestEncryptionBadInput(t *testing.T) {
 		t.Fatalf("undecryptable message answered with %+v", m)
 	}
 	w.Bot.WaitForLog(t, wait, "Could not decrypt event", `"reason":"no_session"`)
+	if n := w.Bot.Metric(t, `opsbot_decryptions_total{outcome="no_session"}`); n != 1 {
+		t.Errorf("opsbot_decryptions_total{outcome=\"no_session\"} = %v, want 1", n)
+	}
+	if n := w.Bot.Metric(t, `opsbot_decryptions_total{outcome="ok"}`); n < 2 {
+		t.Errorf("successful decryptions = %v", n)
+	}
 
 	// 4. A corrupted crypto row: the room's inbound session is damaged while
 	// opsbot is down. That room's next message cannot be decrypted (logged),

@@ -57,6 +57,8 @@ type Opsbot struct {
 	CfgPath string
 	Cfg     *config.Config
 	URL     string // the appservice listener, http://127.0.0.1:PORT
+	// MetricsURL is the Prometheus endpoint.
+	MetricsURL string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -101,6 +103,8 @@ func newWorldVia(t *testing.T, dbType, bots, extra string, via func(hs *harness.
 	if strings.Contains(extra, "encryption:") {
 		encryption = ""
 	}
+	metricsPort := freePort(t)
+	encryption += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", metricsPort)
 	write := func(hsURL string) string {
 		text := fmt.Sprintf(`homeserver:
   domain: localhost
@@ -147,7 +151,8 @@ logging:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}}
+	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{},
+		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)}
 	t.Cleanup(func() {
 		ob.Stop()
 		if t.Failed() {
@@ -262,6 +267,27 @@ func (o *Opsbot) WaitForLog(t testing.TB, timeout time.Duration, parts ...string
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Metric returns the value of the sample whose line starts with series
+// (e.g. `opsbot_transactions_total{outcome="ok"}`), or 0 if absent.
+func (o *Opsbot) Metric(t testing.TB, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(o.MetricsURL)
+	if err != nil {
+		t.Fatalf("scraping %s: %v", o.MetricsURL, err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscanf(rest, "%g", &v)
+			return v
+		}
+	}
+	return 0
 }
 
 // Run runs an opsbot subcommand with the test config.

@@ -42,6 +42,9 @@ type Options struct {
 	Log    zerolog.Logger
 	// HandlerTimeout bounds one handler run (default one minute).
 	HandlerTimeout time.Duration
+	// Observe, if set, is told each handler run's skill, outcome (ok, error,
+	// panic) and duration.
+	Observe func(skill, outcome string, took time.Duration)
 	// Decode decodes skill config sections strictly (appservice/config.DecodeStrict).
 	Decode func(node *yaml.Node, v any, path string) error
 }
@@ -281,15 +284,23 @@ func (e *Engine) run(ctx context.Context, rt *route, ev *Event) {
 	ctx, cancel := context.WithTimeout(log.WithContext(ctx), e.opts.HandlerTimeout)
 	defer cancel()
 	start := time.Now()
+	outcome := "ok"
 	err := func() (err error) {
 		defer func() {
 			if p := recover(); p != nil {
 				err = fmt.Errorf("panic: %v", p)
+				outcome = "panic"
 				log.Error().Str("stack", string(debug.Stack())).Msg("Skill handler panicked")
 			}
 		}()
 		return rt.handler(ctx, ev)
 	}()
+	if err != nil && outcome == "ok" {
+		outcome = "error"
+	}
+	if e.opts.Observe != nil {
+		e.opts.Observe(rt.skill, outcome, time.Since(start))
+	}
 	if err != nil {
 		log.Error().Err(err).Dur("took", time.Since(start)).Msg("Skill handler failed")
 		e.notice(context.WithoutCancel(ctx), ev, fmt.Sprintf("Sorry, the %s skill failed while handling that. The error has been logged.", rt.skill))

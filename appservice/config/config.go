@@ -24,7 +24,14 @@ type Config struct {
 	Bots        []Bot                `yaml:"bots"`
 	Skills      map[string]yaml.Node `yaml:"skills"`
 	Permissions Permissions          `yaml:"permissions"`
+	Metrics     Metrics              `yaml:"metrics"`
 	Logging     Logging              `yaml:"logging"`
+}
+
+// Metrics configures the Prometheus listener.
+type Metrics struct {
+	// Listen is the host:port serving /metrics; empty turns it off.
+	Listen string `yaml:"listen"`
 }
 
 // Homeserver says which Matrix server opsbot belongs to.
@@ -341,6 +348,13 @@ func (c *Config) Validate() error {
 	for i, u := range c.Permissions.Invite.Users {
 		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
 			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
+		}
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			bad("metrics.listen", "%q is not host:port", c.Metrics.Listen)
+		} else if c.Metrics.Listen == c.AppService.Listen {
+			bad("metrics.listen", "must differ from appservice.listen")
 		}
 	}
 	switch c.Logging.Level {

@@ -71,6 +71,11 @@ permissions:
     users: []
     servers: []
 
+metrics:
+  # host:port serving Prometheus metrics at /metrics (all named opsbot_*).
+  # Empty turns it off; keep it off the public internet.
+  listen: ""
+
 logging:
   # trace, debug, info, warn or error. Message bodies appear only at debug and below.
   level: info

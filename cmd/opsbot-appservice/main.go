@@ -114,7 +114,7 @@ Flags:
 
 	log := newLogger(cfg.Logging, stderr)
 	log.Info().Str("version", versionString()).Str("config", *configPath).Msg("Starting opsbot")
-	svc, err := appservice.New(cfg, log, builtinSkills())
+	svc, err := appservice.New(cfg, log, builtinSkills(), versionString())
 	if err != nil {
 		fmt.Fprintf(stderr, "opsbot: cannot start:\n%v\n", err)
 		return 1

@@ -1,0 +1,160 @@
+// Package metrics defines opsbot's Prometheus metrics (all prefixed
+// opsbot_) and serves them on their own listener at /metrics. Label values
+// come from small fixed sets (outcomes, known event types, configured skill
+// and bot names): never from message content, tokens or user IDs, which
+// would leak data and explode cardinality.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+)
+
+// Metrics holds opsbot's collectors, registered on their own registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Transactions  *prometheus.CounterVec   // outcome
+	Events        *prometheus.CounterVec   // type
+	EventSeconds  *prometheus.HistogramVec // type
+	Backlog       prometheus.GaugeFunc
+	Decryptions   *prometheus.CounterVec // outcome
+	Encryptions   *prometheus.CounterVec // outcome
+	ToDevice      *prometheus.CounterVec // outcome
+	SkillRuns     *prometheus.CounterVec // skill, outcome
+	SkillSeconds  *prometheus.HistogramVec
+	Sends         *prometheus.CounterVec // op, outcome
+	SendSeconds   *prometheus.HistogramVec
+	BuildInfo     *prometheus.GaugeVec
+	BotDevices    prometheus.Gauge
+	backlogSource func() int64
+}
+
+// New creates and registers the metrics. backlog reports the pipeline's
+// unhandled events.
+func New(version string, backlog func() int64) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{Registry: reg, backlogSource: backlog}
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_transactions_total",
+		Help: "Transactions pushed by the homeserver, by outcome (ok, duplicate, duplicate_grown, unauthorized, forbidden, too_large, not_json, overloaded, store_error)."}, []string{"outcome"})
+	m.Events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_events_total",
+		Help: "Events handled by the pipeline, by event type (unknown types count as other)."}, []string{"type"})
+	m.EventSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_event_handling_seconds",
+		Help: "Time to handle one event, decryption and skills included.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"type"})
+	m.Backlog = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_inbox_backlog",
+		Help: "Events recorded but not yet handled."}, func() float64 { return float64(m.backlogSource()) })
+	m.Decryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_decryptions_total",
+		Help: "Encrypted room events, by outcome (ok, late_key, no_session, error)."}, []string{"outcome"})
+	m.Encryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_encryptions_total",
+		Help: "Messages encrypted by the bots, by outcome."}, []string{"outcome"})
+	m.ToDevice = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_to_device_events_total",
+		Help: "To-device events from transactions (appservice key delivery), by outcome."}, []string{"outcome"})
+	m.SkillRuns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_skill_invocations_total",
+		Help: "Skill handler runs, by skill and outcome (ok, error, panic)."}, []string{"skill", "outcome"})
+	m.SkillSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_skill_duration_seconds",
+		Help: "Skill handler run time.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"skill"})
+	m.Sends = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_homeserver_requests_total",
+		Help: "Requests the outbox made to the homeserver, by operation (send, redact, upload) and outcome (ok, retryable, failed)."}, []string{"op", "outcome"})
+	m.SendSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_homeserver_request_seconds",
+		Help: "Latency of the outbox's homeserver requests, by operation.", Buckets: prometheus.ExponentialBuckets(0.002, 4, 8)}, []string{"op"})
+	m.BuildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_build_info",
+		Help: "Always 1; the version label says which opsbot runs."}, []string{"version"})
+	m.BotDevices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_bot_devices",
+		Help: "Bot encryption devices running."})
+	for _, c := range []prometheus.Collector{m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	m.BuildInfo.WithLabelValues(version).Set(1)
+	return m
+}
+
+// knownTypes bounds the type label: any other event type counts as "other".
+var knownTypes = map[string]bool{
+	"m.room.message": true, "m.room.encrypted": true, "m.room.member": true, "m.reaction": true,
+	"m.room.redaction": true, "m.room.name": true, "m.room.topic": true, "m.room.avatar": true,
+	"m.room.power_levels": true, "m.room.encryption": true, "m.room.create": true, "m.room.join_rules": true,
+	"m.room.history_visibility": true, "m.room.tombstone": true, "m.typing": true, "m.receipt": true,
+	"m.presence": true, "m.sticker": true, "m.poll.start": true, "m.poll.response": true, "m.poll.end": true,
+	"m.room_key": true, "m.room_key_request": true, "m.forwarded_room_key": true, "m.key.verification.request": true,
+}
+
+// EventType maps an event type to a bounded label value.
+func EventType(t string) string {
+	if knownTypes[t] {
+		return t
+	}
+	return "other"
+}
+
+// ObserveEvent records one handled event.
+func (m *Metrics) ObserveEvent(evtType string, took time.Duration) {
+	t := EventType(evtType)
+	m.Events.WithLabelValues(t).Inc()
+	m.EventSeconds.WithLabelValues(t).Observe(took.Seconds())
+}
+
+// ObserveSend records one outbox request.
+func (m *Metrics) ObserveSend(op string, err error, took time.Duration) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "failed"
+		var httpErr mautrix.HTTPError
+		if !errors.As(err, &httpErr) || httpErr.Response == nil || httpErr.Response.StatusCode >= 500 || httpErr.Response.StatusCode == 429 {
+			outcome = "retryable"
+		}
+	}
+	m.Sends.WithLabelValues(op, outcome).Inc()
+	m.SendSeconds.WithLabelValues(op).Observe(took.Seconds())
+}
+
+// ObserveCrypto records an encryption-side outcome.
+func (m *Metrics) ObserveCrypto(op, outcome string) {
+	switch op {
+	case "decrypt":
+		m.Decryptions.WithLabelValues(outcome).Inc()
+	case "encrypt":
+		m.Encryptions.WithLabelValues(outcome).Inc()
+	case "to_device":
+		m.ToDevice.WithLabelValues(outcome).Inc()
+	}
+}
+
+// ObserveSkill records one handler run.
+func (m *Metrics) ObserveSkill(skill, outcome string, took time.Duration) {
+	m.SkillRuns.WithLabelValues(skill, outcome).Inc()
+	m.SkillSeconds.WithLabelValues(skill).Observe(took.Seconds())
+}
+
+// Serve serves /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string, log zerolog.Logger) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	log.Info().Str("listen", l.Addr().String()).Msg("Serving Prometheus metrics at /metrics")
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("Metrics listener stopped")
+		}
+	}()
+	return nil
+}
