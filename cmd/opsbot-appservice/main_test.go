@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	if code, out, _ := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "opsbot-appservice ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, errOut := runCLI(t, "frobnicate"); code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Fatalf("unknown command: %d %q", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "check", "extra"); code != 2 || !strings.Contains(errOut, "flags go before the command") {
+		t.Fatalf("extra args: %d %q", code, errOut)
+	}
+}
+
+func TestGenerateConfigThenRegistration(t *testing.T) {
+	code, cfg, _ := runCLI(t, "generate-config")
+	if code != 0 {
+		t.Fatal(code)
+	}
+	path := filepath.Join(t.TempDir(), "opsbot.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, reg, errOut := runCLI(t, "-c", path, "generate-registration")
+	if code != 0 {
+		t.Fatalf("generate-registration: %d %s", code, errOut)
+	}
+	for _, want := range []string{"id: opsbot", "sender_localpart: opsbot", `^@opsbot:example\.org$`} {
+		if !strings.Contains(reg, want) {
+			t.Errorf("registration lacks %q:\n%s", want, reg)
+		}
+	}
+	// The registration carries the config's tokens.
+	for _, line := range strings.Split(cfg, "\n") {
+		if tok, ok := strings.CutPrefix(strings.TrimSpace(line), "as_token: "); ok && !strings.Contains(reg, "as_token: "+tok) {
+			t.Errorf("registration does not carry the config's as_token")
+		}
+	}
+}
+
+func TestBadConfigIsNamed(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errOut := runCLI(t, "-c", filepath.Join(dir, "missing.yaml"))
+	if code != 1 || !strings.Contains(errOut, "generate-config >") {
+		t.Fatalf("missing config: %d %q", code, errOut)
+	}
+	path := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(path, []byte("homeserver:\n  domian: x\n"), 0o600)
+	code, _, errOut = runCLI(t, "-c", path, "check")
+	if code != 1 || !strings.Contains(errOut, "homeserver.domian: unknown key (line 2)") {
+		t.Fatalf("bad key: %d %q", code, errOut)
+	}
+}
