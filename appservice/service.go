@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,6 +30,7 @@ import (
 	"opsbot/appservice/e2ee"
 	"opsbot/appservice/health"
 	"opsbot/appservice/intake"
+	"opsbot/appservice/leader"
 	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
@@ -55,6 +57,8 @@ type Service struct {
 	Metrics *metrics.Metrics
 
 	warnEncrypted sync.Once
+	// active is set while this process is the leader and handling events.
+	active atomic.Bool
 }
 
 // New builds a service without touching the network or the database, so
@@ -191,33 +195,13 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 // Run starts opsbot and blocks until ctx is cancelled, then shuts down:
 // intake stops first, in-flight handlers get drainTimeout to finish, and
 // whatever is left stays in the inbox for the next start.
+//
+// The listener answers from the start (health, and a retryable 503 for
+// transactions), but only the leader handles events: on Postgres several
+// replicas may run, and all but one stand by, not ready, until the leader's
+// advisory lock is released (see appservice/leader).
 func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	defer s.Store.Close()
-	if err := s.Store.Upgrade(ctx); err != nil {
-		return err
-	}
-	if err := s.AS.StateStore.(*sqlstatestore.SQLStateStore).Upgrade(ctx); err != nil {
-		return fmt.Errorf("migrating the state store: %w", err)
-	}
-	s.Log.Info().Str("type", s.Cfg.Database.Type).Msg("Database ready")
-
-	if err := s.waitForHomeserver(ctx); err != nil {
-		return err
-	}
-	if err := s.Bots.Start(ctx); err != nil {
-		return err
-	}
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
-	if s.E2EE != nil {
-		if err := s.startEncryption(ctx, workCtx); err != nil {
-			return err
-		}
-	}
-	if err := s.Pipeline.Start(workCtx); err != nil {
-		return fmt.Errorf("resuming unhandled events: %w", err)
-	}
-
 	listener, err := net.Listen("tcp", s.Cfg.AppService.Listen)
 	if err != nil {
 		return fmt.Errorf("appservice.listen: %w", err)
@@ -225,21 +209,50 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	server := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.Serve(listener) }()
-	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
-
-	go s.pruneLoop(workCtx)
+	defer server.Close()
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
 	if s.Cfg.Metrics.Listen != "" {
 		if err := s.Metrics.Serve(workCtx, s.Cfg.Metrics.Listen, s.Log.With().Str("component", "metrics").Logger()); err != nil {
 			return fmt.Errorf("metrics.listen: %w", err)
 		}
 	}
 
+	elector := s.elector()
+	lost, err := elector.Acquire(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			s.Log.Info().Msg("Stopped while standing by")
+			return nil
+		}
+		return fmt.Errorf("leader election: %w", err)
+	}
+	defer elector.Release()
+	s.Metrics.Leader.Set(1)
+	s.Log.Info().Msg("This opsbot is the leader")
+
+	if err := s.start(ctx, workCtx); err != nil {
+		return err
+	}
+	s.active.Store(true)
+	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
+
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
 		return fmt.Errorf("HTTP listener: %w", err)
+	case err := <-lost:
+		// Another replica may already be the leader: stop at once rather than
+		// drain, so that two processes never handle events or write crypto
+		// state together. Unhandled events stay in the inbox for it.
+		s.active.Store(false)
+		s.Metrics.Leader.Set(0)
+		s.Log.Error().Err(err).Msg("Lost leadership; stopping")
+		stopWork()
+		return fmt.Errorf("lost leadership: %w", err)
 	}
 	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")
+	s.active.Store(false)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = server.Shutdown(shutdownCtx)
@@ -264,6 +277,44 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	return nil
 }
 
+// start brings the leader up: schema, homeserver, bots, encryption devices,
+// then the pipeline (which first resumes what an earlier leader left).
+func (s *Service) start(ctx, workCtx context.Context) error {
+	if err := s.Store.Upgrade(ctx); err != nil {
+		return err
+	}
+	if err := s.AS.StateStore.(*sqlstatestore.SQLStateStore).Upgrade(ctx); err != nil {
+		return fmt.Errorf("migrating the state store: %w", err)
+	}
+	s.Log.Info().Str("type", s.Cfg.Database.Type).Msg("Database ready")
+	if err := s.waitForHomeserver(ctx); err != nil {
+		return err
+	}
+	if err := s.Bots.Start(ctx); err != nil {
+		return err
+	}
+	if s.E2EE != nil {
+		if err := s.startEncryption(ctx, workCtx); err != nil {
+			return err
+		}
+	}
+	if err := s.Pipeline.Start(workCtx); err != nil {
+		return fmt.Errorf("resuming unhandled events: %w", err)
+	}
+	go s.pruneLoop(workCtx)
+	return nil
+}
+
+// elector picks leader election for the database: an advisory lock on
+// Postgres, none on SQLite (one process).
+func (s *Service) elector() leader.Elector {
+	if s.Cfg.Database.Type != "postgres" {
+		return leader.Always{}
+	}
+	return &leader.Postgres{DB: s.Store.DB.RawDB, Key: leader.KeyFor(s.Cfg.AppService.ID),
+		Log: s.Log.With().Str("component", "leader").Logger()}
+}
+
 // Handler returns the HTTP handler of the appservice listener.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -274,13 +325,20 @@ func (s *Service) Handler() http.Handler {
 		Deliver:      s.Pipeline.Deliver,
 		IsOurUser:    s.Bots.IsBot,
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
+		Standby:      func() bool { return !s.active.Load() },
 		DeviceInfo:   s.deviceInfoHandler(),
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
-		Log:      s.Log.With().Str("component", "health").Logger(),
+		Gate: func() error {
+			if !s.active.Load() {
+				return errors.New("standing by: another opsbot is the leader, or start-up is not finished")
+			}
+			return nil
+		},
+		Log: s.Log.With().Str("component", "health").Logger(),
 		Checks: []health.Check{
 			{Name: "database", Run: s.Store.Ping},
 			{Name: "homeserver", Run: func(ctx context.Context) error {

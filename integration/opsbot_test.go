@@ -83,16 +83,36 @@ const defaultBots = `
 // registration with the real CLI, starts Dendrite with it, then opsbot.
 func newWorld(t *testing.T, dbType, bots, extra string) *world {
 	t.Helper()
-	return newWorldVia(t, dbType, bots, extra, nil)
+	return newWorldWith(t, worldOptions{DB: dbType, Bots: bots, Extra: extra})
 }
 
 // newWorldVia is newWorld with opsbot talking to the homeserver through
-// whatever address via returns (a relay, a fault injector), if via is set.
+// whatever address via returns (a relay, a fault injector).
 func newWorldVia(t *testing.T, dbType, bots, extra string, via func(hs *harness.Homeserver) string) *world {
 	t.Helper()
+	return newWorldWith(t, worldOptions{DB: dbType, Bots: bots, Extra: extra, Via: via})
+}
+
+// worldOptions shape a test world.
+type worldOptions struct {
+	DB, Bots, Extra string
+	// Via, if set, gives the homeserver address opsbot uses (a relay).
+	Via func(hs *harness.Homeserver) string
+	// PublicURL, if set, is where the homeserver pushes transactions (a
+	// load balancer in front of several replicas); default: opsbot itself.
+	PublicURL string
+}
+
+func newWorldWith(t *testing.T, opts worldOptions) *world {
+	t.Helper()
+	dbType, bots, extra, via := opts.DB, opts.Bots, opts.Extra, opts.Via
 	bin := opsbotBinary(t)
 	dir := t.TempDir()
 	port := freePort(t)
+	publicURL := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if opts.PublicURL != "" {
+		publicURL = opts.PublicURL
+	}
 	db := storetest.Config(t, dbType)
 	// Dendrite's URL is not known before it starts, but the registration
 	// must exist first; it does not contain the homeserver URL, so write the
@@ -112,7 +132,7 @@ func newWorldVia(t *testing.T, dbType, bots, extra string, via func(hs *harness.
 appservice:
   id: opsbot
   listen: 127.0.0.1:%d
-  public_url: http://127.0.0.1:%d
+  public_url: %s
   as_token: %s
   hs_token: %s
 database:
@@ -122,7 +142,7 @@ bots:%s
 logging:
   level: debug
   format: json
-%s%s`, hsURL, port, port, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, encryption, extra)
+%s%s`, hsURL, port, publicURL, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, encryption, extra)
 		return text
 	}
 	cfgPath := filepath.Join(dir, "opsbot.yaml")
@@ -151,16 +171,44 @@ logging:
 	if err != nil {
 		t.Fatal(err)
 	}
+	ob := newOpsbot(t, dir, cfgPath, cfg, port, metricsPort)
+	ob.Start()
+	return &world{HS: hs, Bot: ob}
+}
+
+func newOpsbot(t *testing.T, dir, cfgPath string, cfg *config.Config, port, metricsPort int) *Opsbot {
 	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{},
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)}
 	t.Cleanup(func() {
 		ob.Stop()
 		if t.Failed() {
-			t.Logf("opsbot log (last 60 lines):\n%s", ob.LogTail(60))
+			t.Logf("opsbot log %s (last 60 lines):\n%s", cfgPath, ob.LogTail(60))
 		}
 	})
-	ob.Start()
-	return &world{HS: hs, Bot: ob}
+	return ob
+}
+
+// Replica returns a second opsbot process with the same config (database,
+// tokens, bots) but its own listeners, not yet started.
+func (o *Opsbot) Replica(t *testing.T) *Opsbot {
+	t.Helper()
+	data, err := os.ReadFile(o.CfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, metricsPort := freePort(t), freePort(t)
+	text := strings.Replace(string(data), "listen: "+o.Cfg.AppService.Listen, fmt.Sprintf("listen: 127.0.0.1:%d", port), 1)
+	text = strings.Replace(text, "listen: "+o.Cfg.Metrics.Listen, fmt.Sprintf("listen: 127.0.0.1:%d", metricsPort), 1)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "opsbot.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newOpsbot(t, dir, path, cfg, port, metricsPort)
 }
 
 func freePort(t testing.TB) int {
@@ -174,6 +222,28 @@ func freePort(t testing.TB) int {
 
 // Start runs opsbot and waits until /readyz says ready.
 func (o *Opsbot) Start() {
+	o.t.Helper()
+	o.start("/readyz")
+}
+
+// StartStandby runs opsbot and waits only until /healthz answers: a standby
+// replica is alive but not ready.
+func (o *Opsbot) StartStandby() {
+	o.t.Helper()
+	o.start("/healthz")
+}
+
+// Ready reports whether /readyz answers 200.
+func (o *Opsbot) Ready() bool {
+	resp, err := http.Get(o.URL + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+func (o *Opsbot) start(probe string) {
 	o.t.Helper()
 	o.mu.Lock()
 	cmd := exec.Command(opsbotBinary(o.t), "-c", o.CfgPath)
@@ -195,7 +265,7 @@ func (o *Opsbot) Start() {
 			o.t.Fatalf("opsbot exited during start-up:\n%s", o.LogTail(40))
 		default:
 		}
-		resp, err := http.Get(o.URL + "/readyz")
+		resp, err := http.Get(o.URL + probe)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

@@ -25,7 +25,11 @@ type Check struct {
 type Checker struct {
 	Checks   []Check
 	CacheFor time.Duration
-	Log      zerolog.Logger
+	// Gate, if set, is checked on every request, before (and without) the
+	// cache: it makes a standby replica not ready, and a new leader ready,
+	// at once.
+	Gate func() error
+	Log  zerolog.Logger
 
 	mu      sync.Mutex
 	last    time.Time
@@ -41,6 +45,12 @@ func (c *Checker) Register(mux *http.ServeMux) {
 		write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if c.Gate != nil {
+			if err := c.Gate(); err != nil {
+				write(w, http.StatusServiceUnavailable, map[string]string{"leader": "standby"})
+				return
+			}
+		}
 		ready, results := c.Ready(r.Context())
 		status := http.StatusOK
 		if !ready {

@@ -40,6 +40,9 @@ type Handler struct {
 	// one-time-key counts of each new transaction (appservice key delivery).
 	// They are not stored: a lost update costs a key refetch, not a message.
 	DeviceInfo func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount)
+	// Standby, if set and true, makes intake refuse transactions with a
+	// retryable error: this replica is not the leader (or not started yet).
+	Standby func() bool
 	// Overloaded, if set, makes intake refuse new transactions with a
 	// retryable error while the pipeline is too far behind.
 	Overloaded func() bool
@@ -114,6 +117,12 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	txnID := r.PathValue("txnID")
 	log := h.Log.With().Str("txn_id", txnID).Logger()
+	if h.Standby != nil && h.Standby() {
+		h.observe("standby", 0)
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "This opsbot is standing by (not the leader); retry later")
+		return
+	}
 	if h.Overloaded != nil && h.Overloaded() {
 		h.observe("overloaded", 0)
 		w.Header().Set("Retry-After", "5")

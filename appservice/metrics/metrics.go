@@ -36,6 +36,7 @@ type Metrics struct {
 	SendSeconds   *prometheus.HistogramVec
 	BuildInfo     *prometheus.GaugeVec
 	BotDevices    prometheus.Gauge
+	Leader        prometheus.Gauge
 	backlogSource func() int64
 }
 
@@ -71,7 +72,9 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "Always 1; the version label says which opsbot runs."}, []string{"version"})
 	m.BotDevices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_bot_devices",
 		Help: "Bot encryption devices running."})
-	for _, c := range []prometheus.Collector{m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
+		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
+	for _, c := range []prometheus.Collector{m.Leader, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
