@@ -124,7 +124,7 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 				if rt.kind != kindCommand {
 					continue
 				}
-				if prev, ok := owner[rt.command.name]; ok {
+				if prev, ok := owner[rt.command.name]; ok && prev != name {
 					return nil, fmt.Errorf("%s: skills %s and %s both define the command %q", b.ConfigKey, prev, name, rt.command.name)
 				}
 				owner[rt.command.name] = name
@@ -177,26 +177,20 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 		if isText {
 			cmdName, argText, isCmd = splitCommand(body, b.Prefix)
 		}
+		if isCmd {
+			var cmds []*route
+			for _, rt := range e.botRoutes(b) {
+				if rt.kind == kindCommand && rt.command.name == cmdName && (!isEdit || rt.opts.edits) {
+					cmds = append(cmds, rt)
+				}
+			}
+			if len(cmds) > 0 {
+				knownSomewhere, matched = true, true
+				e.runCommand(ctx, evt, b, cmds, cmdName, argText, body)
+			}
+		}
 		for _, rt := range e.botRoutes(b) {
 			switch rt.kind {
-			case kindCommand:
-				if !isCmd || rt.command.name != cmdName || (isEdit && !rt.opts.edits) {
-					continue
-				}
-				knownSomewhere, matched = true, true
-				ev := e.newEvent(evt, b, rt, body)
-				ev.Command = cmdName
-				if !rt.allows(b.ID, evt.RoomID, evt.Sender) {
-					e.notice(ctx, ev, fmt.Sprintf("You are not allowed to use %s%s here.", b.Prefix, cmdName))
-					continue
-				}
-				args, ok := rt.command.match(argText)
-				if !ok {
-					e.notice(ctx, ev, "Usage: "+rt.command.usage(b.Prefix))
-					continue
-				}
-				ev.Args = args
-				e.run(ctx, rt, ev)
 			case kindRegex:
 				if !isText || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
 					continue
@@ -239,6 +233,35 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 		hint := fmt.Sprintf("Unknown command %s%s. Send %shelp for the list of commands.", unknown.Prefix, cmdName, unknown.Prefix)
 		e.notice(ctx, ev, hint)
 	}
+}
+
+// runCommand runs the first of a command word's patterns whose arguments
+// fit; when none fits it answers with their usage lines.
+func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, cmds []*route, cmdName, argText, body string) {
+	var allowed []*route
+	for _, rt := range cmds {
+		if rt.allows(b.ID, evt.RoomID, evt.Sender) {
+			allowed = append(allowed, rt)
+		}
+	}
+	if len(allowed) == 0 {
+		ev := e.newEvent(evt, b, cmds[0], body)
+		e.notice(ctx, ev, fmt.Sprintf("You are not allowed to use %s%s here.", b.Prefix, cmdName))
+		return
+	}
+	for _, rt := range allowed {
+		if args, ok := rt.command.match(argText); ok {
+			ev := e.newEvent(evt, b, rt, body)
+			ev.Command, ev.Args = cmdName, args
+			e.run(ctx, rt, ev)
+			return
+		}
+	}
+	usages := make([]string, len(allowed))
+	for i, rt := range allowed {
+		usages[i] = rt.command.usage(b.Prefix)
+	}
+	e.notice(ctx, e.newEvent(evt, b, allowed[0], body), "Usage: "+strings.Join(usages, " | "))
 }
 
 // textOf returns the text a matcher sees: message bodies of text, emote and

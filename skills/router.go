@@ -87,7 +87,9 @@ func (r *Router) fail(err error) {
 
 // Command registers a command such as "remind {duration} {text...}"; people
 // invoke it with the bot's prefix ("!remind 10m check the deploy"). The
-// handler finds the placeholders in ev.Args.
+// handler finds the placeholders in ev.Args. One skill may register several
+// patterns with the same command word ("note add {text...}", "note list"):
+// the first whose words fit runs.
 func (r *Router) Command(pattern string, h Handler, opts ...Option) {
 	cp, err := parseCommandPattern(pattern)
 	if err != nil {
@@ -95,8 +97,8 @@ func (r *Router) Command(pattern string, h Handler, opts ...Option) {
 		return
 	}
 	for _, other := range r.routes {
-		if other.kind == kindCommand && other.command.name == cp.name {
-			r.fail(fmt.Errorf("skill %s: command %q registered twice", r.skill, cp.name))
+		if other.kind == kindCommand && other.command.raw == cp.raw {
+			r.fail(fmt.Errorf("skill %s: command %q registered twice", r.skill, cp.raw))
 			return
 		}
 	}

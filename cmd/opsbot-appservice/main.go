@@ -28,6 +28,7 @@ import (
 	"opsbot/skills/echo"
 	"opsbot/skills/files"
 	"opsbot/skills/help"
+	"opsbot/skills/notes"
 	"opsbot/skills/ping"
 )
 
@@ -36,7 +37,7 @@ var Version = "dev"
 
 // builtinSkills are the skills compiled into this binary.
 func builtinSkills() []skills.Skill {
-	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New()}
+	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New(), notes.New()}
 }
 
 func main() {

@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -102,6 +104,7 @@ const Bot = id.UserID("@opsbot:example.org")
 type Harness struct {
 	Engine *skills.Engine
 	Sender *Sender
+	Memory *MemoryStore
 	n      int
 }
 
@@ -130,9 +133,9 @@ func Setup(available []skills.Skill, sections map[string]string) (*Harness, erro
 	for _, s := range available {
 		names = append(names, s.Name())
 	}
-	h := &Harness{Sender: &Sender{}}
+	h := &Harness{Sender: &Sender{}, Memory: NewMemory()}
 	var err error
-	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Log: zerolog.Nop(), Decode: config.DecodeStrict},
+	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Memory: h.Memory, Log: zerolog.Nop(), Decode: config.DecodeStrict},
 		available, nodes, []skills.BotSpec{{ID: Bot, Prefix: "!", Skills: names, ConfigKey: "bots[0]"}})
 	if err != nil {
 		return nil, err
@@ -166,4 +169,64 @@ func (h *Harness) Send(content *event.MessageEventContent) []string {
 		out = append(out, a.Body())
 	}
 	return out
+}
+
+// MemoryStore keeps skill memory in a map (skills.MemoryStore).
+type MemoryStore struct {
+	mu     sync.Mutex
+	values map[string][]byte
+}
+
+// NewMemory returns an empty memory store.
+func NewMemory() *MemoryStore { return &MemoryStore{values: map[string][]byte{}} }
+
+// Memory returns the memory of a skill in a room.
+func (m *MemoryStore) Memory(skill string, room id.RoomID) skills.Memory {
+	return &mapMemory{m: m, prefix: skill + "\x00" + string(room) + "\x00"}
+}
+
+type mapMemory struct {
+	m      *MemoryStore
+	prefix string
+}
+
+func (mm *mapMemory) Get(ctx context.Context, key string, v any) (bool, error) {
+	mm.m.mu.Lock()
+	data, ok := mm.m.values[mm.prefix+key]
+	mm.m.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	return true, json.Unmarshal(data, v)
+}
+
+func (mm *mapMemory) Put(ctx context.Context, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	mm.m.mu.Lock()
+	defer mm.m.mu.Unlock()
+	mm.m.values[mm.prefix+key] = data
+	return nil
+}
+
+func (mm *mapMemory) Delete(ctx context.Context, key string) error {
+	mm.m.mu.Lock()
+	defer mm.m.mu.Unlock()
+	delete(mm.m.values, mm.prefix+key)
+	return nil
+}
+
+func (mm *mapMemory) Keys(ctx context.Context) ([]string, error) {
+	mm.m.mu.Lock()
+	defer mm.m.mu.Unlock()
+	var keys []string
+	for k := range mm.m.values {
+		if rest, ok := strings.CutPrefix(k, mm.prefix); ok {
+			keys = append(keys, rest)
+		}
+	}
+	sort.Strings(keys)
+	return keys, nil
 }
