@@ -34,6 +34,7 @@ import (
 	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
+	"opsbot/appservice/statememory"
 	"opsbot/appservice/store"
 	"opsbot/skills"
 )
@@ -95,6 +96,15 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
 	s.Outbox.Observe = s.Metrics.ObserveSend
 	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
+	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: &statememory.Store{AS: s.AS,
+		BotFor: func(ctx context.Context, room id.RoomID) (id.UserID, bool) {
+			bots := s.Bots.RoomBots(ctx, room)
+			if len(bots) == 0 {
+				return "", false
+			}
+			return bots[0], true
+		}}}
+	s.Bots.MoveMemory = memory.move
 	if cfg.Encryption.Enabled {
 		s.E2EE = e2ee.New(e2ee.Options{
 			DB:            s.Store.DB,
@@ -117,7 +127,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 	s.Engine, err = skills.NewEngine(skills.Options{
 		Sender:  s.Outbox,
 		Media:   s.Outbox,
-		Memory:  s.Store,
+		Memory:  memory,
 		Log:     log.With().Str("component", "skills").Logger(),
 		Decode:  config.DecodeStrict,
 		Observe: s.Metrics.ObserveSkill,
@@ -153,6 +163,9 @@ func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	}
 	if s.E2EE != nil && (evt.Type == event.StateMember || evt.Type == event.StateHistoryVisibility) {
 		s.E2EE.HandleState(ctx, evt, roomBots)
+	}
+	if evt.Type == event.StateTombstone {
+		s.Bots.HandleTombstone(ctx, evt, roomBots)
 	}
 	if evt.Type == event.EventEncrypted {
 		if s.Bots.IsBot(evt.Sender) {

@@ -22,28 +22,40 @@ import (
 	"opsbot/appservice/outbox"
 )
 
-// ProfileStore remembers the profile last set for each bot.
-type ProfileStore interface {
+// Store is what the manager keeps in the database: the profile last set
+// for each bot, and room upgrades waiting for the bots to join.
+type Store interface {
 	BotProfile(ctx context.Context, userID id.UserID) (displayname, avatar string, err error)
 	SetBotProfile(ctx context.Context, userID id.UserID, displayname, avatar string) error
+	RecordUpgrade(ctx context.Context, oldRoom, newRoom id.RoomID) error
+	UpgradeOf(ctx context.Context, newRoom id.RoomID) (id.RoomID, error)
+	FinishUpgrade(ctx context.Context, newRoom id.RoomID) error
 }
+
+// MemoryMover moves skill memory from a room to its replacement.
+type MemoryMover func(ctx context.Context, oldRoom, newRoom id.RoomID) error
 
 // Manager runs the configured bots.
 type Manager struct {
 	AS       *mas.AppService
-	Profiles ProfileStore
+	Profiles Store
 	Log      zerolog.Logger
-	bots     []config.Bot
-	ids      []id.UserID
-	domain   string
-	invite   config.InvitePolicy
+	// MoveMemory, if set, carries skill memory over a room upgrade.
+	MoveMemory MemoryMover
+	// LeaveUpgraded makes bots leave a room they followed to its replacement.
+	LeaveUpgraded bool
+	bots          []config.Bot
+	ids           []id.UserID
+	domain        string
+	invite        config.InvitePolicy
 	// OnJoined, if set, is called after a bot joined a room and fetched its state.
 	OnJoined func(ctx context.Context, bot id.UserID, room id.RoomID)
 }
 
 // New returns a manager for the bots in cfg.
-func New(cfg *config.Config, as *mas.AppService, profiles ProfileStore, log zerolog.Logger) *Manager {
-	m := &Manager{AS: as, Profiles: profiles, Log: log, bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite}
+func New(cfg *config.Config, as *mas.AppService, profiles Store, log zerolog.Logger) *Manager {
+	m := &Manager{AS: as, Profiles: profiles, Log: log, bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite,
+		LeaveUpgraded: cfg.Rooms.LeaveUpgraded == nil || *cfg.Rooms.LeaveUpgraded}
 	for _, b := range cfg.Bots {
 		m.ids = append(m.ids, id.NewUserID(b.Localpart, cfg.Homeserver.Domain))
 	}
@@ -70,6 +82,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		if err := m.syncProfile(ctx, intent, b); err != nil {
 			return fmt.Errorf("setting the profile of bot %s: %w", userID, err)
 		}
+		m.learnRooms(ctx, userID)
 		m.Log.Info().Stringer("bot", userID).Strs("skills", b.Skills).Msg("Bot ready")
 	}
 	return nil
@@ -99,6 +112,31 @@ func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b conf
 	}
 	m.Log.Info().Stringer("bot", intent.UserID).Str("displayname", b.Displayname).Msg("Updated bot profile")
 	return m.Profiles.SetBotProfile(ctx, intent.UserID, b.Displayname, b.Avatar)
+}
+
+// learnRooms fetches the state of rooms the bot is in but the state store
+// does not know (a new or restored database), so that the bot answers there
+// again without being re-invited.
+func (m *Manager) learnRooms(ctx context.Context, bot id.UserID) {
+	resp, err := m.AS.Intent(bot).Client.JoinedRooms(ctx)
+	if err != nil {
+		m.Log.Warn().Err(err).Stringer("bot", bot).Msg("Could not list the bot's rooms")
+		return
+	}
+	learned := 0
+	for _, room := range resp.JoinedRooms {
+		if m.AS.StateStore.IsInRoom(ctx, room, bot) {
+			continue
+		}
+		if err := m.FetchState(ctx, bot, room); err != nil {
+			m.Log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not fetch the state of a joined room")
+			continue
+		}
+		learned++
+	}
+	if learned > 0 {
+		m.Log.Info().Stringer("bot", bot).Int("rooms", learned).Msg("Learned rooms the bot was already in")
+	}
 }
 
 // mayInvite applies permissions.invite: an explicit user list or server
@@ -131,7 +169,8 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 	}
 	switch content.Membership {
 	case event.MembershipInvite:
-		if !m.mayInvite(evt.Sender) {
+		upgradedFrom, _ := m.Profiles.UpgradeOf(ctx, evt.RoomID)
+		if upgradedFrom == "" && !m.mayInvite(evt.Sender) {
 			log.Warn().Stringer("bot", target).Msg("Rejected invite from a user not allowed by permissions.invite")
 			_, err := m.AS.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
 				Reason: "Sorry, you are not allowed to invite this bot. Ask the opsbot admin to add you to permissions.invite.",
@@ -163,8 +202,75 @@ func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, r
 		log.Error().Err(err).Stringer("bot", bot).Msg("Joined, but could not fetch the room state")
 	}
 	log.Info().Stringer("bot", bot).Msg("Joined room")
+	m.finishUpgrade(ctx, bot, room)
 	if m.OnJoined != nil {
 		m.OnJoined(ctx, bot, room)
+	}
+}
+
+// HandleTombstone follows a room upgrade: every bot in the old room joins
+// the replacement (or, when it is invite-only, waits for an invite there,
+// which is accepted even from a user permissions.invite would refuse, since
+// the room is one the bot was already allowed in). Skill memory moves once
+// a bot is in the new room.
+func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
+	content, ok := evt.Content.Parsed.(*event.TombstoneEventContent)
+	if !ok || content.ReplacementRoom == "" || evt.GetStateKey() != "" {
+		return
+	}
+	newRoom := content.ReplacementRoom
+	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("replacement", newRoom).Logger()
+	log.Info().Msg("Room was upgraded; following it")
+	if err := m.Profiles.RecordUpgrade(ctx, evt.RoomID, newRoom); err != nil {
+		log.Error().Err(err).Msg("Could not record the room upgrade")
+		return
+	}
+	_, server, _ := evt.Sender.Parse()
+	for _, bot := range roomBots {
+		intent := m.AS.Intent(bot)
+		_, err := intent.JoinRoom(ctx, newRoom.String(), &mautrix.ReqJoinRoom{Via: []string{server}})
+		if err != nil {
+			log.Info().Err(err).Stringer("bot", bot).Msg("Cannot join the replacement room yet; an invite there will be accepted")
+			continue
+		}
+		if err := m.FetchState(ctx, bot, newRoom); err != nil {
+			log.Warn().Err(err).Stringer("bot", bot).Msg("Joined the replacement room, but could not fetch its state")
+		}
+		log.Info().Stringer("bot", bot).Msg("Joined the replacement room")
+		m.finishUpgrade(ctx, bot, newRoom)
+	}
+}
+
+// finishUpgrade completes a pending upgrade once bot is in newRoom: memory
+// moves (once) and the bot leaves the old room if so configured.
+func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.RoomID) {
+	oldRoom, err := m.Profiles.UpgradeOf(ctx, newRoom)
+	if err != nil || oldRoom == "" {
+		return
+	}
+	log := m.Log.With().Stringer("room_id", oldRoom).Stringer("replacement", newRoom).Logger()
+	if m.MoveMemory != nil {
+		if err := m.MoveMemory(ctx, oldRoom, newRoom); err != nil {
+			log.Error().Err(err).Msg("Could not move skill memory to the replacement room")
+		} else {
+			log.Info().Msg("Moved skill memory to the replacement room")
+		}
+	}
+	// Later bots find nothing left to move; keep the record until every bot
+	// of the old room has left or followed, which is cheap to leave as is.
+	if m.LeaveUpgraded {
+		if _, err := m.AS.Intent(bot).LeaveRoom(ctx, oldRoom, &mautrix.ReqLeave{Reason: "This room was upgraded; I moved to the new one."}); err != nil {
+			log.Warn().Err(err).Stringer("bot", bot).Msg("Could not leave the upgraded room")
+		}
+	}
+	stillThere := false
+	for _, b := range m.ids {
+		if b != bot && m.AS.StateStore.IsInRoom(ctx, oldRoom, b) && !m.AS.StateStore.IsInRoom(ctx, newRoom, b) {
+			stillThere = true
+		}
+	}
+	if !stillThere || !m.LeaveUpgraded {
+		_ = m.Profiles.FinishUpgrade(ctx, newRoom)
 	}
 }
 

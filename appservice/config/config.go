@@ -24,8 +24,25 @@ type Config struct {
 	Bots        []Bot                `yaml:"bots"`
 	Skills      map[string]yaml.Node `yaml:"skills"`
 	Permissions Permissions          `yaml:"permissions"`
+	Memory      Memory               `yaml:"memory"`
+	Rooms       Rooms                `yaml:"rooms"`
 	Metrics     Metrics              `yaml:"metrics"`
 	Logging     Logging              `yaml:"logging"`
+}
+
+// Memory says where skills keep their memory.
+type Memory struct {
+	// InRoomState lists skills whose memory lives in room state events
+	// (travels with the room, survives losing the database, but is not
+	// end-to-end encrypted). Others keep it in the database.
+	InRoomState []string `yaml:"in_room_state"`
+}
+
+// Rooms configures how bots treat rooms.
+type Rooms struct {
+	// LeaveUpgraded makes bots leave a room once they have followed its
+	// upgrade (m.room.tombstone) into the replacement room.
+	LeaveUpgraded *bool `yaml:"leave_upgraded"`
 }
 
 // Metrics configures the Prometheus listener.
@@ -223,6 +240,10 @@ func (c *Config) applyDefaults() {
 	if c.AppService.SenderLocalpart == "" && len(c.Bots) > 0 {
 		c.AppService.SenderLocalpart = c.Bots[0].Localpart
 	}
+	if c.Rooms.LeaveUpgraded == nil {
+		yes := true
+		c.Rooms.LeaveUpgraded = &yes
+	}
 	if c.Encryption.Mode == "" {
 		c.Encryption.Mode = "auto"
 	}
@@ -348,6 +369,17 @@ func (c *Config) Validate() error {
 	for i, u := range c.Permissions.Invite.Users {
 		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
 			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
+		}
+	}
+	for i, skill := range c.Memory.InRoomState {
+		found := false
+		for _, b := range c.Bots {
+			for _, s := range b.Skills {
+				found = found || s == skill
+			}
+		}
+		if !found {
+			bad(fmt.Sprintf("memory.in_room_state[%d]", i), "no bot runs a skill named %q", skill)
 		}
 	}
 	if c.Metrics.Listen != "" {

@@ -71,6 +71,17 @@ permissions:
     users: []
     servers: []
 
+memory:
+  # Skills whose memory for a room lives in the room's state (it travels
+  # with the room and survives losing the database). Room state is NOT
+  # end-to-end encrypted: never list a skill that remembers secrets.
+  in_room_state: []
+
+rooms:
+  # When a room is upgraded, the bots follow it to the new room (taking
+  # skill memory along); then leave the old one?
+  leave_upgraded: true
+
 metrics:
   # host:port serving Prometheus metrics at /metrics (all named opsbot_*).
   # Empty turns it off; keep it off the public internet.

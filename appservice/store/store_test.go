@@ -247,3 +247,41 @@ func TestSQLiteDSN(t *testing.T) {
 		t.Errorf("admin pragma not respected: %q", dsn)
 	}
 }
+
+func TestRoomUpgradeBookkeeping(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		_ = st.Memory("notes", "!old:x").Put(ctx, "notes", []string{"a"})
+		_ = st.Memory("notes", "!new:x").Put(ctx, "other", 1)
+		_ = st.Memory("notes", "!new:x").Put(ctx, "notes", []string{"newer"})
+		if err := st.RecordUpgrade(ctx, "!old:x", "!new:x"); err != nil {
+			t.Fatal(err)
+		}
+		if old, err := st.UpgradeOf(ctx, "!new:x"); err != nil || old != "!old:x" {
+			t.Fatalf("UpgradeOf: %q %v", old, err)
+		}
+		_ = st.Memory("remind", "!old:x").Put(ctx, "r", 2)
+		moved, err := st.MoveMemory(ctx, "!old:x", "!new:x")
+		if err != nil || moved != 1 {
+			t.Fatalf("moved %d, %v", moved, err)
+		}
+		var notes []string
+		_, _ = st.Memory("notes", "!new:x").Get(ctx, "notes", &notes)
+		if len(notes) != 1 || notes[0] != "newer" {
+			t.Fatalf("the new room's own value must win: %v", notes)
+		}
+		var r int
+		if found, _ := st.Memory("remind", "!new:x").Get(ctx, "r", &r); !found || r != 2 {
+			t.Fatal("memory did not move")
+		}
+		if keys, _ := st.Memory("notes", "!old:x").Keys(ctx); len(keys) != 0 {
+			t.Fatalf("old room still has %v", keys)
+		}
+		_ = st.FinishUpgrade(ctx, "!new:x")
+		if old, _ := st.UpgradeOf(ctx, "!new:x"); old != "" {
+			t.Fatal("upgrade not forgotten")
+		}
+	})
+}
