@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"opsbot/appservice/config"
+	"opsbot/appservice/discovery"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/store"
 )
@@ -82,18 +83,26 @@ func checkDatabase(ctx context.Context, cfg *config.Config) CheckResult {
 }
 
 func checkHomeserver(ctx context.Context, cfg *config.Config) (*mautrix.Client, CheckResult) {
-	client, err := mautrix.NewClient(cfg.Homeserver.Address, "", cfg.AppService.ASToken)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	address, shown := cfg.Homeserver.Address, cfg.Homeserver.Address
+	if address == "" {
+		res, err := discovery.Resolve(ctx, &http.Client{}, cfg.Homeserver.Domain)
+		if err != nil {
+			return nil, CheckResult{"homeserver", "FAIL", discoveryError(cfg.Homeserver.Domain, err).Error()}
+		}
+		address, shown = res.BaseURL, fmt.Sprintf("%s (from %s)", res.BaseURL, res.WellKnownURL)
+	}
+	client, err := mautrix.NewClient(address, "", cfg.AppService.ASToken)
 	if err != nil {
 		return nil, CheckResult{"homeserver", "FAIL", err.Error()}
 	}
 	client.DefaultHTTPRetries = 0
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	versions, err := client.Versions(ctx)
 	if err != nil {
-		return nil, CheckResult{"homeserver", "FAIL", fmt.Sprintf("%s: %v (is homeserver.address right, and the homeserver running?)", cfg.Homeserver.Address, err)}
+		return nil, CheckResult{"homeserver", "FAIL", fmt.Sprintf("%s: %v (is homeserver.address right, and the homeserver running?)", shown, err)}
 	}
-	return client, CheckResult{"homeserver", "ok", fmt.Sprintf("%s answers, spec versions %s", cfg.Homeserver.Address, strings.Join(versionStrings(versions), " "))}
+	return client, CheckResult{"homeserver", "ok", fmt.Sprintf("%s answers, spec versions %s", shown, strings.Join(versionStrings(versions), " "))}
 }
 
 func checkASToken(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {

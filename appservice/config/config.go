@@ -55,7 +55,8 @@ type Metrics struct {
 type Homeserver struct {
 	// Domain is the server name, the part after ':' in user IDs.
 	Domain string `yaml:"domain"`
-	// Address is the client-server API base URL opsbot talks to.
+	// Address is the client-server API base URL opsbot talks to. If empty,
+	// it is discovered from Domain's /.well-known/matrix/client.
 	Address string `yaml:"address"`
 }
 
@@ -280,10 +281,12 @@ func (c *Config) Validate() error {
 	} else if strings.ContainsAny(c.Homeserver.Domain, "/@ ") {
 		bad("homeserver.domain", "%q is not a server name (no scheme, no path)", c.Homeserver.Domain)
 	}
-	if c.Homeserver.Address == "" {
-		bad("homeserver.address", "required: the client-server API URL, e.g. https://matrix.example.org")
-	} else if err := checkHTTPURL(c.Homeserver.Address); err != nil {
-		bad("homeserver.address", "%v", err)
+	// An empty address is found at start-up from the domain's
+	// /.well-known/matrix/client (see appservice/discovery).
+	if c.Homeserver.Address != "" {
+		if err := checkHTTPURL(c.Homeserver.Address); err != nil {
+			bad("homeserver.address", "%v", err)
+		}
 	}
 	if c.AppService.ID == "" || strings.ContainsAny(c.AppService.ID, " /") {
 		bad("appservice.id", "%q must be a non-empty word", c.AppService.ID)

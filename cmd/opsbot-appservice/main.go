@@ -30,6 +30,7 @@ import (
 	"opsbot/skills/help"
 	"opsbot/skills/notes"
 	"opsbot/skills/ping"
+	"opsbot/skills/tour"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
@@ -37,7 +38,7 @@ var Version = "dev"
 
 // builtinSkills are the skills compiled into this binary.
 func builtinSkills() []skills.Skill {
-	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New(), notes.New()}
+	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New(), notes.New(), tour.New()}
 }
 
 func main() {
@@ -115,13 +116,19 @@ Flags:
 
 	log := newLogger(cfg.Logging, stderr)
 	log.Info().Str("version", versionString()).Str("config", *configPath).Msg("Starting opsbot")
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	// Without homeserver.address, find it through .well-known first: New
+	// builds every client with it.
+	if err := appservice.DiscoverHomeserver(ctx, cfg, log); err != nil {
+		log.Info().Err(err).Msg("Stopped before the homeserver was found")
+		return 0
+	}
 	svc, err := appservice.New(cfg, log, builtinSkills(), versionString())
 	if err != nil {
 		fmt.Fprintf(stderr, "opsbot: cannot start:\n%v\n", err)
 		return 1
 	}
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
 	if err := svc.Run(ctx, *drain); err != nil {
 		log.Error().Err(err).Msg("opsbot stopped with an error")
 		return 1
