@@ -27,6 +27,7 @@ import (
 
 	"opsbot/appservice/bots"
 	"opsbot/appservice/config"
+	"opsbot/appservice/discovery"
 	"opsbot/appservice/e2ee"
 	"opsbot/appservice/health"
 	"opsbot/appservice/intake"
@@ -117,6 +118,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
 			Log:           log.With().Str("component", "e2ee").Logger(),
 			Observe:       s.Metrics.ObserveCrypto,
+			OnEphemeral:   s.handleSyncedEphemeral,
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
@@ -127,6 +129,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 	s.Engine, err = skills.NewEngine(skills.Options{
 		Sender:  s.Outbox,
 		Media:   s.Outbox,
+		Rooms:   roomActions{s.Outbox, s},
 		Memory:  memory,
 		Log:     log.With().Str("component", "skills").Logger(),
 		Decode:  config.DecodeStrict,
@@ -146,7 +149,8 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 	return s, nil
 }
 
-// HandleEvent is the pipeline's per-event work after the state store update.
+// HandleEvent is the pipeline's per-event work after the state store update:
+// opsbot's own handling of the types in opsbotHandles, then the skills.
 func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	if evt.Type.Class == event.ToDeviceEventType {
 		if s.E2EE != nil && s.E2EE.Mode() == e2ee.ModeAppservice {
@@ -155,29 +159,47 @@ func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 		return
 	}
 	if evt.Type == event.StateMember {
-		s.Bots.HandleMember(ctx, evt)
+		s.Bots.HandleMember(ctx, evt) // before RoomBots: an invite makes a bot join
 	}
 	roomBots := s.Bots.RoomBots(ctx, evt.RoomID)
 	if len(roomBots) == 0 {
 		return
 	}
-	if s.E2EE != nil && (evt.Type == event.StateMember || evt.Type == event.StateHistoryVisibility) {
-		s.E2EE.HandleState(ctx, evt, roomBots)
-	}
-	if evt.Type == event.StateTombstone {
-		s.Bots.HandleTombstone(ctx, evt, roomBots)
-	}
-	if evt.Type == event.EventEncrypted {
-		if s.Bots.IsBot(evt.Sender) {
-			return // our own messages: nothing to decrypt or answer
-		}
-		decrypted, ok := s.decrypt(ctx, evt, roomBots)
-		if !ok {
+	if handle := opsbotHandles[evt.Type]; handle != nil {
+		var ok bool
+		if evt, ok = handle(s, ctx, evt, roomBots); !ok {
 			return
 		}
-		evt = decrypted
 	}
 	s.Engine.Handle(ctx, evt, roomBots)
+}
+
+// opsbotHandles are the room event types opsbot acts on itself, before the
+// skills see them. Each returns the event the skills should get, or false
+// to stop. Every type here must be described in docs/events.md (a test
+// checks it against skills.Events).
+var opsbotHandles = map[event.Type]func(s *Service, ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, bool){
+	event.StateMember:            (*Service).rotateKeysOnChange,
+	event.StateHistoryVisibility: (*Service).rotateKeysOnChange,
+	event.StateTombstone: func(s *Service, ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, bool) {
+		s.Bots.HandleTombstone(ctx, evt, roomBots)
+		return evt, true
+	},
+	event.EventEncrypted: func(s *Service, ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, bool) {
+		if s.Bots.IsBot(evt.Sender) {
+			return nil, false // our own messages: nothing to decrypt or answer
+		}
+		return s.decrypt(ctx, evt, roomBots)
+	},
+}
+
+// rotateKeysOnChange tells the bots' encryption machines about membership
+// and history visibility changes.
+func (s *Service) rotateKeysOnChange(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, bool) {
+	if s.E2EE != nil {
+		s.E2EE.HandleState(ctx, evt, roomBots)
+	}
+	return evt, true
 }
 
 // decrypt decrypts an event for the skills, or logs (and, if configured,
@@ -385,6 +407,48 @@ func (s *Service) waitForHomeserver(ctx context.Context) error {
 	}
 }
 
+// DiscoverHomeserver fills in an empty homeserver.address from
+// homeserver.domain's /.well-known/matrix/client. It runs before New, so that
+// everything that talks to the homeserver is built with the address found.
+// Like waitForHomeserver it keeps trying (the homeserver, or the web server
+// with the .well-known document, may start after opsbot) until ctx ends.
+func DiscoverHomeserver(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	if cfg.Homeserver.Address != "" {
+		return nil
+	}
+	domain := cfg.Homeserver.Domain
+	client := &http.Client{}
+	delay := time.Second
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		res, err := discovery.Resolve(cctx, client, domain)
+		cancel()
+		if err == nil {
+			log.Info().Str("domain", domain).Str("well_known", res.WellKnownURL).Str("base_url", res.BaseURL).
+				Strs("versions", res.Versions).Msg("Discovered the homeserver through .well-known")
+			cfg.Homeserver.Address = res.BaseURL
+			return nil
+		}
+		err = discoveryError(domain, err)
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn().Err(err).Int("attempt", attempt).Msg("Homeserver not found through .well-known yet; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
+// discoveryError adds to a discovery failure how to fix it.
+func discoveryError(domain string, err error) error {
+	return fmt.Errorf("homeserver.address is not set and it could not be discovered: %w; "+
+		`set homeserver.address, or serve {"m.homeserver":{"base_url":"https://<client-server API host>"}} at %s`,
+		err, discovery.WellKnownURL(domain))
+}
+
 func versionStrings(v *mautrix.RespVersions) []string {
 	if v == nil {
 		return nil
@@ -465,4 +529,51 @@ func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]m
 			s.E2EE.HandleDeviceInfo(lists, otks)
 		}
 	}
+}
+
+// roomActions are the outbox's room actions plus fetching earlier events,
+// which needs decryption.
+type roomActions struct {
+	*outbox.Outbox
+	s *Service
+}
+
+// Fetch gets an earlier event of the room as bot, decrypted if it was
+// encrypted, with its content parsed.
+func (r roomActions) Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error) {
+	evt, err := r.s.AS.Intent(bot).Client.GetEvent(ctx, room, eventID)
+	if err != nil {
+		return nil, err
+	}
+	evt.RoomID = room
+	if evt.StateKey != nil {
+		evt.Type.Class = event.StateEventType
+	} else {
+		evt.Type.Class = event.MessageEventType
+	}
+	_ = evt.Content.ParseRaw(evt.Type)
+	if evt.Type == event.EventEncrypted {
+		if r.s.E2EE == nil {
+			return nil, errors.New("the event is encrypted and encryption is off")
+		}
+		decrypted, _, err := r.s.E2EE.Decrypt(ctx, evt, []id.UserID{bot})
+		if err != nil {
+			return nil, err
+		}
+		return decrypted, nil
+	}
+	return evt, nil
+}
+
+// handleSyncedEphemeral takes typing notifications and receipts from a bot
+// device's /sync (sync mode). Every bot in a room receives them; only the
+// first bot's copy is handled.
+func (s *Service) handleSyncedEphemeral(ctx context.Context, bot id.UserID, evt *event.Event) {
+	if bots := s.Bots.RoomBots(ctx, evt.RoomID); len(bots) == 0 || bots[0] != bot {
+		return
+	}
+	start := time.Now()
+	s.HandleEvent(ctx, evt)
+	s.Metrics.ObserveEvent(evt.Type.Type, time.Since(start))
+	s.Log.Debug().Str("component", "pipeline").Stringer("room_id", evt.RoomID).Str("type", evt.Type.Type).Msg("Handled ephemeral event from /sync")
 }

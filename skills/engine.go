@@ -37,7 +37,10 @@ type CommandHelp struct {
 type Options struct {
 	Sender Sender
 	// Media, if set, lets skills download and send files.
-	Media  Media
+	Media Media
+	// Rooms, if set, lets skills change room state, type, mark read,
+	// manage membership and fetch earlier events.
+	Rooms  Rooms
 	Memory MemoryStore
 	Log    zerolog.Logger
 	// HandlerTimeout bounds one handler run (default one minute).
@@ -291,7 +294,7 @@ func textOf(evt *event.Event) (body string, isEdit, isText bool) {
 func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {
 	ev := &Event{
 		Raw: evt, Bot: b.ID, RoomID: evt.RoomID, Sender: evt.Sender, ID: evt.ID,
-		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender, media: e.opts.Media,
+		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender, media: e.opts.Media, rooms: e.opts.Rooms,
 	}
 	if e.opts.Memory != nil {
 		ev.Memory = e.opts.Memory.Memory(rt.skill, evt.RoomID)

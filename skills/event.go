@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -38,6 +39,7 @@ type Event struct {
 	engine  *Engine
 	sender  Sender
 	media   Media
+	rooms   Rooms
 	actions int // counts actions, so each gets its own transaction ID
 }
 
@@ -120,9 +122,9 @@ func (ev *Event) React(ctx context.Context, key string) (id.EventID, error) {
 
 // Edit replaces the text of a message the bot sent earlier.
 func (ev *Event) Edit(ctx context.Context, target id.EventID, text string) (id.EventID, error) {
-	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: "* " + text}
-	c.SetEdit(target)
-	c.NewContent = &event.MessageEventContent{MsgType: event.MsgNotice, Body: text}
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: text}
+	c.SetEdit(target)    // moves the text into m.new_content
+	c.Body = "* " + text // what clients without edits show
 	return ev.send(ctx, event.EventMessage, c)
 }
 
@@ -208,4 +210,154 @@ func (ev *Event) SendFile(ctx context.Context, name, mimetype string, data []byt
 		c.RelatesTo = (&event.RelatesTo{}).SetThread(root, ev.ID)
 	}
 	return ev.send(ctx, event.EventMessage, c)
+}
+
+// ErrNoRooms is returned by room actions when opsbot runs without them (tests).
+var ErrNoRooms = errors.New("room actions are not available")
+
+func (ev *Event) roomsOrErr() (Rooms, error) {
+	if ev.rooms == nil {
+		return nil, ErrNoRooms
+	}
+	return ev.rooms, nil
+}
+
+// Message returns the message content of the event (the new content, for
+// an edit), or nil if it is not a message.
+func (ev *Event) Message() *event.MessageEventContent {
+	if ev.Raw == nil {
+		return nil
+	}
+	msg, ok := ev.Raw.Content.Parsed.(*event.MessageEventContent)
+	if !ok {
+		return nil
+	}
+	if msg.NewContent != nil && msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace {
+		return msg.NewContent
+	}
+	return msg
+}
+
+// IsEdit reports whether the event edits an earlier message (m.replace).
+func (ev *Event) IsEdit() bool {
+	if ev.Raw == nil {
+		return false
+	}
+	msg, ok := ev.Raw.Content.Parsed.(*event.MessageEventContent)
+	return ok && msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace
+}
+
+// InReplyTo fetches the event the trigger replies to (decrypted in an
+// encrypted room), or returns nil if it is not a reply.
+func (ev *Event) InReplyTo(ctx context.Context) (*event.Event, error) {
+	if ev.Raw == nil {
+		return nil, nil
+	}
+	rel := ev.Raw.Content.AsMessage().RelatesTo
+	if rel == nil || rel.InReplyTo == nil || rel.InReplyTo.EventID == "" {
+		return nil, nil
+	}
+	r, err := ev.roomsOrErr()
+	if err != nil {
+		return nil, err
+	}
+	return r.Fetch(ctx, ev.Bot, ev.RoomID, rel.InReplyTo.EventID)
+}
+
+// ReplyInThread answers in the thread of the trigger, starting one on it
+// if it is not in a thread yet.
+func (ev *Event) ReplyInThread(ctx context.Context, text string) (id.EventID, error) {
+	root := ev.threadRoot()
+	if root == "" {
+		root = ev.ID
+	}
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: text}
+	c.RelatesTo = (&event.RelatesTo{}).SetThread(root, ev.ID)
+	return ev.send(ctx, event.EventMessage, c)
+}
+
+// SendLocation sends a location (geo URI such as "geo:52.52,13.40").
+func (ev *Event) SendLocation(ctx context.Context, description, geoURI string) (id.EventID, error) {
+	c := &event.MessageEventContent{MsgType: event.MsgLocation, Body: description, GeoURI: geoURI}
+	if root := ev.threadRoot(); root != "" {
+		c.RelatesTo = (&event.RelatesTo{}).SetThread(root, ev.ID)
+	}
+	return ev.send(ctx, event.EventMessage, c)
+}
+
+// SendPoll starts a poll (MSC3381, as Element sends it) with one answer
+// allowed per person. The plain-text body lists the answers for clients
+// without polls.
+func (ev *Event) SendPoll(ctx context.Context, question string, answers ...string) (id.EventID, error) {
+	if len(answers) < 2 {
+		return "", errors.New("a poll needs at least two answers")
+	}
+	fallback := question
+	var options []map[string]any
+	for i, a := range answers {
+		fallback += fmt.Sprintf("\n%d. %s", i+1, a)
+		options = append(options, map[string]any{"id": fmt.Sprintf("answer-%d", i+1), "org.matrix.msc1767.text": a})
+	}
+	content := map[string]any{
+		"org.matrix.msc1767.text": fallback,
+		"body":                    fallback,
+		"org.matrix.msc3381.poll.start": map[string]any{
+			"kind":           "org.matrix.msc3381.poll.disclosed",
+			"max_selections": 1,
+			"question":       map[string]any{"org.matrix.msc1767.text": question},
+			"answers":        options,
+		},
+	}
+	return ev.send(ctx, event.EventUnstablePollStart, content)
+}
+
+// SetTyping shows (or stops showing) the bot as typing in the room.
+func (ev *Event) SetTyping(ctx context.Context, typing bool, timeout time.Duration) error {
+	r, err := ev.roomsOrErr()
+	if err != nil {
+		return err
+	}
+	return r.Typing(ctx, ev.Bot, ev.RoomID, typing, timeout)
+}
+
+// MarkRead sends a read receipt for the trigger.
+func (ev *Event) MarkRead(ctx context.Context) error {
+	r, err := ev.roomsOrErr()
+	if err != nil {
+		return err
+	}
+	return r.MarkRead(ctx, ev.Bot, ev.RoomID, ev.ID)
+}
+
+// SetState sends a state event (the bot needs the power level for it).
+func (ev *Event) SetState(ctx context.Context, t event.Type, stateKey string, content any) (id.EventID, error) {
+	r, err := ev.roomsOrErr()
+	if err != nil {
+		return "", err
+	}
+	return r.SendState(ctx, ev.Bot, ev.RoomID, t, stateKey, content)
+}
+
+// SetRoomName renames the room.
+func (ev *Event) SetRoomName(ctx context.Context, name string) (id.EventID, error) {
+	return ev.SetState(ctx, event.StateRoomName, "", &event.RoomNameEventContent{Name: name})
+}
+
+// SetTopic sets the room topic.
+func (ev *Event) SetTopic(ctx context.Context, topic string) (id.EventID, error) {
+	return ev.SetState(ctx, event.StateTopic, "", &event.TopicEventContent{Topic: topic})
+}
+
+// SetRoomAvatar sets the room avatar (an mxc:// URI).
+func (ev *Event) SetRoomAvatar(ctx context.Context, uri id.ContentURI) (id.EventID, error) {
+	return ev.SetState(ctx, event.StateRoomAvatar, "", &event.RoomAvatarEventContent{URL: uri.CUString()})
+}
+
+// ChangeMembership invites, kicks, bans or unbans a user as the bot.
+func (ev *Event) ChangeMembership(ctx context.Context, user id.UserID, action Membership, reason string) error {
+	r, err := ev.roomsOrErr()
+	if err != nil {
+		return err
+	}
+	return r.Membership(ctx, ev.Bot, ev.RoomID, user, action, reason)
 }

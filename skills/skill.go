@@ -13,6 +13,7 @@ package skills
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/event"
@@ -82,6 +83,28 @@ type Media interface {
 	Download(ctx context.Context, bot id.UserID, content *event.MessageEventContent, maxBytes int64) ([]byte, error)
 	Upload(ctx context.Context, bot id.UserID, room id.RoomID, data []byte, mimetype, name string) (id.ContentURIString, *event.EncryptedFileInfo, error)
 }
+
+// Rooms does the room actions that are not plain sends: state, typing,
+// receipts, membership, and fetching an earlier event (decrypted).
+// opsbot's outbox implements it.
+type Rooms interface {
+	SendState(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, stateKey string, content any) (id.EventID, error)
+	Typing(ctx context.Context, bot id.UserID, room id.RoomID, typing bool, timeout time.Duration) error
+	MarkRead(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) error
+	Membership(ctx context.Context, bot id.UserID, room id.RoomID, user id.UserID, action Membership, reason string) error
+	Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error)
+}
+
+// Membership actions a bot can take on a user.
+type Membership string
+
+// The membership actions.
+const (
+	Invite Membership = "invite"
+	Kick   Membership = "kick"
+	Ban    Membership = "ban"
+	Unban  Membership = "unban"
+)
 
 // Memory is a skill's key/value store for one room. Values are stored as
 // JSON. Keys are at most 255 bytes; values at most 64 KiB.

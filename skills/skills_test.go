@@ -193,6 +193,10 @@ func (s *testSkill) Setup(r *skills.Router, cfg skills.Config) error {
 		s.seen = append(s.seen, "reaction from "+string(ev.Sender))
 		return nil
 	})
+	r.Event(event.EventRedaction, func(ctx context.Context, ev *skills.Event) error {
+		s.seen = append(s.seen, "redaction of "+string(ev.Raw.Redacts))
+		return nil
+	})
 	r.Fallback(func(ctx context.Context, ev *skills.Event) error {
 		s.seen = append(s.seen, "fallback: "+ev.Body)
 		return nil
@@ -219,6 +223,8 @@ func TestMatchersFailuresAndConstraints(t *testing.T) {
 	e.Handle(ctx, msg("just chatting"), room)
 	e.Handle(ctx, &event.Event{Type: event.EventReaction, Sender: "@alice:x", RoomID: "!room:x", ID: "$r",
 		Content: event.Content{Parsed: &event.ReactionEventContent{}}}, room)
+	e.Handle(ctx, &event.Event{Type: event.EventRedaction, Sender: "@alice:x", RoomID: "!room:x", ID: "$red", Redacts: "$r",
+		Content: event.Content{Parsed: &event.RedactionEventContent{}}}, room)
 	want := []string{
 		"@opsbot:x: howdy World",
 		"@opsbot:x: Sorry, the test skill failed while handling that. The error has been logged.",
@@ -230,7 +236,7 @@ func TestMatchersFailuresAndConstraints(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got %q", got)
 	}
-	if strings.Join(ts.seen, "|") != "fallback: just chatting|reaction from @alice:x" {
+	if strings.Join(ts.seen, "|") != "fallback: just chatting|reaction from @alice:x|redaction of $r" {
 		t.Fatalf("seen %q", ts.seen)
 	}
 }

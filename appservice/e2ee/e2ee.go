@@ -48,6 +48,9 @@ type Options struct {
 	// DecryptWait bounds the wait for a late room key.
 	DecryptWait time.Duration
 	Log         zerolog.Logger
+	// OnEphemeral, if set, receives the typing notifications and receipts a
+	// bot device's /sync carries (sync mode), with the receiving bot.
+	OnEphemeral func(ctx context.Context, bot id.UserID, evt *event.Event)
 	// Observe, if set, is told the outcome of each decryption ("ok",
 	// "late_key", "no_session", "error") and each encryption.
 	Observe func(op, outcome string)

@@ -6,21 +6,21 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
-	"maunium.net/go/mautrix/id"
 )
 
-// syncFilter keeps a bot device's /sync to what encryption needs: to-device
-// messages, device-list changes and one-time-key counts. Room events reach
-// opsbot through the appservice transactions instead.
+// syncFilter keeps a bot device's /sync to what encryption needs (to-device
+// messages, device-list changes and one-time-key counts) plus the typing
+// notifications and read receipts of its rooms, which homeservers without
+// MSC2409 do not push to appservices. Room events reach opsbot through the
+// appservice transactions instead.
 func syncFilter() *mautrix.Filter {
 	none := &mautrix.FilterPart{NotTypes: []event.Type{{Type: "*"}}, Limit: 1}
 	return &mautrix.Filter{
 		AccountData: none,
 		Presence:    none,
 		Room: &mautrix.RoomFilter{
-			Rooms:       []id.RoomID{"!opsbot-no-rooms:invalid"},
 			AccountData: none,
-			Ephemeral:   none,
+			Ephemeral:   &mautrix.FilterPart{Types: []event.Type{event.EphemeralEventTyping, event.EphemeralEventReceipt}},
 			State:       none,
 			Timeline:    none,
 		},
@@ -32,6 +32,17 @@ func (m *Manager) syncLoop(ctx context.Context, d *Device) {
 	syncer := mautrix.NewDefaultSyncer()
 	syncer.FilterJSON = syncFilter()
 	syncer.OnSync(func(ctx context.Context, resp *mautrix.RespSync, since string) bool {
+		if m.opts.OnEphemeral != nil {
+			for room, joined := range resp.Rooms.Join {
+				for _, evt := range joined.Ephemeral.Events {
+					evt.RoomID = room
+					evt.Type.Class = event.EphemeralEventType
+					evt.Mautrix.EventSource = event.SourceEphemeral
+					_ = evt.Content.ParseRaw(evt.Type)
+					m.opts.OnEphemeral(ctx, d.UserID, evt)
+				}
+			}
+		}
 		if len(resp.DeviceLists.Changed) > 0 {
 			// Tell the other bots first: this machine's own refetch below
 			// updates the shared device tables.

@@ -182,7 +182,13 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		log.Info().Int("new", len(recorded)).Msg("Homeserver re-sent a transaction ID with new events; recorded the new ones")
 	default:
 		h.observe("ok", len(recorded))
-		log.Debug().Int("events", len(events)).Int("new", len(recorded)).Msg("Recorded transaction")
+		log.Debug().Int("events", len(events)).Int("new", len(recorded)).Func(func(e *zerolog.Event) {
+			types := make([]string, 0, len(events))
+			for _, ev := range events {
+				types = append(types, ev.Type)
+			}
+			e.Strs("types", types)
+		}).Msg("Recorded transaction")
 	}
 	if len(recorded) > 0 {
 		h.Deliver(recorded)
@@ -215,7 +221,7 @@ func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.R
 			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id, room_id, to_user_id or to_device_id)")
 			continue
 		}
-		ev := store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Payload: raw}
+		ev := store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Type: hdr.Type, Payload: raw}
 		if kind == store.KindToDevice {
 			// One queue for all to-device events of a device, in order:
 			// Olm sessions break if their messages are handled out of order.

@@ -20,6 +20,7 @@ type InboxEvent struct {
 	EventID string // "" for ephemeral events
 	RoomID  string
 	Kind    string
+	Type    string // the event type (not stored: only for logs)
 	Payload []byte // the event JSON as the homeserver sent it
 }
 
