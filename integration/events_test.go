@@ -142,6 +142,8 @@ func TestEventsPlainRoom(t *testing.T) {
 		`{"msgtype":["m.text"],"body":"!ping"}`,
 		`{"m.relates_to":"nope"}`,
 		`"not an object"`,
+		`{"msgtype":"m.hologram","body":"!ping"}`,
+		`{"msgtype":"m.text","body":"` + strings.Repeat("huge ", 20000) + `"}`,
 	} {
 		typ := "m.room.message"
 		if i == 2 {
@@ -152,6 +154,8 @@ func TestEventsPlainRoom(t *testing.T) {
 	if extra := sentinel(t, alice, room, botID); len(extra) != 0 {
 		t.Fatalf("malformed events got answers: %v", extra)
 	}
+	w.Bot.WaitForLog(t, wait, "Event content does not fit its type", "$malformeda:localhost")
+	w.Bot.WaitForLog(t, wait, "unknown msgtype", "m.hologram")
 }
 
 // The same kinds of events out of the bot in an encrypted room arrive

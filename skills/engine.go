@@ -168,6 +168,9 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 		return // never answer ourselves or each other
 	}
 	body, isEdit, isText := textOf(evt)
+	if evt.Type == event.EventMessage && !isText {
+		e.logOddMessage(evt)
+	}
 	var unknown *BotSpec // first bot that would hint at an unknown command
 	knownSomewhere := false
 	for _, botID := range roomBots {
@@ -289,6 +292,22 @@ func textOf(evt *event.Event) (body string, isEdit, isText bool) {
 		return messageBody(msg), isEdit, true
 	}
 	return "", isEdit, false
+}
+
+// knownMsgTypes are the message types of the spec; others are passed to
+// event matchers but logged, since clients will show them oddly.
+var knownMsgTypes = map[event.MessageType]bool{
+	event.MsgText: true, event.MsgEmote: true, event.MsgNotice: true, event.MsgImage: true, event.MsgFile: true,
+	event.MsgAudio: true, event.MsgVideo: true, event.MsgLocation: true, event.MsgVerificationRequest: true,
+	"m.server_notice": true,
+}
+
+func (e *Engine) logOddMessage(evt *event.Event) {
+	msg, ok := evt.Content.Parsed.(*event.MessageEventContent)
+	if !ok || knownMsgTypes[msg.MsgType] || (msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace) {
+		return
+	}
+	e.opts.Log.Debug().Stringer("event_id", evt.ID).Str("msgtype", string(msg.MsgType)).Msg("Message with an unknown msgtype: no command or regex runs on it")
 }
 
 func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {

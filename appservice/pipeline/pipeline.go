@@ -166,10 +166,13 @@ func (p *Pipeline) markDone(ctx context.Context, seq int64) {
 func (p *Pipeline) handle(ctx context.Context, item store.InboxEvent) {
 	start := time.Now()
 	log := p.Log.With().Str("event_id", item.EventID).Str("room_id", item.RoomID).Logger()
-	evt, err := Parse(item)
+	evt, contentErr, err := Parse(item)
 	if err != nil {
 		log.Warn().Err(err).Msg("Skipping event that could not be parsed")
 		return
+	}
+	if contentErr != nil {
+		log.Warn().Err(contentErr).Str("type", evt.Type.Type).Msg("Event content does not fit its type; skills get only the raw content")
 	}
 	ctx = log.WithContext(ctx)
 	if evt.StateKey != nil {
@@ -183,12 +186,13 @@ func (p *Pipeline) handle(ctx context.Context, item store.InboxEvent) {
 }
 
 // Parse turns an inbox entry into a mautrix event with parsed content. An
-// event whose content does not fit its type (a homeserver or client bug)
-// keeps its raw content, so handlers can still look at it.
-func Parse(item store.InboxEvent) (*event.Event, error) {
-	evt := &event.Event{}
+// event whose content does not fit its type (a client bug, or an attack)
+// keeps its raw content, so handlers can still look at it; contentErr says
+// what was wrong.
+func Parse(item store.InboxEvent) (evt *event.Event, contentErr, err error) {
+	evt = &event.Event{}
 	if err := json.Unmarshal(item.Payload, evt); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch {
 	case item.Kind == store.KindEphemeral:
@@ -210,7 +214,7 @@ func Parse(item store.InboxEvent) (*event.Event, error) {
 	evt.Mautrix.ReceivedAt = time.Now()
 	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrUnsupportedContentType) && !errors.Is(err, event.ErrContentAlreadyParsed) {
 		evt.Content.Parsed = nil
-		return evt, nil
+		return evt, err, nil
 	}
-	return evt, nil
+	return evt, nil, nil
 }
