@@ -119,6 +119,9 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 			Log:           log.With().Str("component", "e2ee").Logger(),
 			Observe:       s.Metrics.ObserveCrypto,
 			OnEphemeral:   s.handleSyncedEphemeral,
+			OnOTKCount: func(bot id.UserID, n int) {
+				s.Metrics.OneTimeKeys.WithLabelValues(bot.String()).Set(float64(n))
+			},
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}

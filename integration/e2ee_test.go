@@ -99,6 +99,10 @@ func testEncryptedConversation(t *testing.T, dbType string) {
 		t.Fatalf("nio from echobot: got %+v", m)
 	}
 
+	if n := w.Bot.Metric(t, `opsbot_one_time_keys{bot="`+botID+`"}`); n < 10 {
+		t.Errorf("one-time keys of the bot's device: %v, want them topped up", n)
+	}
+
 	// Restart: same devices, old and new sessions still work.
 	deviceLine := func() string {
 		for _, l := range strings.Split(w.Bot.Log(), "\n") {

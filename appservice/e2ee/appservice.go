@@ -64,6 +64,9 @@ func (m *Manager) deviceInfoLoop(ctx context.Context) {
 						continue
 					}
 					count.UserID, count.DeviceID = user, deviceID
+					if m.opts.OnOTKCount != nil {
+						m.opts.OnOTKCount(user, count.SignedCurve25519)
+					}
 					dev.Machine.HandleOTKCounts(ctx, &count)
 				}
 			}

@@ -51,6 +51,9 @@ type Options struct {
 	// OnEphemeral, if set, receives the typing notifications and receipts a
 	// bot device's /sync carries (sync mode), with the receiving bot.
 	OnEphemeral func(ctx context.Context, bot id.UserID, evt *event.Event)
+	// OnOTKCount, if set, is told each bot device's one-time-key count as
+	// the homeserver reports it.
+	OnOTKCount func(bot id.UserID, count int)
 	// Observe, if set, is told the outcome of each decryption ("ok",
 	// "late_key", "no_session", "error") and each encryption.
 	Observe func(op, outcome string)

@@ -48,6 +48,9 @@ func (m *Manager) syncLoop(ctx context.Context, d *Device) {
 			// updates the shared device tables.
 			m.devicesChanged(ctx, resp.DeviceLists.Changed)
 		}
+		if m.opts.OnOTKCount != nil {
+			m.opts.OnOTKCount(d.UserID, resp.DeviceOTKCount.SignedCurve25519)
+		}
 		return d.Machine.ProcessSyncResponse(ctx, resp, since)
 	})
 	d.Client.Syncer = syncer

@@ -37,6 +37,7 @@ type Metrics struct {
 	BuildInfo     *prometheus.GaugeVec
 	BotDevices    prometheus.Gauge
 	Leader        prometheus.Gauge
+	OneTimeKeys   *prometheus.GaugeVec // bot
 	backlogSource func() int64
 }
 
@@ -72,9 +73,11 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "Always 1; the version label says which opsbot runs."}, []string{"version"})
 	m.BotDevices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_bot_devices",
 		Help: "Bot encryption devices running."})
+	m.OneTimeKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_one_time_keys",
+		Help: "Signed curve25519 one-time keys the homeserver holds for each bot's device (opsbot tops them up when low)."}, []string{"bot"})
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
 		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
-	for _, c := range []prometheus.Collector{m.Leader, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+	for _, c := range []prometheus.Collector{m.Leader, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
