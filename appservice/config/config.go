@@ -23,11 +23,42 @@ type Config struct {
 	Encryption  Encryption           `yaml:"encryption"`
 	Bots        []Bot                `yaml:"bots"`
 	Skills      map[string]yaml.Node `yaml:"skills"`
+	// ExternalSkills are skills in any language, reached over HTTP.
+	ExternalSkills []ExternalSkill `yaml:"external_skills"`
 	Permissions Permissions          `yaml:"permissions"`
 	Memory      Memory               `yaml:"memory"`
 	Rooms       Rooms                `yaml:"rooms"`
 	Metrics     Metrics              `yaml:"metrics"`
 	Logging     Logging              `yaml:"logging"`
+}
+
+// ExternalSkill is a skill served by another process over HTTP: opsbot
+// POSTs a signed JSON description of each matched event and performs the
+// actions the JSON answer asks for (docs/skills.md#external-skills).
+type ExternalSkill struct {
+	// Name is the skill's name in bots[].skills.
+	Name string `yaml:"name"`
+	// URL receives the POSTs.
+	URL string `yaml:"url"`
+	// Secret signs each request (HMAC-SHA256 of the body, header
+	// X-Opsbot-Signature: sha256=<hex>). Also settable as
+	// OPSBOT_SKILL_<NAME>_SECRET.
+	Secret string `yaml:"secret"`
+	// Commands, Regexes and Events say what the skill matches, like the
+	// Go router's Command, Regex and Event.
+	Commands []ExternalCommand `yaml:"commands"`
+	Regexes  []string          `yaml:"regexes"`
+	Events   []string          `yaml:"events"`
+	// Timeout bounds one request; Retries is how often a failed request
+	// (network error or 5xx) is repeated with backoff.
+	Timeout Duration `yaml:"timeout"`
+	Retries int      `yaml:"retries"`
+}
+
+// ExternalCommand is one command of an external skill.
+type ExternalCommand struct {
+	Pattern string `yaml:"pattern"`
+	Help    string `yaml:"help"`
 }
 
 // Memory says where skills keep their memory.
@@ -169,6 +200,12 @@ var envOverrides = []struct {
 	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
 }
 
+// ExternalSecretEnv names the variable that overrides an external skill's
+// secret: OPSBOT_SKILL_<NAME>_SECRET, the name upper-cased, '-' as '_'.
+func ExternalSecretEnv(name string) string {
+	return "OPSBOT_SKILL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_SECRET"
+}
+
 // EnvNames lists the environment variables Load reads, for docs and --help.
 func EnvNames() []string {
 	names := make([]string, len(envOverrides))
@@ -205,6 +242,11 @@ func Parse(data []byte) (*Config, error) {
 	for _, o := range envOverrides {
 		if v, ok := os.LookupEnv(o.name); ok && v != "" {
 			o.set(cfg, v)
+		}
+	}
+	for i := range cfg.ExternalSkills {
+		if v := os.Getenv(ExternalSecretEnv(cfg.ExternalSkills[i].Name)); v != "" {
+			cfg.ExternalSkills[i].Secret = v
 		}
 	}
 	cfg.applyDefaults()
@@ -244,6 +286,11 @@ func (c *Config) applyDefaults() {
 	if c.Rooms.LeaveUpgraded == nil {
 		yes := true
 		c.Rooms.LeaveUpgraded = &yes
+	}
+	for i := range c.ExternalSkills {
+		if c.ExternalSkills[i].Timeout == 0 {
+			c.ExternalSkills[i].Timeout = Duration(5 * time.Second)
+		}
 	}
 	if c.Encryption.Mode == "" {
 		c.Encryption.Mode = "auto"
@@ -372,6 +419,28 @@ func (c *Config) Validate() error {
 	for i, u := range c.Permissions.Invite.Users {
 		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
 			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
+		}
+	}
+	skillNameRe := regexp.MustCompile(`^[a-z][a-z0-9_-]{0,40}$`)
+	for i, x := range c.ExternalSkills {
+		key := fmt.Sprintf("external_skills[%d]", i)
+		if !skillNameRe.MatchString(x.Name) {
+			bad(key+".name", "%q must be a lowercase word (letters, digits, - and _)", x.Name)
+		}
+		if err := checkHTTPURL(x.URL); err != nil {
+			bad(key+".url", "%v", err)
+		}
+		if len(x.Secret) < 16 {
+			bad(key+".secret", "missing or shorter than 16 characters (set it in the file or in %s)", ExternalSecretEnv(x.Name))
+		}
+		if len(x.Commands)+len(x.Regexes)+len(x.Events) == 0 {
+			bad(key, "matches nothing: give it commands, regexes or events")
+		}
+		if x.Timeout < 0 || time.Duration(x.Timeout) > 5*time.Minute {
+			bad(key+".timeout", "must be between 0s and 5m")
+		}
+		if x.Retries < 0 || x.Retries > 10 {
+			bad(key+".retries", "must be between 0 and 10")
 		}
 	}
 	for i, skill := range c.Memory.InRoomState {
