@@ -130,13 +130,14 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
 	}
 	s.Engine, err = skills.NewEngine(skills.Options{
-		Sender:  s.Outbox,
-		Media:   s.Outbox,
-		Rooms:   roomActions{s.Outbox, s},
-		Memory:  memory,
-		Log:     log.With().Str("component", "skills").Logger(),
-		Decode:  config.DecodeStrict,
-		Observe: s.Metrics.ObserveSkill,
+		Sender:    s.Outbox,
+		Media:     s.Outbox,
+		Rooms:     roomActions{s.Outbox, s},
+		Schedules: s.Store,
+		Memory:    memory,
+		Log:       log.With().Str("component", "skills").Logger(),
+		Decode:    config.DecodeStrict,
+		Observe:   s.Metrics.ObserveSkill,
 	}, available, cfg.Skills, specs)
 	if err != nil {
 		s.Store.Close()
@@ -340,6 +341,7 @@ func (s *Service) start(ctx, workCtx context.Context) error {
 		return fmt.Errorf("resuming unhandled events: %w", err)
 	}
 	go s.pruneLoop(workCtx)
+	s.Engine.RunSchedules(workCtx)
 	return nil
 }
 
@@ -368,6 +370,7 @@ func (s *Service) Handler() http.Handler {
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
+	mux.Handle("/skills/", s.Engine.WebhookHandler(s.active.Load))
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {

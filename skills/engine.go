@@ -45,6 +45,8 @@ type Options struct {
 	Log    zerolog.Logger
 	// HandlerTimeout bounds one handler run (default one minute).
 	HandlerTimeout time.Duration
+	// Schedules records cron runs (appservice/store implements it).
+	Schedules ScheduleStore
 	// Observe, if set, is told each handler run's skill, outcome (ok, error,
 	// panic) and duration.
 	Observe func(skill, outcome string, took time.Duration)
@@ -54,10 +56,11 @@ type Options struct {
 
 // Engine routes events to the skills of each bot.
 type Engine struct {
-	opts   Options
-	skills map[string]Skill
-	routes map[string][]*route // by skill name
-	bots   map[id.UserID]*BotSpec
+	opts     Options
+	skills   map[string]Skill
+	routes   map[string][]*route // by skill name
+	bots     map[id.UserID]*BotSpec
+	botOrder []*BotSpec
 }
 
 // NewEngine sets up the given skills for the given bots. Every skill named by
@@ -80,6 +83,7 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 	for i := range bots {
 		b := bots[i]
 		e.bots[b.ID] = &b
+		e.botOrder = append(e.botOrder, &b)
 		for j, name := range b.Skills {
 			if _, ok := byName[name]; !ok {
 				errs = append(errs, fmt.Errorf("%s.skills[%d]: unknown skill %q (available: %s)", b.ConfigKey, j, name, strings.Join(names, ", ")))
@@ -214,6 +218,18 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 						ev.Args[name] = m[i]
 					}
 				}
+				e.run(ctx, rt, ev)
+			case kindParse:
+				if !isText || isCmd || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+					continue
+				}
+				args, values, ok := rt.parse.match(body)
+				if !ok {
+					continue
+				}
+				matched = true
+				ev := e.newEvent(evt, b, rt, body)
+				ev.Args, ev.Values = args, values
 				e.run(ctx, rt, ev)
 			case kindEvent:
 				if evt.Type != rt.evtType || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
@@ -355,7 +371,14 @@ func (e *Engine) run(ctx context.Context, rt *route, ev *Event) {
 }
 
 func (e *Engine) notice(ctx context.Context, ev *Event, text string) {
-	if _, err := ev.Reply(ctx, text); err != nil {
+	reply := ev.Reply
+	if ev.Raw == nil { // cron or webhook: nothing to reply to
+		if ev.RoomID == "" {
+			return
+		}
+		reply = ev.Respond
+	}
+	if _, err := reply(ctx, text); err != nil {
 		e.opts.Log.Error().Err(err).Stringer("room_id", ev.RoomID).Msg("Failed to send notice")
 	}
 }

@@ -31,6 +31,8 @@ type Event struct {
 	Args map[string]string
 	// Match holds regex submatches (Match[0] is the whole match).
 	Match []string
+	// Values holds the typed fields of a Parse match (int, float64, string).
+	Values map[string]any
 	// Skill is the name of the skill handling the event.
 	Skill string
 	// Memory is the skill's memory for this room.
@@ -77,7 +79,53 @@ func (ev *Event) threadRoot() id.EventID {
 }
 
 func (ev *Event) send(ctx context.Context, t event.Type, content any) (id.EventID, error) {
-	return ev.sender.Send(ctx, ev.Bot, ev.RoomID, t, content, ev.nextTxnID())
+	return ev.sendIn(ctx, ev.RoomID, t, content)
+}
+
+func (ev *Event) sendIn(ctx context.Context, room id.RoomID, t event.Type, content any) (id.EventID, error) {
+	if room == "" {
+		return "", errors.New("no room to send to: this handler runs outside a room; use SendTo")
+	}
+	return ev.sender.Send(ctx, ev.Bot, room, t, content, ev.nextTxnID())
+}
+
+// SendTo sends a notice into any room the bot is in (for cron jobs and
+// webhooks, which have no room of their own).
+func (ev *Event) SendTo(ctx context.Context, room id.RoomID, text string) (id.EventID, error) {
+	return ev.SendHTMLTo(ctx, room, text, "")
+}
+
+// SendHTMLTo sends a formatted notice into a room.
+func (ev *Event) SendHTMLTo(ctx context.Context, room id.RoomID, plain, html string) (id.EventID, error) {
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: plain}
+	if html != "" {
+		c.Format, c.FormattedBody = event.FormatHTML, html
+	}
+	return ev.sendIn(ctx, room, event.EventMessage, c)
+}
+
+// EditIn replaces the text of a message the bot sent in a room.
+func (ev *Event) EditIn(ctx context.Context, room id.RoomID, target id.EventID, plain, html string) (id.EventID, error) {
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: plain}
+	if html != "" {
+		c.Format, c.FormattedBody = event.FormatHTML, html
+	}
+	c.SetEdit(target)
+	c.Body = "* " + plain
+	if html != "" {
+		c.FormattedBody = "* " + html
+	}
+	return ev.sendIn(ctx, room, event.EventMessage, c)
+}
+
+// SendThreadTo answers in a thread of a room, under root.
+func (ev *Event) SendThreadTo(ctx context.Context, room id.RoomID, root id.EventID, plain, html string) (id.EventID, error) {
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: plain}
+	if html != "" {
+		c.Format, c.FormattedBody = event.FormatHTML, html
+	}
+	c.RelatesTo = (&event.RelatesTo{}).SetThread(root, root)
+	return ev.sendIn(ctx, room, event.EventMessage, c)
 }
 
 func (ev *Event) message(msgtype event.MessageType, text, html string) *event.MessageEventContent {

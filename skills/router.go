@@ -1,9 +1,16 @@
 package skills
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
+	"strings"
+	"time"
+
+	"opsbot/skills/schedule"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -24,6 +31,9 @@ const (
 	kindRegex
 	kindEvent
 	kindFallback
+	kindParse
+	kindCron
+	kindWebhook
 )
 
 type route struct {
@@ -32,7 +42,11 @@ type route struct {
 	command *commandPattern
 	regex   *regexp.Regexp
 	evtType event.Type
+	parse   *parsePattern
+	cron    schedule.Schedule
+	spec    string // cron spec or webhook path, as registered
 	handler Handler
+	webhook WebhookHandler
 	opts    routeOptions
 }
 
@@ -43,6 +57,11 @@ type routeOptions struct {
 	bots  []id.UserID
 	// edits makes a command or regex also run on edited messages (m.replace).
 	edits bool
+	// location is the time zone of a cron schedule.
+	location *time.Location
+	// webhook authentication and body limit.
+	token, hmacSecret, hmacHeader string
+	maxBody                       int64
 }
 
 // Option refines a registration.
@@ -68,6 +87,22 @@ func ForBots(bots ...id.UserID) Option {
 
 // OnEdits lets a command or regex match again when its message is edited.
 func OnEdits() Option { return func(o *routeOptions) { o.edits = true } }
+
+// In sets the time zone a cron schedule is read in (default UTC).
+func In(loc *time.Location) Option { return func(o *routeOptions) { o.location = loc } }
+
+// WithToken makes a webhook require this shared token, as
+// "Authorization: Bearer <token>" or "?token=<token>".
+func WithToken(token string) Option { return func(o *routeOptions) { o.token = token } }
+
+// WithHMAC makes a webhook require an HMAC-SHA256 signature of the body in
+// header (GitHub's X-Hub-Signature-256 style: "sha256=<hex>").
+func WithHMAC(secret, header string) Option {
+	return func(o *routeOptions) { o.hmacSecret, o.hmacHeader = secret, header }
+}
+
+// MaxBody caps a webhook's request body (default 1 MiB).
+func MaxBody(n int64) Option { return func(o *routeOptions) { o.maxBody = n } }
 
 func newRouter(skill string) *Router { return &Router{skill: skill} }
 
@@ -121,6 +156,64 @@ func (r *Router) Regex(expr string, h Handler, opts ...Option) {
 // only when they are state events.
 func (r *Router) Event(t event.Type, h Handler, opts ...Option) {
 	r.add(&route{kind: kindEvent, evtType: t, handler: h}, opts)
+}
+
+// Parse registers an opsdroid match_parse style pattern matched against
+// the whole text of a message: "remind me in {minutes:d} minutes to {task}".
+// {name} takes any text, {name:w} one word, {name:d} an integer and
+// {name:f} a number; ev.Args has the text, ev.Values the typed values.
+func (r *Router) Parse(pattern string, h Handler, opts ...Option) {
+	pp, err := compileParse(pattern)
+	if err != nil {
+		r.fail(fmt.Errorf("skill %s: %w", r.skill, err))
+		return
+	}
+	r.add(&route{kind: kindParse, parse: pp, handler: h}, opts)
+}
+
+// Cron runs h on a schedule: five-field crontab ("0 9 * * MON-FRI") or
+// @every/@hourly/@daily/@weekly/@monthly/@yearly. With InRooms it runs once
+// per room (ev.RoomID set); otherwise once, with ev.RoomID empty and
+// ev.Memory the skill's memory outside any room. Only the leader runs
+// schedules; each run is recorded, so a restart neither repeats nor (beyond
+// the latest missed run) replays them.
+func (r *Router) Cron(spec string, h Handler, opts ...Option) {
+	s, err := schedule.Parse(spec)
+	if err != nil {
+		r.fail(fmt.Errorf("skill %s: %w", r.skill, err))
+		return
+	}
+	r.add(&route{kind: kindCron, cron: s, spec: spec, handler: h}, opts)
+}
+
+// WebhookHandler handles one authenticated webhook request. The Event has
+// no Raw event; it acts as the skill's bot, and ev.Memory is the skill's
+// memory outside any room.
+type WebhookHandler func(ctx context.Context, ev *Event, req *WebhookRequest) error
+
+// WebhookRequest is an authenticated webhook call.
+type WebhookRequest struct {
+	Path   string // below /skills/<skill>, e.g. "/alerts"
+	Header http.Header
+	Query  url.Values
+	Body   []byte
+}
+
+// Webhook exposes POST /skills/<skill><path> on the appservice listener.
+// It must be authenticated with WithToken or WithHMAC (or both).
+func (r *Router) Webhook(path string, h WebhookHandler, opts ...Option) {
+	if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
+		r.fail(fmt.Errorf("skill %s: webhook path %q must start with / and have no query", r.skill, path))
+		return
+	}
+	rt := &route{kind: kindWebhook, spec: path, webhook: h}
+	r.add(rt, opts)
+	if rt.opts.token == "" && rt.opts.hmacSecret == "" {
+		r.fail(fmt.Errorf("skill %s: webhook %s needs a token or an HMAC secret (skills.%s config)", r.skill, path, r.skill))
+	}
+	if rt.opts.maxBody == 0 {
+		rt.opts.maxBody = 1 << 20
+	}
 }
 
 // Fallback registers a handler for text messages that no command or regex of

@@ -17,19 +17,19 @@ import (
 
 // Config is the whole of opsbot.yaml.
 type Config struct {
-	Homeserver  Homeserver           `yaml:"homeserver"`
-	AppService  AppService           `yaml:"appservice"`
-	Database    Database             `yaml:"database"`
-	Encryption  Encryption           `yaml:"encryption"`
-	Bots        []Bot                `yaml:"bots"`
-	Skills      map[string]yaml.Node `yaml:"skills"`
+	Homeserver Homeserver           `yaml:"homeserver"`
+	AppService AppService           `yaml:"appservice"`
+	Database   Database             `yaml:"database"`
+	Encryption Encryption           `yaml:"encryption"`
+	Bots       []Bot                `yaml:"bots"`
+	Skills     map[string]yaml.Node `yaml:"skills"`
 	// ExternalSkills are skills in any language, reached over HTTP.
 	ExternalSkills []ExternalSkill `yaml:"external_skills"`
-	Permissions Permissions          `yaml:"permissions"`
-	Memory      Memory               `yaml:"memory"`
-	Rooms       Rooms                `yaml:"rooms"`
-	Metrics     Metrics              `yaml:"metrics"`
-	Logging     Logging              `yaml:"logging"`
+	Permissions    Permissions     `yaml:"permissions"`
+	Memory         Memory          `yaml:"memory"`
+	Rooms          Rooms           `yaml:"rooms"`
+	Metrics        Metrics         `yaml:"metrics"`
+	Logging        Logging         `yaml:"logging"`
 }
 
 // ExternalSkill is a skill served by another process over HTTP: opsbot

@@ -46,3 +46,22 @@ func (s *Store) MoveMemory(ctx context.Context, oldRoom, newRoom id.RoomID) (mov
 	})
 	return moved, err
 }
+
+// LastRun returns when a cron job last ran (zero if never).
+func (s *Store) LastRun(ctx context.Context, key string) (time.Time, error) {
+	var ms int64
+	err := s.DB.QueryRow(ctx, `SELECT last_run FROM opsbot_cron WHERE job_key = $1`, key).Scan(&ms)
+	if isNoRows(err) {
+		return time.Time{}, nil
+	} else if err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(ms), nil
+}
+
+// SetLastRun records a cron job's run.
+func (s *Store) SetLastRun(ctx context.Context, key string, at time.Time) error {
+	_, err := s.DB.Exec(ctx, `INSERT INTO opsbot_cron (job_key, last_run) VALUES ($1, $2)
+		ON CONFLICT (job_key) DO UPDATE SET last_run = excluded.last_run`, key, at.UnixMilli())
+	return err
+}

@@ -1,0 +1,133 @@
+package skills
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// WebhookHandler returns the HTTP handler for POST /skills/<skill>/<path>.
+// active says whether this process handles work (the leader); others
+// answer 503 so the sender retries.
+func (e *Engine) WebhookHandler(active func() bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, ok := strings.CutPrefix(r.URL.Path, "/skills/")
+		skill, path, _ := strings.Cut(rest, "/")
+		path = "/" + path
+		rt, b := e.webhookRoute(skill, path)
+		if !ok || rt == nil {
+			writeWebhook(w, http.StatusNotFound, "no such webhook")
+			return
+		}
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			writeWebhook(w, http.StatusMethodNotAllowed, "use POST")
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, rt.opts.maxBody))
+		if err != nil {
+			writeWebhook(w, http.StatusRequestEntityTooLarge, "body too large")
+			return
+		}
+		log := e.opts.Log.With().Str("skill", skill).Str("webhook", path).Str("remote", r.RemoteAddr).Logger()
+		if err := checkWebhookAuth(rt, r, body); err != nil {
+			log.Warn().Err(err).Msg("Rejected webhook call")
+			writeWebhook(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		if active != nil && !active() {
+			w.Header().Set("Retry-After", "5")
+			writeWebhook(w, http.StatusServiceUnavailable, "standing by; retry later")
+			return
+		}
+		sum := sha256.Sum256(append([]byte(path+"\x00"), body...))
+		ev := e.syntheticEvent(b, rt, "", "webhook:"+hex.EncodeToString(sum[:16]))
+		req := &WebhookRequest{Path: path, Header: r.Header.Clone(), Query: r.URL.Query(), Body: body}
+		ctx, cancel := context.WithTimeout(log.WithContext(context.WithoutCancel(r.Context())), e.opts.HandlerTimeout)
+		defer cancel()
+		start := time.Now()
+		err = func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = errors.New("the handler panicked")
+					log.Error().Interface("panic", p).Msg("Webhook handler panicked")
+				}
+			}()
+			return rt.webhook(ctx, ev, req)
+		}()
+		outcome := "ok"
+		if err != nil {
+			outcome = "error"
+		}
+		if e.opts.Observe != nil {
+			e.opts.Observe(skill, outcome, time.Since(start))
+		}
+		if err != nil {
+			log.Error().Err(err).Msg("Webhook handler failed")
+			writeWebhook(w, http.StatusInternalServerError, "the skill failed; see opsbot's log")
+			return
+		}
+		writeWebhook(w, http.StatusOK, "")
+	})
+}
+
+func (e *Engine) webhookRoute(skill, path string) (*route, *BotSpec) {
+	for _, rt := range e.routes[skill] {
+		if rt.kind == kindWebhook && rt.spec == path {
+			if owner := e.cronOwner(rt); owner != "" {
+				return rt, e.bots[owner]
+			}
+		}
+	}
+	return nil, nil
+}
+
+// checkWebhookAuth verifies the token and/or HMAC signature in constant time.
+func checkWebhookAuth(rt *route, r *http.Request, body []byte) error {
+	if rt.opts.token != "" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			got = r.URL.Query().Get("token")
+		}
+		if got == "" {
+			return errors.New("missing token")
+		}
+		if subtle.ConstantTimeCompare([]byte(got), []byte(rt.opts.token)) != 1 {
+			return errors.New("wrong token")
+		}
+	}
+	if rt.opts.hmacSecret != "" {
+		sig, ok := strings.CutPrefix(r.Header.Get(rt.opts.hmacHeader), "sha256=")
+		if !ok {
+			return errors.New("missing signature header " + rt.opts.hmacHeader)
+		}
+		got, err := hex.DecodeString(sig)
+		if err != nil {
+			return errors.New("malformed signature")
+		}
+		mac := hmac.New(sha256.New, []byte(rt.opts.hmacSecret))
+		mac.Write(body)
+		if !hmac.Equal(got, mac.Sum(nil)) {
+			return errors.New("wrong signature")
+		}
+	}
+	return nil
+}
+
+func writeWebhook(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if msg == "" {
+		_, _ = w.Write([]byte("{}\n"))
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
