@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit integration bench clean
+.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench clean
 
 all: build
 
@@ -30,10 +30,10 @@ demo: build dendrite
 
 # The whole suite: formatting, vet, unit tests with the race detector on both
 # databases, and the integration tests against a real Dendrite and Postgres.
-test: lint build build-cgo dendrite unit integration
+test: lint build build-cgo dendrite unit integration deploy-test
 
 lint:
-	@out=$$(gofmt -l appservice skills cmd integration); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l appservice skills cmd integration deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags goolm ./...
 	CGO_ENABLED=1 $(GO) vet ./...
 
@@ -42,6 +42,12 @@ unit:
 
 integration:
 	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...
+
+# The deployment files in deploy/ (their own Go module: Helm chart,
+# kustomize, Dockerfile, systemd unit, Grafana dashboard). The first run
+# builds Helm, which takes minutes.
+deploy-test:
+	cd deploy && $(GO) test -count=1 ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -tags goolm ./appservice/...
