@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ import (
 	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
+	"opsbot/appservice/policy"
 	"opsbot/appservice/statememory"
 	"opsbot/appservice/store"
 	"opsbot/skills"
@@ -60,14 +62,36 @@ type Service struct {
 
 	warnEncrypted sync.Once
 	// active is set while this process is the leader and handling events.
-	active atomic.Bool
+	active  atomic.Bool
+	started time.Time
+	version string
+}
+
+// Status is a short report for admins (the admin skill's !status).
+func (s *Service) Status(ctx context.Context) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, up %s\n", s.version, time.Since(s.started).Round(time.Second))
+	fmt.Fprintf(&b, "leader: %v, inbox backlog: %d\n", s.active.Load(), s.Pipeline.Backlog())
+	if s.E2EE != nil {
+		fmt.Fprintf(&b, "encryption: on, key delivery %s, %d bot devices\n", s.E2EE.Mode(), len(s.E2EE.Bots()))
+	} else {
+		b.WriteString("encryption: off\n")
+	}
+	for _, bot := range s.Bots.IDs() {
+		rooms := 0
+		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
+			rooms = len(resp.JoinedRooms)
+		}
+		fmt.Fprintf(&b, "%s: %d rooms\n", bot, rooms)
+	}
+	return strings.TrimRight(b.String(), "\n")
 }
 
 // New builds a service without touching the network or the database, so
 // that every config error (unknown skill, bad regex, bad skill settings)
 // refuses start-up before anything happens.
 func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, version string) (*Service, error) {
-	s := &Service{Cfg: cfg, Log: log}
+	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version}
 	s.Metrics = metrics.New(version, func() int64 {
 		if s.Pipeline == nil {
 			return 0
@@ -125,6 +149,9 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
+	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
+		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
+	})
 	specs := make([]skills.BotSpec, len(cfg.Bots))
 	for i, b := range cfg.Bots {
 		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
@@ -134,6 +161,8 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 		Media:     s.Outbox,
 		Rooms:     roomActions{s.Outbox, s},
 		Schedules: s.Store,
+		Allow:     pol.Allow,
+		Limit:     pol.Limit,
 		Memory:    memory,
 		Log:       log.With().Str("component", "skills").Logger(),
 		Decode:    config.DecodeStrict,

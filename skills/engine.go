@@ -45,6 +45,11 @@ type Options struct {
 	Log    zerolog.Logger
 	// HandlerTimeout bounds one handler run (default one minute).
 	HandlerTimeout time.Duration
+	// Allow, if set, applies permissions.skills: may sender use skill in room?
+	Allow func(ctx context.Context, skill string, room id.RoomID, sender id.UserID) bool
+	// Limit, if set, applies rate limits to answers (commands, regexes,
+	// parse patterns): ok=false means drop; warn asks for one "slow down".
+	Limit func(room id.RoomID, sender id.UserID) (ok, warn bool)
 	// Schedules records cron runs (appservice/store implements it).
 	Schedules ScheduleStore
 	// Observe, if set, is told each handler run's skill, outcome (ok, error,
@@ -177,6 +182,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 	}
 	var unknown *BotSpec // first bot that would hint at an unknown command
 	knownSomewhere := false
+	limited := e.limiter(ctx, evt)
 	for _, botID := range roomBots {
 		b := e.bots[botID]
 		if b == nil {
@@ -196,13 +202,15 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 			}
 			if len(cmds) > 0 {
 				knownSomewhere, matched = true, true
-				e.runCommand(ctx, evt, b, cmds, cmdName, argText, body)
+				if !limited(b) {
+					e.runCommand(ctx, evt, b, cmds, cmdName, argText, body)
+				}
 			}
 		}
 		for _, rt := range e.botRoutes(b) {
 			switch rt.kind {
 			case kindRegex:
-				if !isText || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+				if !isText || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
 					continue
 				}
 				m := rt.regex.FindStringSubmatch(body)
@@ -210,6 +218,9 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 					continue
 				}
 				matched = true
+				if limited(b) {
+					continue
+				}
 				ev := e.newEvent(evt, b, rt, body)
 				ev.Match = m
 				ev.Args = map[string]string{}
@@ -220,7 +231,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 				}
 				e.run(ctx, rt, ev)
 			case kindParse:
-				if !isText || isCmd || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+				if !isText || isCmd || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
 					continue
 				}
 				args, values, ok := rt.parse.match(body)
@@ -228,11 +239,14 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 					continue
 				}
 				matched = true
+				if limited(b) {
+					continue
+				}
 				ev := e.newEvent(evt, b, rt, body)
 				ev.Args, ev.Values = args, values
 				e.run(ctx, rt, ev)
 			case kindEvent:
-				if evt.Type != rt.evtType || !rt.allows(b.ID, evt.RoomID, evt.Sender) {
+				if evt.Type != rt.evtType || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
 					continue
 				}
 				e.run(ctx, rt, e.newEvent(evt, b, rt, body))
@@ -240,7 +254,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 		}
 		if isText && !isEdit && !matched && !isCmd {
 			for _, rt := range e.botRoutes(b) {
-				if rt.kind == kindFallback && rt.allows(b.ID, evt.RoomID, evt.Sender) {
+				if rt.kind == kindFallback && rt.allows(b.ID, evt.RoomID, evt.Sender) && e.allowed(ctx, rt, evt) {
 					e.run(ctx, rt, e.newEvent(evt, b, rt, body))
 				}
 			}
@@ -262,7 +276,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, cmds []*route, cmdName, argText, body string) {
 	var allowed []*route
 	for _, rt := range cmds {
-		if rt.allows(b.ID, evt.RoomID, evt.Sender) {
+		if rt.allows(b.ID, evt.RoomID, evt.Sender) && e.allowed(ctx, rt, evt) {
 			allowed = append(allowed, rt)
 		}
 	}
@@ -284,6 +298,32 @@ func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, c
 		usages[i] = rt.command.usage(b.Prefix)
 	}
 	e.notice(ctx, e.newEvent(evt, b, allowed[0], body), "Usage: "+strings.Join(usages, " | "))
+}
+
+// allowed applies permissions.skills to a route.
+func (e *Engine) allowed(ctx context.Context, rt *route, evt *event.Event) bool {
+	return e.opts.Allow == nil || e.opts.Allow(ctx, rt.skill, evt.RoomID, evt.Sender)
+}
+
+// limiter returns a function that applies the rate limit to an event once,
+// however many bots and routes answer it; the first refusal in a minute
+// gets one polite notice from the bot about to answer.
+func (e *Engine) limiter(ctx context.Context, evt *event.Event) func(b *BotSpec) (limited bool) {
+	checked, over := false, false
+	return func(b *BotSpec) bool {
+		if e.opts.Limit == nil {
+			return false
+		}
+		if !checked {
+			checked = true
+			ok, warn := e.opts.Limit(evt.RoomID, evt.Sender)
+			over = !ok
+			if warn {
+				e.notice(ctx, e.newEvent(evt, b, &route{skill: "opsbot"}, ""), "Slow down, please: I answer a limited number of commands per minute. Try again in a minute.")
+			}
+		}
+		return over
+	}
 }
 
 // textOf returns the text a matcher sees: message bodies of text, emote and

@@ -329,3 +329,33 @@ func TestEditsDoNotRerunByDefault(t *testing.T) {
 		t.Fatalf("edit re-ran a command: %q", f.Bodies())
 	}
 }
+
+func TestPermissionsAndRateLimit(t *testing.T) {
+	f := &skilltest.Sender{}
+	budget := 2
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Decode: config.DecodeStrict,
+		Allow: func(ctx context.Context, skill string, room id.RoomID, sender id.UserID) bool {
+			return !(skill == "echo" && sender == "@mallory:x")
+		},
+		Limit: func(room id.RoomID, sender id.UserID) (bool, bool) {
+			budget--
+			return budget >= 0, budget == -1
+		},
+	}, []skills.Skill{ping.New(), echo.New()}, nil, []skills.BotSpec{{ID: bot1, Prefix: "!", Skills: []string{"ping", "echo"}, ConfigKey: "bots[0]"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e.Handle(ctx, msgFrom("@mallory:x", "!echo hi"), []id.UserID{bot1})
+	e.Handle(ctx, msg("!ping"), []id.UserID{bot1})
+	e.Handle(ctx, msg("!ping"), []id.UserID{bot1})
+	e.Handle(ctx, msg("!ping"), []id.UserID{bot1})
+	want := []string{
+		"@opsbot:x: You are not allowed to use !echo here.",
+		"@opsbot:x: pong",
+		"@opsbot:x: Slow down, please: I answer a limited number of commands per minute. Try again in a minute.",
+	}
+	if got := f.Bodies(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -148,6 +148,31 @@ type Permissions struct {
 	// Invite lists who may invite a bot into a room. Empty lists mean
 	// "users of our own homeserver".
 	Invite InvitePolicy `yaml:"invite"`
+	// Admins may use admin-only commands (!status).
+	Admins []string `yaml:"admins"`
+	// Skills restricts who may use each skill, by skill name.
+	Skills map[string]SkillPolicy `yaml:"skills"`
+	// RateLimit slows down people and rooms that send too many commands.
+	RateLimit RateLimit `yaml:"rate_limit"`
+}
+
+// SkillPolicy allows and denies a skill by user, server, room and power
+// level. Deny wins; empty allow lists allow everyone.
+type SkillPolicy struct {
+	AllowUsers    []string `yaml:"allow_users"`
+	DenyUsers     []string `yaml:"deny_users"`
+	AllowServers  []string `yaml:"allow_servers"`
+	DenyServers   []string `yaml:"deny_servers"`
+	AllowRooms    []string `yaml:"allow_rooms"`
+	DenyRooms     []string `yaml:"deny_rooms"`
+	MinPowerLevel int      `yaml:"min_power_level"`
+}
+
+// RateLimit caps how many commands (and regex/parse matches) per minute a
+// person, and a room, get answered. 0 turns a limit off.
+type RateLimit struct {
+	UserPerMinute *int `yaml:"user_per_minute"`
+	RoomPerMinute *int `yaml:"room_per_minute"`
 }
 
 // InvitePolicy allows inviters by exact user ID or by server name.
@@ -292,6 +317,14 @@ func (c *Config) applyDefaults() {
 			c.ExternalSkills[i].Timeout = Duration(5 * time.Second)
 		}
 	}
+	if c.Permissions.RateLimit.UserPerMinute == nil {
+		n := 20
+		c.Permissions.RateLimit.UserPerMinute = &n
+	}
+	if c.Permissions.RateLimit.RoomPerMinute == nil {
+		n := 60
+		c.Permissions.RateLimit.RoomPerMinute = &n
+	}
 	if c.Encryption.Mode == "" {
 		c.Encryption.Mode = "auto"
 	}
@@ -415,6 +448,28 @@ func (c *Config) Validate() error {
 	}
 	if c.AppService.SenderLocalpart != "" && !localpartRe.MatchString(c.AppService.SenderLocalpart) {
 		bad("appservice.sender_localpart", "%q is not a valid localpart", c.AppService.SenderLocalpart)
+	}
+	for i, u := range c.Permissions.Admins {
+		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+			bad(fmt.Sprintf("permissions.admins[%d]", i), "%q is not a user ID like @alice:example.org", u)
+		}
+	}
+	for name, p := range c.Permissions.Skills {
+		found := false
+		for _, b := range c.Bots {
+			for _, s := range b.Skills {
+				found = found || s == name
+			}
+		}
+		if !found {
+			bad("permissions.skills."+name, "no bot runs a skill named %q", name)
+		}
+		if p.MinPowerLevel < 0 || p.MinPowerLevel > 100 {
+			bad("permissions.skills."+name+".min_power_level", "must be between 0 and 100")
+		}
+	}
+	if *c.Permissions.RateLimit.UserPerMinute < 0 || *c.Permissions.RateLimit.RoomPerMinute < 0 {
+		bad("permissions.rate_limit", "limits must not be negative")
 	}
 	for i, u := range c.Permissions.Invite.Users {
 		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {

@@ -70,6 +70,16 @@ permissions:
     # homeserver.domain may; others are rejected and logged.
     users: []
     servers: []
+  # Who may use admin-only commands (!status).
+  admins: []
+  # Per-skill allow/deny lists (users, servers, rooms) and a minimum power
+  # level, e.g.  skills: {echo: {deny_servers: [evil.example], min_power_level: 50}}
+  skills: {}
+  # Commands answered per person and per room each minute (0 = no limit);
+  # beyond that the bot asks politely to slow down.
+  rate_limit:
+    user_per_minute: 20
+    room_per_minute: 60
 
 memory:
   # Skills whose memory for a room lives in the room's state (it travels

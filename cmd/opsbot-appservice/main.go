@@ -25,6 +25,7 @@ import (
 	"opsbot/appservice"
 	"opsbot/appservice/config"
 	"opsbot/skills"
+	"opsbot/skills/admin"
 	"opsbot/skills/echo"
 	"opsbot/skills/files"
 	"opsbot/skills/help"
@@ -124,11 +125,14 @@ Flags:
 		log.Info().Err(err).Msg("Stopped before the homeserver was found")
 		return 0
 	}
-	svc, err := appservice.New(cfg, log, builtinSkills(), versionString())
+	adminSkill := admin.New(cfg.Permissions.Admins, nil)
+	available := append(builtinSkills(), adminSkill)
+	svc, err := appservice.New(cfg, log, available, versionString())
 	if err != nil {
 		fmt.Fprintf(stderr, "opsbot: cannot start:\n%v\n", err)
 		return 1
 	}
+	adminSkill.SetStatus(svc.Status)
 	if err := svc.Run(ctx, *drain); err != nil {
 		log.Error().Err(err).Msg("opsbot stopped with an error")
 		return 1

@@ -1,0 +1,59 @@
+// Package admin has the commands for opsbot's admins (permissions.admins):
+// "!status" reports the version, uptime, leadership, inbox backlog,
+// encryption and each bot's rooms. Everyone else gets a polite refusal.
+package admin
+
+import (
+	"context"
+
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/skills"
+)
+
+// StatusFunc produces the status report.
+type StatusFunc func(ctx context.Context) string
+
+// Skill is the admin skill.
+type Skill struct {
+	admins []id.UserID
+	status StatusFunc
+}
+
+// New returns the admin skill for the given admins; status is called for
+// each !status (it may be set later with SetStatus).
+func New(admins []string, status StatusFunc) *Skill {
+	s := &Skill{status: status}
+	for _, a := range admins {
+		s.admins = append(s.admins, id.UserID(a))
+	}
+	return s
+}
+
+// SetStatus sets the status report, for when it is built after the skill.
+func (s *Skill) SetStatus(f StatusFunc) { s.status = f }
+
+// Name is the skill's config name.
+func (*Skill) Name() string { return "admin" }
+
+// Setup registers !status for the admins only.
+func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
+	var settings struct{}
+	if err := cfg.Decode(&settings); err != nil {
+		return err
+	}
+	if len(s.admins) == 0 {
+		return cfg.Errorf("admins", "the admin skill needs permissions.admins (nobody could use it)")
+	}
+	r.Command("status", s.report, skills.Help("how opsbot is doing (admins only)"), skills.FromUsers(s.admins...))
+	return nil
+}
+
+func (s *Skill) report(ctx context.Context, ev *skills.Event) error {
+	text := "no status available"
+	if s.status != nil {
+		text = s.status(ctx)
+	}
+	_, err := ev.Reply(ctx, text)
+	return err
+}
