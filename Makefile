@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench clean
+.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench fuzz fuzz-short clean
 
 all: build
 
@@ -30,7 +30,7 @@ demo: build dendrite
 
 # The whole suite: formatting, vet, unit tests with the race detector on both
 # databases, and the integration tests against a real Dendrite and Postgres.
-test: lint build build-cgo dendrite unit integration deploy-test
+test: lint build build-cgo dendrite unit fuzz-short integration deploy-test
 
 lint:
 	@out=$$(gofmt -l appservice skills cmd integration deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -48,6 +48,22 @@ integration:
 # builds Helm, which takes minutes.
 deploy-test:
 	cd deploy && $(GO) test -count=1 ./...
+
+# Fuzz targets (package:Fuzzer); seeds are in the code, and any crasher go
+# test finds is written to the package's testdata/fuzz, to be committed.
+FUZZERS := ./appservice/intake:FuzzTransaction ./appservice/config:FuzzParse \
+	./appservice/discovery:FuzzParseWellKnown ./skills:FuzzCommand ./skills:FuzzParse \
+	./skills/schedule:FuzzParse
+FUZZTIME ?= 60s
+
+fuzz:
+	@for f in $(FUZZERS); do pkg=$${f%%:*}; fn=$${f##*:}; \
+		echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -tags goolm -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+
+# A short run of every fuzzer, part of make test.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=4s
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -tags goolm ./appservice/...
