@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench fuzz fuzz-short clean
+.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench fuzz fuzz-short soak clean
 
 all: build
 
@@ -65,8 +65,18 @@ fuzz:
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=4s
 
+# The long fault-injection run: SIGKILL at random moments during 1,000
+# commands, then every command must be answered exactly once
+# (OPSBOT_SOAK_COMMANDS and OPSBOT_SOAK_KILLS change the load), and a 60 s
+# homeserver outage. Not part of make test.
+soak: build dendrite
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) OPSBOT_OUTAGE_SECONDS=60 $(GO) test -count=1 -timeout 60m -tags goolm,soak \
+		-run 'TestKillUnderLoad|TestHomeserverOutage' -v ./integration/
+
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 -tags goolm ./appservice/...
+	@mkdir -p .build
+	@echo "Benchmarks (docs/performance.md): a few minutes on 2 cores; needs Postgres on 127.0.0.1:5432 like the tests. Output also in .build/bench.txt"
+	@{ CGO_ENABLED=0 $(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 20m -tags goolm ./appservice/benchfloor/ 2>&1; echo $$? >.build/bench.rc; } | tee .build/bench.txt; exit $$(cat .build/bench.rc)
 
 clean:
 	rm -rf .build

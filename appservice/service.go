@@ -178,6 +178,7 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 		Handler:    s,
 		Log:        log.With().Str("component", "pipeline").Logger(),
 		Observe:    s.Metrics.ObserveEvent,
+		Recover:    outbox.WithRecovery,
 	}
 	return s, nil
 }

@@ -182,7 +182,9 @@ func newOpsbot(t *testing.T, dir, cfgPath string, cfg *config.Config, port, metr
 	t.Cleanup(func() {
 		ob.Stop()
 		if t.Failed() {
-			t.Logf("opsbot log %s (last 60 lines):\n%s", cfgPath, ob.LogTail(60))
+			full := filepath.Join(os.TempDir(), fmt.Sprintf("opsbot-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()))
+			_ = os.WriteFile(full, []byte(ob.Log()), 0o644)
+			t.Logf("opsbot log %s (last 60 lines; all of it in %s):\n%s", cfgPath, full, ob.LogTail(60))
 		}
 	})
 	return ob

@@ -43,7 +43,8 @@ type Options struct {
 	Rooms  Rooms
 	Memory MemoryStore
 	Log    zerolog.Logger
-	// HandlerTimeout bounds one handler run (default one minute).
+	// HandlerTimeout bounds one handler run (default ten minutes, so that a
+	// handler outlasts a homeserver outage while its sends are retried).
 	HandlerTimeout time.Duration
 	// Allow, if set, applies permissions.skills: may sender use skill in room?
 	Allow func(ctx context.Context, skill string, room id.RoomID, sender id.UserID) bool
@@ -73,17 +74,21 @@ type Engine struct {
 // bot runs, and every skill's Setup must succeed; errors name the config key.
 func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, bots []BotSpec) (*Engine, error) {
 	if opts.HandlerTimeout == 0 {
-		opts.HandlerTimeout = time.Minute
+		opts.HandlerTimeout = 10 * time.Minute
 	}
 	e := &Engine{opts: opts, skills: map[string]Skill{}, routes: map[string][]*route{}, bots: map[id.UserID]*BotSpec{}}
 	byName := map[string]Skill{}
 	var names []string
+	var errs []error
 	for _, s := range available {
+		if _, dup := byName[s.Name()]; dup {
+			errs = append(errs, fmt.Errorf("two skills are named %q (an external skill may not take a built-in skill's name)", s.Name()))
+			continue
+		}
 		byName[s.Name()] = s
 		names = append(names, s.Name())
 	}
 	sort.Strings(names)
-	var errs []error
 	used := map[string]bool{}
 	for i := range bots {
 		b := bots[i]

@@ -62,10 +62,32 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 			return "", fmt.Errorf("encrypting: %w", err)
 		}
 	}
+	marked, err := withMarker(content, txnID)
+	if err != nil {
+		return "", err
+	}
+	// A send whose outcome is unknown (opsbot crashed during it, or the
+	// request failed after reaching the homeserver) may have created the
+	// event: look for it before sending again, since a homeserver that
+	// restarted, or whose client went away mid-request, may not recognise
+	// the transaction ID (Dendrite keeps them in memory only).
+	check := recovering(ctx)
 	var resp *mautrix.RespSendEvent
 	err = o.retry(ctx, "send", func() error {
+		if check {
+			prev, err := o.alreadySent(ctx, bot, room, txnID)
+			if err != nil {
+				return err
+			}
+			if prev != "" {
+				o.Log.Info().Stringer("room_id", room).Stringer("event_id", prev).Msg("An earlier attempt of this send had reached the homeserver; not sending it again")
+				resp = &mautrix.RespSendEvent{EventID: prev}
+				return nil
+			}
+		}
 		var err error
-		resp, err = o.AS.Intent(bot).SendMessageEvent(ctx, room, evtType, content, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		resp, err = o.AS.Intent(bot).SendMessageEvent(ctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		check = err != nil
 		return err
 	})
 	if err != nil {

@@ -31,12 +31,18 @@ type fakeHomeserver struct {
 	failures []func(w http.ResponseWriter)
 	txnIDs   []string
 	times    []time.Time
+	lookups  int
 	users    []string
 }
 
 func (f *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/messages") {
+		f.lookups++
+		fmt.Fprint(w, `{"chunk":[],"start":"s","end":"e"}`)
+		return
+	}
 	parts := strings.Split(r.URL.Path, "/")
 	f.txnIDs = append(f.txnIDs, parts[len(parts)-1])
 	f.times = append(f.times, time.Now())
@@ -100,6 +106,10 @@ func TestSendRetriesWithTheSameTxnID(t *testing.T) {
 			t.Errorf("attempt %d sent as %q", i, hs.users[i])
 		}
 	}
+	// After each failed attempt the outbox checks the history for a copy.
+	if hs.lookups != 3 {
+		t.Errorf("%d history lookups, want one after each of the 3 failures", hs.lookups)
+	}
 	if gap := hs.times[2].Sub(hs.times[1]); gap < 300*time.Millisecond {
 		t.Errorf("retry_after_ms 300 not honoured: retried after %v", gap)
 	}
@@ -161,5 +171,53 @@ func TestRetryAfterClassification(t *testing.T) {
 		if wait != c.wait || retryable != c.retryable {
 			t.Errorf("case %d: got %v %v, want %v %v", i, wait, retryable, c.wait, c.retryable)
 		}
+	}
+}
+
+// A send re-done after a crash finds the copy that already reached the
+// homeserver (by its transaction marker) and does not send again.
+func TestRecoveredSendIsNotRepeated(t *testing.T) {
+	var puts, gets int
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/messages"):
+			gets++
+			fmt.Fprintf(w, `{"chunk":[{"type":"m.room.message","event_id":"$earlier","sender":%q,"room_id":%q,"content":{"body":"pong",%q:"opsbot.done"}}],"start":"s","end":"e"}`,
+				bot, room, outbox.TxnMarker)
+		case r.Method == "PUT":
+			puts++
+			fmt.Fprint(w, `{"event_id":"$new"}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	as, err := mas.CreateFull(mas.CreateOpts{
+		Registration:     &mas.Registration{AppToken: "as", ServerToken: "hs", SenderLocalpart: "opsbot"},
+		HomeserverDomain: "example.org", HomeserverURL: srv.URL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_ = as.StateStore.MarkRegistered(ctx, bot)
+	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
+	o := outbox.New(as, zerolog.Nop())
+	rctx := outbox.WithRecovery(ctx)
+	if got, err := o.Send(rctx, bot, room, event.EventMessage, map[string]any{"body": "pong"}, "opsbot.done"); err != nil || got != "$earlier" {
+		t.Fatalf("recovered send of a done action: %s %v", got, err)
+	}
+	if got, err := o.Send(rctx, bot, room, event.EventMessage, map[string]any{"body": "pong"}, "opsbot.new"); err != nil || got != "$new" {
+		t.Fatalf("recovered send of a new action: %s %v", got, err)
+	}
+	// Outside recovery, no lookup happens.
+	if _, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "opsbot.x"); err != nil {
+		t.Fatal(err)
+	}
+	if puts != 2 || gets != 2 {
+		t.Fatalf("puts=%d gets=%d, want 2 and 2", puts, gets)
 	}
 }

@@ -41,6 +41,9 @@ type Pipeline struct {
 	Handler    Handler
 	Log        zerolog.Logger
 	Workers    int
+	// Recover, if set, marks the context of events resumed after a crash
+	// (outbox.WithRecovery), so their sends check for an earlier copy.
+	Recover func(context.Context) context.Context
 	// Observe, if set, is told the type and handling time of each event.
 	Observe func(evtType string, took time.Duration)
 
@@ -76,6 +79,9 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		p.Log.Info().Int("events", len(pending)).Msg("Resuming events that were recorded but not handled before the last stop")
+		for i := range pending {
+			pending[i].Recovered = true
+		}
 		p.Deliver(pending)
 	}
 	for _, s := range p.shards {
@@ -175,6 +181,9 @@ func (p *Pipeline) handle(ctx context.Context, item store.InboxEvent) {
 		log.Warn().Err(contentErr).Str("type", evt.Type.Type).Msg("Event content does not fit its type; skills get only the raw content")
 	}
 	ctx = log.WithContext(ctx)
+	if item.Recovered && p.Recover != nil {
+		ctx = p.Recover(ctx)
+	}
 	if evt.StateKey != nil {
 		mautrix.UpdateStateStore(ctx, p.StateStore, evt)
 	}

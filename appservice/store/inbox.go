@@ -21,7 +21,9 @@ type InboxEvent struct {
 	RoomID  string
 	Kind    string
 	Type    string // the event type (not stored: only for logs)
-	Payload []byte // the event JSON as the homeserver sent it
+	// Recovered is set for events resumed at start-up, after a crash.
+	Recovered bool
+	Payload   []byte // the event JSON as the homeserver sent it
 }
 
 // RecordTransaction durably records a transaction and its events in one

@@ -1,0 +1,139 @@
+package integration
+
+import (
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"opsbot/integration/harness"
+)
+
+// envInt reads a knob of the long fault-injection runs (make soak).
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// collectAnswers waits until every "load N" command has an answer and
+// returns how often each was answered; a sentinel then proves no late
+// duplicate is still coming.
+func collectAnswers(t *testing.T, u *harness.User, room string, n int, timeout time.Duration) map[string]int {
+	t.Helper()
+	answers := map[string]int{}
+	deadline := time.Now().Add(timeout)
+	for len(answers) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d commands answered within %v", len(answers), n, timeout)
+		}
+		ev := u.WaitForMessage(t, room, time.Until(deadline), harness.From(botID))
+		if strings.HasPrefix(ev.Body(), "load ") {
+			answers[ev.Body()]++
+		}
+	}
+	for _, ev := range sentinel(t, u, room, botID) {
+		if strings.HasPrefix(ev.Body(), "load ") {
+			answers[ev.Body()]++
+		}
+	}
+	return answers
+}
+
+func checkExactlyOnce(t *testing.T, answers map[string]int, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if c := answers[fmt.Sprintf("load %d", i)]; c != 1 {
+			t.Errorf("command %d answered %d times", i, c)
+		}
+	}
+}
+
+// The homeserver goes away while the bot is answering: its sends are
+// retried (and, where an attempt's outcome is unknown, checked against the
+// room's history) until the homeserver is back, and every command is
+// answered exactly once. The commands reach opsbot as a transaction pushed
+// while the homeserver is down, so that every answer meets the outage.
+func TestHomeserverOutage(t *testing.T) {
+	outage := time.Duration(envInt("OPSBOT_OUTAGE_SECONDS", 8)) * time.Second
+	w := newWorld(t, "sqlite", defaultBots, "")
+	alice := w.HS.RegisterUser(t, "alice")
+	room := joinedRoom(t, alice, botID)
+	if ev := ask(t, alice, room, "!echo before", botID); ev.Body() != "before" {
+		t.Fatalf("got %s", ev)
+	}
+	const n = 10
+	var events []string
+	for i := 0; i < n; i++ {
+		events = append(events, fmt.Sprintf(`{"type":"m.room.message","event_id":"$outage-%d-%d:localhost","room_id":%q,"sender":%q,"origin_server_ts":%d,"content":{"msgtype":"m.text","body":"!echo load %d"}}`,
+			i, time.Now().UnixNano(), room, alice.ID, time.Now().UnixMilli(), i))
+	}
+	w.HS.Stop()
+	if code := w.Bot.PutTransaction(t, fmt.Sprintf("outage-%d", time.Now().UnixNano()), `{"events":[`+strings.Join(events, ",")+`]}`); code != 200 {
+		t.Fatalf("HTTP %d", code)
+	}
+	w.Bot.WaitForLog(t, wait, "Homeserver request failed, retrying")
+	time.Sleep(outage)
+	w.HS.Restart(t)
+	checkExactlyOnce(t, collectAnswers(t, alice, room, n, 3*time.Minute), n)
+	if n := w.Bot.Metric(t, `opsbot_homeserver_requests_total{op="send",outcome="retryable"}`); n < 1 {
+		t.Errorf("failed sends during the outage were not counted: %v", n)
+	}
+}
+
+// The database refuses writes (read-only, as when a disk fills up or a
+// replica is promoted badly): opsbot answers the homeserver with a
+// retryable error instead of acknowledging what it cannot store; once the
+// database takes writes again, nothing is lost.
+func TestReadOnlyDatabase(t *testing.T) {
+	w := newWorld(t, "postgres", defaultBots, "")
+	alice := w.HS.RegisterUser(t, "alice")
+	room := joinedRoom(t, alice, botID)
+	if ev := ask(t, alice, room, "!echo before", botID); ev.Body() != "before" {
+		t.Fatalf("got %s", ev)
+	}
+	db, err := sql.Open("pgx", w.Bot.Cfg.Database.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	u, err := url.Parse(w.Bot.Cfg.Database.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbName := strings.TrimPrefix(u.Path, "/")
+	setReadOnly := func(on bool) {
+		t.Helper()
+		if _, err := db.Exec(fmt.Sprintf("ALTER DATABASE %s SET default_transaction_read_only = %v", dbName, on)); err != nil {
+			t.Fatal(err)
+		}
+		// Existing sessions keep their setting: end opsbot's, except the
+		// one holding leadership (its loss would stop opsbot by design).
+		if _, err := db.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+			AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')`, dbName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setReadOnly(true)
+	alice.SendText(t, room, "!echo while read-only")
+	w.Bot.WaitForLog(t, wait, "Could not record transaction; the homeserver will retry")
+	if n := w.Bot.Metric(t, `opsbot_transactions_total{outcome="store_error"}`); n < 1 {
+		t.Errorf("store errors not counted: %v", n)
+	}
+	setReadOnly(false)
+	// Dendrite retries with backoff (2 s, 4 s, ...): the answer comes late, once.
+	ev := alice.WaitForMessage(t, room, 90*time.Second, harness.From(botID))
+	if ev.Body() != "while read-only" {
+		t.Fatalf("after the database recovered the bot said %s", ev)
+	}
+	if extra := sentinel(t, alice, room, botID); len(extra) != 0 {
+		t.Fatalf("extra answers: %v", extra)
+	}
+}
