@@ -48,6 +48,16 @@ type Event struct {
 // Arg returns a command placeholder or named regex group ("" if absent).
 func (ev *Event) Arg(name string) string { return ev.Args[name] }
 
+// SkillMemory is the skill's memory outside any room, shared by all rooms
+// (the same store as ev.Memory of a cron job without rooms, or of a
+// webhook). It is nil if opsbot runs without a memory store.
+func (ev *Event) SkillMemory() Memory {
+	if ev.engine == nil || ev.engine.opts.Memory == nil {
+		return nil
+	}
+	return ev.engine.opts.Memory.Memory(ev.Skill, "")
+}
+
 // Commands returns the help of every command this bot runs, for the help skill.
 func (ev *Event) Commands() []CommandHelp { return ev.engine.CommandsFor(ev.Bot) }
 

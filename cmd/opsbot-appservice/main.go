@@ -26,12 +26,16 @@ import (
 	"opsbot/appservice/config"
 	"opsbot/skills"
 	"opsbot/skills/admin"
+	"opsbot/skills/alertmanager"
 	"opsbot/skills/echo"
+	"opsbot/skills/external"
 	"opsbot/skills/files"
 	"opsbot/skills/help"
 	"opsbot/skills/notes"
 	"opsbot/skills/ping"
+	"opsbot/skills/remind"
 	"opsbot/skills/tour"
+	"opsbot/skills/webhook"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
@@ -39,7 +43,7 @@ var Version = "dev"
 
 // builtinSkills are the skills compiled into this binary.
 func builtinSkills() []skills.Skill {
-	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New(), notes.New(), tour.New()}
+	return []skills.Skill{ping.New(), help.New(), echo.New(), files.New(), notes.New(), tour.New(), remind.New(), alertmanager.New(), webhook.New()}
 }
 
 func main() {
@@ -127,6 +131,7 @@ Flags:
 	}
 	adminSkill := admin.New(cfg.Permissions.Admins, nil)
 	available := append(builtinSkills(), adminSkill)
+	available = append(available, external.FromConfig(cfg.ExternalSkills, log)...)
 	svc, err := appservice.New(cfg, log, available, versionString())
 	if err != nil {
 		fmt.Fprintf(stderr, "opsbot: cannot start:\n%v\n", err)
