@@ -53,7 +53,6 @@ type Service struct {
 	Store    *store.Store
 	AS       *mas.AppService
 	Bots     *bots.Manager
-	Engine   *skills.Engine
 	Outbox   *outbox.Outbox
 	Pipeline *pipeline.Pipeline
 	// E2EE is nil when encryption.enabled is false.
@@ -65,6 +64,118 @@ type Service struct {
 	active  atomic.Bool
 	started time.Time
 	version string
+
+	// engine is swapped by Reload; handlers in flight finish on the old one.
+	engine    atomic.Pointer[skills.Engine]
+	skillsFor func(*config.Config) []skills.Skill
+	memory    skills.MemoryStore
+	// ConfigPath is re-read by Reload.
+	ConfigPath string
+	// stopSchedules stops the cron jobs of the current engine.
+	reloadMu      sync.Mutex
+	stopSchedules context.CancelFunc
+	workCtx       context.Context
+}
+
+// Engine returns the skills engine in use.
+func (s *Service) Engine() *skills.Engine { return s.engine.Load() }
+
+// buildEngine sets up the skills of a config: bots' skill lists, skill
+// sections, permissions and rate limits.
+func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
+	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
+		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
+	})
+	specs := make([]skills.BotSpec, len(cfg.Bots))
+	for i, b := range cfg.Bots {
+		specs[i] = skills.BotSpec{ID: id.NewUserID(b.Localpart, cfg.Homeserver.Domain), Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
+	}
+	return skills.NewEngine(skills.Options{
+		Sender:    s.Outbox,
+		Media:     s.Outbox,
+		Rooms:     roomActions{s.Outbox, s},
+		Schedules: s.Store,
+		Allow:     pol.Allow,
+		Limit:     pol.Limit,
+		Memory:    s.memory,
+		Log:       s.Log.With().Str("component", "skills").Logger(),
+		Decode:    config.DecodeStrict,
+		Observe:   s.Metrics.ObserveSkill,
+	}, s.skillsFor(cfg), cfg.Skills, specs)
+}
+
+// Reload re-reads the config file and swaps in skills set up from it,
+// without dropping transactions: events in flight finish on the old skills,
+// later ones use the new. Only skill-related keys may change (skills,
+// external_skills, bots[].skills and command_prefix, permissions.skills,
+// rate_limit and admins); anything else needs a restart and is refused.
+func (s *Service) Reload(ctx context.Context) (string, error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := config.Load(s.ConfigPath)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Homeserver.Address == "" { // discovered through .well-known at start
+		cfg.Homeserver.Address = s.Cfg.Homeserver.Address
+	}
+	if what := restartNeeded(s.Cfg, cfg); what != "" {
+		return "", fmt.Errorf("%s changed: that needs a restart; nothing was reloaded", what)
+	}
+	engine, err := s.buildEngine(cfg)
+	if err != nil {
+		return "", fmt.Errorf("the new skill configuration does not start, keeping the old one: %w", err)
+	}
+	s.engine.Store(engine)
+	s.Cfg.Skills, s.Cfg.ExternalSkills, s.Cfg.Permissions = cfg.Skills, cfg.ExternalSkills, cfg.Permissions
+	for i := range s.Cfg.Bots {
+		s.Cfg.Bots[i].Skills, s.Cfg.Bots[i].CommandPrefix = cfg.Bots[i].Skills, cfg.Bots[i].CommandPrefix
+	}
+	if s.stopSchedules != nil {
+		s.stopSchedules()
+		s.startSchedules(engine)
+	}
+	s.Log.Info().Str("bots", s.Bots.Describe()).Msg("Reloaded the skill configuration")
+	return "Reloaded: " + s.Bots.Describe(), nil
+}
+
+// startSchedules runs an engine's cron jobs until the next reload or stop.
+func (s *Service) startSchedules(e *skills.Engine) {
+	ctx, cancel := context.WithCancel(s.workCtx)
+	s.stopSchedules = cancel
+	e.RunSchedules(ctx)
+}
+
+// restartNeeded names the first changed key that Reload cannot apply.
+func restartNeeded(old, new *config.Config) string {
+	switch {
+	case fmt.Sprint(old.Homeserver) != fmt.Sprint(new.Homeserver):
+		return "homeserver"
+	case fmt.Sprint(old.AppService) != fmt.Sprint(new.AppService):
+		return "appservice"
+	case fmt.Sprint(old.Database) != fmt.Sprint(new.Database):
+		return "database"
+	case fmt.Sprint(old.Encryption.Enabled, old.Encryption.Mode, old.Encryption.PickleKey, old.Encryption.Trust) !=
+		fmt.Sprint(new.Encryption.Enabled, new.Encryption.Mode, new.Encryption.PickleKey, new.Encryption.Trust):
+		return "encryption"
+	case fmt.Sprint(old.Memory) != fmt.Sprint(new.Memory):
+		return "memory"
+	case *old.Rooms.LeaveUpgraded != *new.Rooms.LeaveUpgraded: // both set by applyDefaults
+		return "rooms"
+	case fmt.Sprint(old.Metrics, old.Logging) != fmt.Sprint(new.Metrics, new.Logging):
+		return "metrics or logging"
+	case fmt.Sprint(old.Permissions.Invite) != fmt.Sprint(new.Permissions.Invite):
+		return "permissions.invite"
+	case len(old.Bots) != len(new.Bots):
+		return "the list of bots"
+	}
+	for i := range old.Bots {
+		o, n := old.Bots[i], new.Bots[i]
+		if o.Localpart != n.Localpart || o.Displayname != n.Displayname || o.Avatar != n.Avatar {
+			return fmt.Sprintf("bots[%d] (only skills and command_prefix reload)", i)
+		}
+	}
+	return ""
 }
 
 // Status is a short report for admins (the admin skill's !status).
@@ -90,7 +201,10 @@ func (s *Service) Status(ctx context.Context) string {
 // New builds a service without touching the network or the database, so
 // that every config error (unknown skill, bad regex, bad skill settings)
 // refuses start-up before anything happens.
-func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, version string) (*Service, error) {
+//
+// skillsFor returns the skills available for a config (built-in and
+// external ones); it is called again on every reload.
+func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) []skills.Skill, version string) (*Service, error) {
 	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version}
 	s.Metrics = metrics.New(version, func() int64 {
 		if s.Pipeline == nil {
@@ -149,29 +263,14 @@ func New(cfg *config.Config, log zerolog.Logger, available []skills.Skill, versi
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
-	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
-		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
-	})
-	specs := make([]skills.BotSpec, len(cfg.Bots))
-	for i, b := range cfg.Bots {
-		specs[i] = skills.BotSpec{ID: s.Bots.IDs()[i], Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
-	}
-	s.Engine, err = skills.NewEngine(skills.Options{
-		Sender:    s.Outbox,
-		Media:     s.Outbox,
-		Rooms:     roomActions{s.Outbox, s},
-		Schedules: s.Store,
-		Allow:     pol.Allow,
-		Limit:     pol.Limit,
-		Memory:    memory,
-		Log:       log.With().Str("component", "skills").Logger(),
-		Decode:    config.DecodeStrict,
-		Observe:   s.Metrics.ObserveSkill,
-	}, available, cfg.Skills, specs)
+	s.memory = memory
+	s.skillsFor = skillsFor
+	engine, err := s.buildEngine(cfg)
 	if err != nil {
 		s.Store.Close()
 		return nil, err
 	}
+	s.engine.Store(engine)
 	s.Pipeline = &pipeline.Pipeline{
 		Inbox:      s.Store,
 		StateStore: s.AS.StateStore,
@@ -205,7 +304,7 @@ func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 			return
 		}
 	}
-	s.Engine.Handle(ctx, evt, roomBots)
+	s.Engine().Handle(ctx, evt, roomBots)
 }
 
 // opsbotHandles are the room event types opsbot acts on itself, before the
@@ -251,7 +350,7 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 	if err != nil {
 		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
 		if *s.Cfg.Encryption.ReplyOnFailure && reason == "no_session" {
-			s.Engine.Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+			s.Engine().Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
 		}
 		return nil, false
 	}
@@ -371,7 +470,10 @@ func (s *Service) start(ctx, workCtx context.Context) error {
 		return fmt.Errorf("resuming unhandled events: %w", err)
 	}
 	go s.pruneLoop(workCtx)
-	s.Engine.RunSchedules(workCtx)
+	s.workCtx = workCtx
+	s.reloadMu.Lock()
+	s.startSchedules(s.Engine())
+	s.reloadMu.Unlock()
 	return nil
 }
 
@@ -400,7 +502,9 @@ func (s *Service) Handler() http.Handler {
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
-	mux.Handle("/skills/", s.Engine.WebhookHandler(s.active.Load))
+	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Engine().WebhookHandler(s.active.Load).ServeHTTP(w, r)
+	}))
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {

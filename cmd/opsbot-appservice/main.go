@@ -129,15 +129,32 @@ Flags:
 		log.Info().Err(err).Msg("Stopped before the homeserver was found")
 		return 0
 	}
-	adminSkill := admin.New(cfg.Permissions.Admins, nil)
-	available := append(builtinSkills(), adminSkill)
-	available = append(available, external.FromConfig(cfg.ExternalSkills, log)...)
-	svc, err := appservice.New(cfg, log, available, versionString())
+	var svc *appservice.Service
+	skillsFor := func(cfg *config.Config) []skills.Skill {
+		adminSkill := admin.New(cfg.Permissions.Admins, func(ctx context.Context) string { return svc.Status(ctx) })
+		adminSkill.SetReload(func(ctx context.Context) (string, error) { return svc.Reload(ctx) })
+		available := append(builtinSkills(), adminSkill)
+		return append(available, external.FromConfig(cfg.ExternalSkills, log)...)
+	}
+	svc, err = appservice.New(cfg, log, skillsFor, versionString())
 	if err != nil {
 		fmt.Fprintf(stderr, "opsbot: cannot start:\n%v\n", err)
 		return 1
 	}
-	adminSkill.SetStatus(svc.Status)
+	svc.ConfigPath = *configPath
+	// SIGHUP reloads the skill configuration without dropping transactions.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if summary, err := svc.Reload(ctx); err != nil {
+				log.Error().Err(err).Msg("Reload on SIGHUP failed")
+			} else {
+				log.Info().Str("result", summary).Msg("Reloaded on SIGHUP")
+			}
+		}
+	}()
 	if err := svc.Run(ctx, *drain); err != nil {
 		log.Error().Err(err).Msg("opsbot stopped with an error")
 		return 1

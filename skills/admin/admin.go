@@ -1,6 +1,7 @@
 // Package admin has the commands for opsbot's admins (permissions.admins):
 // "!status" reports the version, uptime, leadership, inbox backlog,
-// encryption and each bot's rooms. Everyone else gets a polite refusal.
+// encryption and each bot's rooms; "!reload" re-reads the config file's
+// skill settings (as SIGHUP does). Everyone else gets a polite refusal.
 package admin
 
 import (
@@ -14,11 +15,18 @@ import (
 // StatusFunc produces the status report.
 type StatusFunc func(ctx context.Context) string
 
+// ReloadFunc reloads the skill configuration and says what happened.
+type ReloadFunc func(ctx context.Context) (string, error)
+
 // Skill is the admin skill.
 type Skill struct {
 	admins []id.UserID
 	status StatusFunc
+	reload ReloadFunc
 }
+
+// SetReload sets what !reload does.
+func (s *Skill) SetReload(f ReloadFunc) { s.reload = f }
 
 // New returns the admin skill for the given admins; status is called for
 // each !status (it may be set later with SetStatus).
@@ -46,7 +54,22 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 		return cfg.Errorf("admins", "the admin skill needs permissions.admins (nobody could use it)")
 	}
 	r.Command("status", s.report, skills.Help("how opsbot is doing (admins only)"), skills.FromUsers(s.admins...))
+	r.Command("reload", s.doReload, skills.Help("reload the skill configuration from the config file (admins only)"), skills.FromUsers(s.admins...))
 	return nil
+}
+
+func (s *Skill) doReload(ctx context.Context, ev *skills.Event) error {
+	if s.reload == nil {
+		_, err := ev.Reply(ctx, "Reloading is not available in this process.")
+		return err
+	}
+	summary, err := s.reload(ctx)
+	if err != nil {
+		_, sendErr := ev.Reply(ctx, "Reload failed: "+err.Error())
+		return sendErr
+	}
+	_, err = ev.Reply(ctx, summary)
+	return err
 }
 
 func (s *Skill) report(ctx context.Context, ev *skills.Event) error {
