@@ -1,12 +1,10 @@
 package skills_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -182,16 +180,7 @@ func TestWebhookAuth(t *testing.T) {
 		return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	}
 	post := func(path, body string, hdr map[string]string) int {
-		req, _ := http.NewRequest("POST", srv.URL+path, bytes.NewReader([]byte(body)))
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return skilltest.Post(t, srv.URL+path, body, hdr)
 	}
 	cases := []struct {
 		path, body string

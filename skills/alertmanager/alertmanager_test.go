@@ -33,16 +33,7 @@ func server(t *testing.T, cfg string) (*skilltest.Harness, func(body string, hdr
 	srv := httptest.NewServer(h.Engine.WebhookHandler(func() bool { return true }))
 	t.Cleanup(srv.Close)
 	post := func(body string, hdr map[string]string) int {
-		req, _ := http.NewRequest("POST", srv.URL+"/skills/alertmanager/alerts", strings.NewReader(body))
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return skilltest.Post(t, srv.URL+"/skills/alertmanager/alerts", body, hdr)
 	}
 	return h, post
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -229,4 +230,22 @@ func (mm *mapMemory) Keys(ctx context.Context) ([]string, error) {
 	}
 	sort.Strings(keys)
 	return keys, nil
+}
+
+// Post sends a webhook-style POST with headers and returns the HTTP status.
+func Post(t testing.TB, url, body string, header map[string]string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

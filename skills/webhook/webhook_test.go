@@ -4,7 +4,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -54,16 +53,7 @@ func setup(t *testing.T, cfg string) (*skilltest.Harness, func(path, body string
 	srv := httptest.NewServer(h.Engine.WebhookHandler(func() bool { return true }))
 	t.Cleanup(srv.Close)
 	return h, func(path, body string, hdr map[string]string) int {
-		req, _ := http.NewRequest("POST", srv.URL+"/skills/webhook/"+path, strings.NewReader(body))
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return skilltest.Post(t, srv.URL+"/skills/webhook/"+path, body, hdr)
 	}
 }
 
