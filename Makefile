@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench fuzz fuzz-short soak clean
+.PHONY: all build build-cgo dendrite demo test lint unit integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
 
 all: build
 
@@ -72,6 +72,11 @@ fuzz-short:
 soak: build dendrite
 	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) OPSBOT_OUTAGE_SECONDS=60 $(GO) test -count=1 -timeout 60m -tags goolm,soak \
 		-run 'TestKillUnderLoad|TestHomeserverOutage' -v ./integration/
+
+# End-to-end latency through Dendrite and memory footprint
+# (integration/bench_test.go; about five minutes).
+bench-e2e: build dendrite
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 30m -tags goolm,bench -run 'TestBench' -v ./integration/ | grep -E 'RESULT|^(ok|FAIL|---)'
 
 bench:
 	@mkdir -p .build

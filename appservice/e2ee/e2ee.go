@@ -189,6 +189,9 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	// Only the bot's own other devices may ask for its room keys (it has none
 	// today), so keys never leak to a device the policy would not share with.
 	machine.ShareKeysMinTrust = id.TrustStateCrossSignedTOFU
+	// Ratchet tracking writes the session on every decryption, only for
+	// features opsbot does not turn on (deleting fully used keys).
+	machine.DisableRatchetTracking = true
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}

@@ -47,12 +47,21 @@ func Open(cfg config.Database, log zerolog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening %s database: %w", cfg.Type, err)
 	}
+	// Keep as many idle connections as may be open: the default of two
+	// made the pool open and close connections on every transaction (on
+	// Postgres each is a server process; docs/performance.md).
 	if cfg.Type == "sqlite" {
 		// One writer at a time is all SQLite can do; a small pool keeps
 		// readers going while the writer waits on the busy timeout.
 		raw.SetMaxOpenConns(4)
-	} else if cfg.MaxOpenConns > 0 {
-		raw.SetMaxOpenConns(cfg.MaxOpenConns)
+		raw.SetMaxIdleConns(4)
+	} else {
+		open := cfg.MaxOpenConns
+		if open <= 0 {
+			open = 16
+		}
+		raw.SetMaxOpenConns(open)
+		raw.SetMaxIdleConns(open)
 	}
 	db, err := dbutil.NewWithDB(raw, cfg.Type)
 	if err != nil {

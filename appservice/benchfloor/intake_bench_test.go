@@ -1,0 +1,335 @@
+package benchfloor_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"opsbot/appservice/benchfloor"
+	"opsbot/appservice/config"
+	"opsbot/appservice/intake"
+	"opsbot/appservice/metrics"
+	"opsbot/appservice/outbox"
+	"opsbot/appservice/pipeline"
+	"opsbot/appservice/store"
+	"opsbot/appservice/store/storetest"
+	"opsbot/skills"
+)
+
+// warmup transactions run before the timer starts in every variant.
+const warmup = 20
+
+// BenchmarkIntake measures transaction intake over loopback HTTP, side by
+// side: the two floors, opsbot's intake with its durable inbox, and
+// opsbot's whole plaintext pipeline (inbox, pipeline workers, skills
+// engine, outbox replying to a stub homeserver); at c=1 also the pipeline
+// with a skill that matches every message but does not answer.
+func BenchmarkIntake(b *testing.B) {
+	for _, c := range []int{1, 4} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+			b.Run("floor-nethttp", func(b *testing.B) { benchFloor(b, c, false) })
+			b.Run("floor-mautrix", func(b *testing.B) { benchFloor(b, c, true) })
+			for _, db := range storetest.Dialects {
+				b.Run("intake-"+db, func(b *testing.B) { benchIntakeOnly(b, c, db) })
+			}
+			for _, db := range storetest.Dialects {
+				b.Run("full-"+db, func(b *testing.B) { benchFull(b, c, db, true) })
+			}
+			if c == 1 {
+				for _, db := range storetest.Dialects {
+					b.Run("noreply-"+db, func(b *testing.B) { benchFull(b, c, db, false) })
+				}
+			}
+		})
+	}
+}
+
+func benchFloor(b *testing.B, concurrency int, mautrix bool) {
+	var count atomic.Int64
+	var h http.Handler
+	if mautrix {
+		var stop func()
+		h, stop = benchfloor.MautrixFloor(&count)
+		defer stop()
+	} else {
+		h = benchfloor.NetHTTPFloor(&count)
+	}
+	url, _ := benchfloor.Serve(b, h)
+	txns := benchfloor.NewPlainTxns(benchfloor.NewRun())
+	b.SetBytes(int64(txns.Size()))
+	benchfloor.Drive(b, benchfloor.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body})
+	if err := benchfloor.WaitCount(&count, int64((warmup+b.N)*benchfloor.EventsPerTxn), 10*time.Second); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// logger is what opsbot logs to in the benchmarks: the production default
+// (info level, JSON with timestamps), written nowhere.
+func logger() zerolog.Logger {
+	return zerolog.New(io.Discard).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+}
+
+// openStore opens and migrates a new opsbot database of the given type, and
+// for Postgres returns a probe of the server's CPU spent on it.
+func openStore(b *testing.B, dbType string) (*store.Store, benchfloor.Probes) {
+	b.Helper()
+	cfg := storetest.Config(b, dbType)
+	st, err := store.Open(cfg, logger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	if err := st.Upgrade(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	probes := benchfloor.Probes{&benchfloor.DBConns{DB: st.DB.RawDB}}
+	if dbType == "postgres" {
+		admin := os.Getenv("OPSBOT_TEST_POSTGRES")
+		if admin == "" {
+			admin = storetest.DefaultPostgres
+		}
+		adb, err := sql.Open("pgx", admin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { adb.Close() })
+		probes = append(probes, &benchfloor.PostgresCPU{Admin: adb})
+	}
+	return st, probes
+}
+
+// intakeHandler is opsbot's intake as appservice.Service wires it.
+func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.InboxEvent)) http.Handler {
+	var active atomic.Bool
+	active.Store(true)
+	mux := http.NewServeMux()
+	(&intake.Handler{
+		HSToken:      benchfloor.HSToken,
+		MaxBodyBytes: config.DefaultMaxBodyBytes,
+		Store:        st,
+		Deliver:      deliver,
+		IsOurUser:    func(u id.UserID) bool { return u == benchfloor.Bot },
+		Overloaded:   func() bool { return false },
+		Standby:      func() bool { return !active.Load() },
+		Log:          logger().With().Str("component", "intake").Logger(),
+		Observe:      func(outcome string, _ int) { m.Transactions.WithLabelValues(outcome).Inc() },
+	}).Register(mux)
+	return mux
+}
+
+func benchIntakeOnly(b *testing.B, concurrency int, dbType string) {
+	st, probes := openStore(b, dbType)
+	m := metrics.New("bench", func() int64 { return 0 })
+	var delivered atomic.Int64
+	url, _ := benchfloor.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) { delivered.Add(int64(len(evs))) }))
+	txns := benchfloor.NewPlainTxns(benchfloor.NewRun())
+	b.SetBytes(int64(txns.Size()))
+	benchfloor.Drive(b, benchfloor.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body, Extra: probes})
+	if got, want := delivered.Load(), int64((warmup+b.N)*benchfloor.EventsPerTxn); got != want {
+		b.Fatalf("delivered %d events, want %d", got, want)
+	}
+}
+
+// ackSkill matches every message that mentions "deploy" (all benchmark
+// messages) and, if reply is set, answers it with a reply.
+type ackSkill struct{ reply bool }
+
+func (ackSkill) Name() string { return "ack" }
+func (s ackSkill) Setup(r *skills.Router, cfg skills.Config) error {
+	r.Regex(`(?i)\bdeploy\b`, func(ctx context.Context, ev *skills.Event) error {
+		if !s.reply {
+			return nil
+		}
+		_, err := ev.Reply(ctx, "ack")
+		return err
+	})
+	return nil
+}
+
+// handler is the pipeline's per-event work as appservice.Service.HandleEvent
+// does it for a room event: which bots are in the room (state store), decrypt
+// if encrypted, then the skills engine.
+type handler struct {
+	ss      *sqlstatestore.SQLStateStore
+	bots    []id.UserID
+	engine  *skills.Engine
+	m       *metrics.Metrics
+	decrypt func(ctx context.Context, evt *event.Event) (*event.Event, error)
+	tracker *benchfloor.Tracker
+}
+
+func (h *handler) HandleEvent(ctx context.Context, evt *event.Event) {
+	if evt.Type.Class == event.ToDeviceEventType {
+		return
+	}
+	var roomBots []id.UserID
+	for _, bot := range h.bots {
+		if h.ss.IsInRoom(ctx, evt.RoomID, bot) {
+			roomBots = append(roomBots, bot)
+		}
+	}
+	if len(roomBots) == 0 {
+		h.tracker.Fail(fmt.Errorf("no bot in room %s", evt.RoomID))
+		return
+	}
+	if evt.Type == event.EventEncrypted {
+		if h.decrypt == nil {
+			h.tracker.Fail(fmt.Errorf("encrypted event %s and no decrypter", evt.ID))
+			return
+		}
+		decrypted, err := h.decrypt(ctx, evt)
+		if err != nil {
+			h.m.ObserveCrypto("decrypt", "error")
+			h.tracker.Fail(fmt.Errorf("decrypting %s: %w", evt.ID, err))
+			return
+		}
+		h.m.ObserveCrypto("decrypt", "ok")
+		decrypted.Mautrix.EventSource |= event.SourceDecrypted
+		evt = decrypted
+	}
+	h.engine.Handle(ctx, evt, roomBots)
+}
+
+// inbox is the store as the pipeline's inbox, telling the tracker about
+// every event marked done.
+type inbox struct {
+	*store.Store
+	tracker *benchfloor.Tracker
+}
+
+func (i inbox) MarkDone(ctx context.Context, seq int64) error {
+	err := i.Store.MarkDone(ctx, seq)
+	if err == nil {
+		i.tracker.Marked(seq)
+	}
+	return err
+}
+
+// fullOpsbot is opsbot's plaintext (or, with decrypt, encrypted) pipeline.
+type fullOpsbot struct {
+	URL     string
+	Store   *store.Store
+	State   *sqlstatestore.SQLStateStore
+	Tracker *benchfloor.Tracker
+	Probes  benchfloor.Probes
+	HS      *benchfloor.Homeserver
+}
+
+// newFullOpsbot wires intake, the inbox, the room state store, the pipeline,
+// the skills engine and the outbox the way appservice.New does, for
+// transactions 0..txns-1 of run; reply says whether the skill answers.
+// prepare, if set, runs before the pipeline starts (to set up encryption);
+// decrypt, if set, decrypts m.room.encrypted.
+func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
+	prepare func(f *fullOpsbot),
+	decrypt func(ctx context.Context, evt *event.Event) (*event.Event, error),
+) *fullOpsbot {
+	b.Helper()
+	ctx := context.Background()
+	log := logger()
+	st, probes := openStore(b, dbType)
+	ss := sqlstatestore.NewSQLStateStore(st.DB, nil, false)
+	if err := ss.Upgrade(ctx); err != nil {
+		b.Fatal(err)
+	}
+	f := &fullOpsbot{Store: st, State: ss, Tracker: benchfloor.NewTracker(run, txns, reply)}
+	f.HS = benchfloor.NewHomeserver(b, f.Tracker)
+	f.Probes = append(probes, &benchfloor.ConnProbe{Name: "hs", Conns: f.HS.Conns})
+
+	var backlog func() int64
+	m := metrics.New("bench", func() int64 { return backlog() })
+	as, err := mas.CreateFull(mas.CreateOpts{
+		Registration:     &mas.Registration{ID: "opsbot", AppToken: benchfloor.ASToken, ServerToken: benchfloor.HSToken, SenderLocalpart: "opsbot"},
+		HomeserverDomain: benchfloor.Domain,
+		HomeserverURL:    f.HS.URL,
+		StateStore:       ss,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	as.Log = log.With().Str("component", "mautrix").Logger()
+	as.DefaultHTTPRetries = 0
+	as.HTTPClient.Timeout = 60 * time.Second
+	ob := outbox.New(as, log.With().Str("component", "outbox").Logger())
+	ob.Observe = m.ObserveSend
+
+	bot := id.UserID(benchfloor.Bot)
+	if err := ss.MarkRegistered(ctx, bot); err != nil {
+		b.Fatal(err)
+	}
+	for i := range benchfloor.Rooms {
+		room := id.RoomID(benchfloor.RoomID(i))
+		for _, u := range []id.UserID{bot, benchfloor.Sender} {
+			if err := ss.SetMembership(ctx, room, u, event.MembershipJoin); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	engine, err := skills.NewEngine(skills.Options{
+		Sender:  ob,
+		Log:     log.With().Str("component", "skills").Logger(),
+		Decode:  config.DecodeStrict,
+		Observe: m.ObserveSkill,
+	}, []skills.Skill{ackSkill{reply}}, nil, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{"ack"}, ConfigKey: "bots[0]"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(f)
+	}
+	p := &pipeline.Pipeline{
+		Inbox:      inbox{st, f.Tracker},
+		StateStore: ss,
+		Handler:    &handler{ss: ss, bots: []id.UserID{bot}, engine: engine, m: m, decrypt: decrypt, tracker: f.Tracker},
+		Log:        log.With().Str("component", "pipeline").Logger(),
+		Observe:    m.ObserveEvent,
+	}
+	backlog = p.Backlog
+	workCtx, stop := context.WithCancel(ctx)
+	if err := p.Start(workCtx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { stop(); p.Wait() })
+	f.URL, _ = benchfloor.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) {
+		for _, ev := range evs {
+			f.Tracker.Delivered(ev.Seq, ev.TxnID)
+		}
+		p.Deliver(evs)
+	}))
+	return f
+}
+
+func benchFull(b *testing.B, concurrency int, dbType string, reply bool) {
+	run := benchfloor.NewRun()
+	f := newFullOpsbot(b, dbType, run, warmup+b.N, reply, nil, nil)
+	txns := benchfloor.NewPlainTxns(run)
+	b.SetBytes(int64(txns.Size()))
+	benchfloor.Drive(b, benchfloor.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
+		Body: txns.Body, Done: f.Tracker.Done, Extra: f.Probes})
+	if err := f.Tracker.Check(); err != nil {
+		b.Fatal(err)
+	}
+	checkReplies(b, f, warmup+b.N, reply)
+}
+
+func checkReplies(b *testing.B, f *fullOpsbot, txns int, reply bool) {
+	want := int64(0)
+	if reply {
+		want = int64(txns * benchfloor.EventsPerTxn)
+	}
+	if got := f.HS.Sends.Load(); got != want {
+		b.Fatalf("%d replies sent, want %d", got, want)
+	}
+}

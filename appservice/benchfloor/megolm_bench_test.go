@@ -1,0 +1,320 @@
+//go:build goolm
+
+package benchfloor_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/goolm/session"
+	"maunium.net/go/mautrix/crypto/olm"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"opsbot/appservice/benchfloor"
+	"opsbot/appservice/pipeline"
+	"opsbot/appservice/store"
+	"opsbot/appservice/store/storetest"
+)
+
+// sessionMessages is how many messages a sender encrypts with one Megolm
+// session before rotating (the usual client default, and the inbound
+// session's max_messages): every benchmark decrypts message indexes 0-99.
+const sessionMessages = 100
+
+const (
+	senderDevice = id.DeviceID("ALICEPHONE")
+	botDevice    = id.DeviceID("OPSBOTBENCHDEV")
+	pickleKey    = "pickle-key-for-benchmarks-0123456789"
+)
+
+// megolmPlaintext is what the sender encrypts: the same message content as
+// the plaintext benchmarks.
+func megolmPlaintext(room string) []byte {
+	return []byte(fmt.Sprintf(`{"room_id":"%s","type":"m.room.message","content":%s}`, room, benchfloor.Content))
+}
+
+// sender is a person's device encrypting into the benchmark rooms, one
+// outbound Megolm session per room, rotated every sessionMessages messages.
+type sender struct {
+	signingKey  id.Ed25519
+	identityKey id.Curve25519
+	rooms       map[string]*roomSession
+	// onSession, if set, gets each new session's key, as a room key
+	// arriving by to-device message would give it to the bot.
+	onSession func(room string, out olm.OutboundGroupSession)
+}
+
+type roomSession struct {
+	out  olm.OutboundGroupSession
+	sent int
+}
+
+func newSender(b *testing.B) *sender {
+	acc, err := olm.NewAccount()
+	if err != nil {
+		b.Fatal(err)
+	}
+	signing, identity, err := acc.IdentityKeys()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &sender{signingKey: signing, identityKey: identity, rooms: map[string]*roomSession{}}
+}
+
+func (s *sender) session(b *testing.B, room string) olm.OutboundGroupSession {
+	rs := s.rooms[room]
+	if rs == nil || rs.sent == sessionMessages {
+		out, err := olm.NewOutboundGroupSession()
+		if err != nil {
+			b.Fatal(err)
+		}
+		rs = &roomSession{out: out}
+		s.rooms[room] = rs
+		if s.onSession != nil {
+			s.onSession(room, out)
+		}
+	}
+	rs.sent++
+	return rs.out
+}
+
+// encryptedEvent returns the JSON of event i of transaction n, encrypted.
+func (s *sender) encryptedEvent(b *testing.B, run string, n, i int) []byte {
+	room := benchfloor.RoomID(i)
+	out := s.session(b, room)
+	ciphertext, err := out.Encrypt(megolmPlaintext(room))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return fmt.Appendf(nil, `{"content":{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"%s","device_id":"%s","sender_key":"%s","session_id":"%s"},"event_id":"%s","origin_server_ts":%d,"room_id":"%s","sender":"%s","type":"m.room.encrypted","unsigned":{"age":42,"membership":"join"}}`,
+		ciphertext, senderDevice, s.identityKey, out.ID(), benchfloor.EventID(run, n, i),
+		1764150000000+int64(n)*benchfloor.EventsPerTxn+int64(i), room, benchfloor.Sender)
+}
+
+// newMachine is a bot's OlmMachine as appservice/e2ee sets it up: on the
+// SQL crypto store in opsbot's database (one account row per bot), or, with
+// db nil, on mautrix's memory store.
+func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto.OlmMachine {
+	ctx := context.Background()
+	log := logger()
+	client, err := mautrix.NewClient("http://127.0.0.1:1", benchfloor.Bot, benchfloor.ASToken)
+	if err != nil {
+		b.Fatal(err)
+	}
+	client.DeviceID = botDevice
+	var cs crypto.Store
+	if db != nil {
+		shared := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), "", "", []byte(pickleKey))
+		if err := shared.DB.Upgrade(ctx); err != nil {
+			b.Fatal(err)
+		}
+		sqlStore := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), benchfloor.Bot, "", []byte(pickleKey))
+		sqlStore.DeviceID = botDevice
+		client.Store = sqlStore
+		cs = sqlStore
+	} else {
+		cs = crypto.NewMemoryStore(nil)
+	}
+	mach := crypto.NewOlmMachine(client, &log, cs, ss)
+	mach.ShareKeysMinTrust = id.TrustStateCrossSignedTOFU
+	if err := mach.Load(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return mach
+}
+
+// receive gives the bot the sender's device and, for every new session,
+// the inbound session, as the to-device room key would.
+func receive(b *testing.B, mach *crypto.OlmMachine, s *sender) {
+	ctx := context.Background()
+	err := mach.CryptoStore.PutDevices(ctx, benchfloor.Sender, map[id.DeviceID]*id.Device{senderDevice: {
+		UserID: benchfloor.Sender, DeviceID: senderDevice, IdentityKey: s.identityKey, SigningKey: s.signingKey,
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.onSession = func(room string, out olm.OutboundGroupSession) {
+		igs, err := crypto.NewInboundGroupSession(s.identityKey, s.signingKey, id.RoomID(room), out.Key(),
+			7*24*time.Hour, sessionMessages, nil, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := mach.CryptoStore.PutGroupSession(ctx, igs); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMegolmDecrypt measures the cost of decrypting one Megolm room
+// event: the floor (goolm's inbound group session alone: ratchet, AES, MAC
+// and the Ed25519 signature check) and mautrix's OlmMachine.DecryptMegolmEvent
+// as opsbot calls it, on the memory store and on the SQL crypto store in
+// opsbot's SQLite and Postgres databases.
+func BenchmarkMegolmDecrypt(b *testing.B) {
+	b.Run("floor-goolm", benchGoolmFloor)
+	b.Run("machine-memory", func(b *testing.B) { benchMachine(b, "") })
+	for _, db := range storetest.Dialects {
+		b.Run("machine-"+db, func(b *testing.B) { benchMachine(b, db) })
+	}
+}
+
+func benchGoolmFloor(b *testing.B) {
+	const warm = sessionMessages
+	total := warm + b.N
+	type msg struct {
+		in         *session.MegolmInboundSession
+		ciphertext []byte
+	}
+	msgs := make([]msg, 0, total)
+	plaintext := megolmPlaintext(benchfloor.RoomID(0))
+	for len(msgs) < total {
+		out, err := session.NewMegolmOutboundSession()
+		if err != nil {
+			b.Fatal(err)
+		}
+		in, err := session.NewMegolmInboundSession([]byte(out.Key()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range min(sessionMessages, total-len(msgs)) {
+			ct, err := out.Encrypt(plaintext)
+			if err != nil {
+				b.Fatal(err)
+			}
+			msgs = append(msgs, msg{in, ct})
+		}
+	}
+	decrypt := func(m msg) int {
+		pt, _, err := m.in.Decrypt(m.ciphertext)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return len(pt)
+	}
+	n := 0
+	for _, m := range msgs[:warm] {
+		n += decrypt(m)
+	}
+	b.ResetTimer()
+	cpu0 := benchfloor.CPUTime()
+	start := time.Now()
+	for _, m := range msgs[warm:] {
+		n += decrypt(m)
+	}
+	reportPerEvent(b, time.Since(start), benchfloor.CPUTime()-cpu0)
+	if n != total*len(plaintext) {
+		b.Fatalf("decrypted %d bytes, want %d", n, total*len(plaintext))
+	}
+}
+
+func reportPerEvent(b *testing.B, elapsed, cpu time.Duration) {
+	b.StopTimer()
+	benchfloor.Report(b, "us/event", float64(elapsed.Nanoseconds())/1e3/float64(b.N))
+	benchfloor.Report(b, "cpu-us/event", float64(cpu.Nanoseconds())/1e3/float64(b.N))
+}
+
+func benchMachine(b *testing.B, dbType string) {
+	ctx := context.Background()
+	var mach *crypto.OlmMachine
+	if dbType == "" {
+		mach = newMachine(b, nil, mautrix.NewMemoryStateStore().(crypto.StateStore))
+	} else {
+		st, _ := openStore(b, dbType)
+		ss := sqlstatestore.NewSQLStateStore(st.DB, nil, false)
+		if err := ss.Upgrade(ctx); err != nil {
+			b.Fatal(err)
+		}
+		mach = newMachine(b, st.DB, ss)
+	}
+	s := newSender(b)
+	receive(b, mach, s)
+	run := benchfloor.NewRun()
+	const warm = 2 * benchfloor.EventsPerTxn
+	total := warm + b.N
+	evts := make([]*event.Event, total)
+	for k := range evts {
+		n, i := k/benchfloor.EventsPerTxn, k%benchfloor.EventsPerTxn
+		evt, _, err := pipeline.Parse(store.InboxEvent{Kind: store.KindPDU, Payload: s.encryptedEvent(b, run, n, i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		evts[k] = evt
+	}
+	decrypt := func(evt *event.Event) {
+		dec, err := mach.DecryptMegolmEvent(ctx, evt)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if msg, ok := dec.Content.Parsed.(*event.MessageEventContent); !ok || msg.MsgType != event.MsgText {
+			b.Fatalf("decrypted %T, not a text message", dec.Content.Parsed)
+		}
+	}
+	for _, evt := range evts[:warm] {
+		decrypt(evt)
+	}
+	b.ResetTimer()
+	cpu0 := benchfloor.CPUTime()
+	start := time.Now()
+	for _, evt := range evts[warm:] {
+		decrypt(evt)
+	}
+	reportPerEvent(b, time.Since(start), benchfloor.CPUTime()-cpu0)
+}
+
+// BenchmarkEncryptedIntake is BenchmarkIntake's full pipeline with every
+// event encrypted: the bot's OlmMachine (SQL crypto store in opsbot's
+// database) decrypts each event before the skills engine sees it. The
+// replies go out unencrypted (the stub room is not marked encrypted), so
+// this measures encrypted intake, not reply encryption; at c=1 also with a
+// skill that matches every message but does not answer.
+func BenchmarkEncryptedIntake(b *testing.B) {
+	for _, c := range []int{1, 4} {
+		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {
+			for _, db := range storetest.Dialects {
+				b.Run("full-encrypted-"+db, func(b *testing.B) { benchEncryptedFull(b, c, db, true) })
+			}
+			if c == 1 {
+				for _, db := range storetest.Dialects {
+					b.Run("noreply-encrypted-"+db, func(b *testing.B) { benchEncryptedFull(b, c, db, false) })
+				}
+			}
+		})
+	}
+}
+
+func benchEncryptedFull(b *testing.B, concurrency int, dbType string, reply bool) {
+	run := benchfloor.NewRun()
+	total := warmup + b.N
+	var mach *crypto.OlmMachine
+	bodies := make([][]byte, total)
+	prepare := func(f *fullOpsbot) {
+		mach = newMachine(b, f.Store.DB, f.State)
+		s := newSender(b)
+		receive(b, mach, s)
+		events := make([][]byte, benchfloor.EventsPerTxn)
+		for n := range bodies {
+			for i := range events {
+				events[i] = s.encryptedEvent(b, run, n, i)
+			}
+			bodies[n] = benchfloor.Transaction(events)
+		}
+	}
+	decrypt := func(ctx context.Context, evt *event.Event) (*event.Event, error) {
+		return mach.DecryptMegolmEvent(ctx, evt)
+	}
+	f := newFullOpsbot(b, dbType, run, total, reply, prepare, decrypt)
+	b.SetBytes(int64(len(bodies[0])))
+	benchfloor.Drive(b, benchfloor.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
+		Body: func(n int, _ []byte) []byte { return bodies[n] }, Done: f.Tracker.Done, Extra: f.Probes})
+	if err := f.Tracker.Check(); err != nil {
+		b.Fatal(err)
+	}
+	checkReplies(b, f, total, reply)
+}
