@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +35,6 @@ import (
 	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
-	"opsbot/appservice/policy"
 	"opsbot/appservice/statememory"
 	"opsbot/appservice/store"
 	"opsbot/skills"
@@ -75,127 +73,6 @@ type Service struct {
 	reloadMu      sync.Mutex
 	stopSchedules context.CancelFunc
 	workCtx       context.Context
-}
-
-// Engine returns the skills engine in use.
-func (s *Service) Engine() *skills.Engine { return s.engine.Load() }
-
-// buildEngine sets up the skills of a config: bots' skill lists, skill
-// sections, permissions and rate limits.
-func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
-	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
-		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
-	})
-	specs := make([]skills.BotSpec, len(cfg.Bots))
-	for i, b := range cfg.Bots {
-		specs[i] = skills.BotSpec{ID: id.NewUserID(b.Localpart, cfg.Homeserver.Domain), Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
-	}
-	return skills.NewEngine(skills.Options{
-		Sender:    s.Outbox,
-		Media:     s.Outbox,
-		Rooms:     roomActions{s.Outbox, s},
-		Schedules: s.Store,
-		Allow:     pol.Allow,
-		Limit:     pol.Limit,
-		Memory:    s.memory,
-		Log:       s.Log.With().Str("component", "skills").Logger(),
-		Decode:    config.DecodeStrict,
-		Observe:   s.Metrics.ObserveSkill,
-	}, s.skillsFor(cfg), cfg.Skills, specs)
-}
-
-// Reload re-reads the config file and swaps in skills set up from it,
-// without dropping transactions: events in flight finish on the old skills,
-// later ones use the new. Only skill-related keys may change (skills,
-// external_skills, bots[].skills and command_prefix, permissions.skills,
-// rate_limit and admins); anything else needs a restart and is refused.
-func (s *Service) Reload(ctx context.Context) (string, error) {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	cfg, err := config.Load(s.ConfigPath)
-	if err != nil {
-		return "", err
-	}
-	if cfg.Homeserver.Address == "" { // discovered through .well-known at start
-		cfg.Homeserver.Address = s.Cfg.Homeserver.Address
-	}
-	if what := restartNeeded(s.Cfg, cfg); what != "" {
-		return "", fmt.Errorf("%s changed: that needs a restart; nothing was reloaded", what)
-	}
-	engine, err := s.buildEngine(cfg)
-	if err != nil {
-		return "", fmt.Errorf("the new skill configuration does not start, keeping the old one: %w", err)
-	}
-	s.engine.Store(engine)
-	s.Cfg.Skills, s.Cfg.ExternalSkills, s.Cfg.Permissions = cfg.Skills, cfg.ExternalSkills, cfg.Permissions
-	for i := range s.Cfg.Bots {
-		s.Cfg.Bots[i].Skills, s.Cfg.Bots[i].CommandPrefix = cfg.Bots[i].Skills, cfg.Bots[i].CommandPrefix
-	}
-	if s.stopSchedules != nil {
-		s.stopSchedules()
-		s.startSchedules(engine)
-	}
-	s.Log.Info().Str("bots", s.Bots.Describe()).Msg("Reloaded the skill configuration")
-	return "Reloaded: " + s.Bots.Describe(), nil
-}
-
-// startSchedules runs an engine's cron jobs until the next reload or stop.
-func (s *Service) startSchedules(e *skills.Engine) {
-	ctx, cancel := context.WithCancel(s.workCtx)
-	s.stopSchedules = cancel
-	e.RunSchedules(ctx)
-}
-
-// restartNeeded names the first changed key that Reload cannot apply.
-func restartNeeded(old, new *config.Config) string {
-	switch {
-	case fmt.Sprint(old.Homeserver) != fmt.Sprint(new.Homeserver):
-		return "homeserver"
-	case fmt.Sprint(old.AppService) != fmt.Sprint(new.AppService):
-		return "appservice"
-	case fmt.Sprint(old.Database) != fmt.Sprint(new.Database):
-		return "database"
-	case fmt.Sprint(old.Encryption.Enabled, old.Encryption.Mode, old.Encryption.PickleKey, old.Encryption.Trust) !=
-		fmt.Sprint(new.Encryption.Enabled, new.Encryption.Mode, new.Encryption.PickleKey, new.Encryption.Trust):
-		return "encryption"
-	case fmt.Sprint(old.Memory) != fmt.Sprint(new.Memory):
-		return "memory"
-	case *old.Rooms.LeaveUpgraded != *new.Rooms.LeaveUpgraded: // both set by applyDefaults
-		return "rooms"
-	case fmt.Sprint(old.Metrics, old.Logging) != fmt.Sprint(new.Metrics, new.Logging):
-		return "metrics or logging"
-	case fmt.Sprint(old.Permissions.Invite) != fmt.Sprint(new.Permissions.Invite):
-		return "permissions.invite"
-	case len(old.Bots) != len(new.Bots):
-		return "the list of bots"
-	}
-	for i := range old.Bots {
-		o, n := old.Bots[i], new.Bots[i]
-		if o.Localpart != n.Localpart || o.Displayname != n.Displayname || o.Avatar != n.Avatar {
-			return fmt.Sprintf("bots[%d] (only skills and command_prefix reload)", i)
-		}
-	}
-	return ""
-}
-
-// Status is a short report for admins (the admin skill's !status).
-func (s *Service) Status(ctx context.Context) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s, up %s\n", s.version, time.Since(s.started).Round(time.Second))
-	fmt.Fprintf(&b, "leader: %v, inbox backlog: %d\n", s.active.Load(), s.Pipeline.Backlog())
-	if s.E2EE != nil {
-		fmt.Fprintf(&b, "encryption: on, key delivery %s, %d bot devices\n", s.E2EE.Mode(), len(s.E2EE.Bots()))
-	} else {
-		b.WriteString("encryption: off\n")
-	}
-	for _, bot := range s.Bots.IDs() {
-		rooms := 0
-		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
-			rooms = len(resp.JoinedRooms)
-		}
-		fmt.Fprintf(&b, "%s: %d rooms\n", bot, rooms)
-	}
-	return strings.TrimRight(b.String(), "\n")
 }
 
 // New builds a service without touching the network or the database, so
@@ -675,40 +552,6 @@ func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]m
 			s.E2EE.HandleDeviceInfo(lists, otks)
 		}
 	}
-}
-
-// roomActions are the outbox's room actions plus fetching earlier events,
-// which needs decryption.
-type roomActions struct {
-	*outbox.Outbox
-	s *Service
-}
-
-// Fetch gets an earlier event of the room as bot, decrypted if it was
-// encrypted, with its content parsed.
-func (r roomActions) Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error) {
-	evt, err := r.s.AS.Intent(bot).Client.GetEvent(ctx, room, eventID)
-	if err != nil {
-		return nil, err
-	}
-	evt.RoomID = room
-	if evt.StateKey != nil {
-		evt.Type.Class = event.StateEventType
-	} else {
-		evt.Type.Class = event.MessageEventType
-	}
-	_ = evt.Content.ParseRaw(evt.Type)
-	if evt.Type == event.EventEncrypted {
-		if r.s.E2EE == nil {
-			return nil, errors.New("the event is encrypted and encryption is off")
-		}
-		decrypted, _, err := r.s.E2EE.Decrypt(ctx, evt, []id.UserID{bot})
-		if err != nil {
-			return nil, err
-		}
-		return decrypted, nil
-	}
-	return evt, nil
 }
 
 // handleSyncedEphemeral takes typing notifications and receipts from a bot
