@@ -3,6 +3,7 @@ package skills
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -37,21 +38,12 @@ func (e *Engine) RunSchedules(ctx context.Context) {
 func (e *Engine) cronOwner(rt *route) id.UserID {
 	for _, b := range e.orderedBots() {
 		for _, name := range b.Skills {
-			if name == rt.skill && (len(rt.opts.bots) == 0 || contains(rt.opts.bots, b.ID)) {
+			if name == rt.skill && (len(rt.opts.bots) == 0 || slices.Contains(rt.opts.bots, b.ID)) {
 				return b.ID
 			}
 		}
 	}
 	return ""
-}
-
-func contains[T comparable](list []T, v T) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func (e *Engine) cronLoop(ctx context.Context, b *BotSpec, rt *route, key string) {

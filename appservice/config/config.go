@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -450,18 +451,12 @@ func (c *Config) Validate() error {
 		bad("appservice.sender_localpart", "%q is not a valid localpart", c.AppService.SenderLocalpart)
 	}
 	for i, u := range c.Permissions.Admins {
-		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+		if !isUserID(u) {
 			bad(fmt.Sprintf("permissions.admins[%d]", i), "%q is not a user ID like @alice:example.org", u)
 		}
 	}
 	for name, p := range c.Permissions.Skills {
-		found := false
-		for _, b := range c.Bots {
-			for _, s := range b.Skills {
-				found = found || s == name
-			}
-		}
-		if !found {
+		if !c.botRuns(name) {
 			bad("permissions.skills."+name, "no bot runs a skill named %q", name)
 		}
 		if p.MinPowerLevel < 0 || p.MinPowerLevel > 100 {
@@ -472,7 +467,7 @@ func (c *Config) Validate() error {
 		bad("permissions.rate_limit", "limits must not be negative")
 	}
 	for i, u := range c.Permissions.Invite.Users {
-		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+		if !isUserID(u) {
 			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
 		}
 	}
@@ -499,13 +494,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, skill := range c.Memory.InRoomState {
-		found := false
-		for _, b := range c.Bots {
-			for _, s := range b.Skills {
-				found = found || s == skill
-			}
-		}
-		if !found {
+		if !c.botRuns(skill) {
 			bad(fmt.Sprintf("memory.in_room_state[%d]", i), "no bot runs a skill named %q", skill)
 		}
 	}
@@ -527,6 +516,20 @@ func (c *Config) Validate() error {
 		bad("logging.format", "%q is not one of json, pretty", c.Logging.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// isUserID is a light check for "@local:server", enough to catch a missing
+// "@" or server in config lists.
+func isUserID(u string) bool { return strings.HasPrefix(u, "@") && strings.Contains(u, ":") }
+
+// botRuns reports whether any bot lists the skill.
+func (c *Config) botRuns(skill string) bool {
+	for _, b := range c.Bots {
+		if slices.Contains(b.Skills, skill) {
+			return true
+		}
+	}
+	return false
 }
 
 func checkHTTPURL(s string) error {
