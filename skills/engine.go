@@ -67,6 +67,7 @@ type Engine struct {
 	routes   map[string][]*route // by skill name
 	bots     map[id.UserID]*BotSpec
 	botOrder []*BotSpec
+	byBot    map[id.UserID][]*route
 }
 
 // NewEngine sets up the given skills for the given bots. Every skill named by
@@ -133,32 +134,29 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 		e.skills[name] = s
 		e.routes[name] = r.routes
 	}
-	// Two skills of one bot must not claim the same command word.
-	for _, b := range e.bots {
-		owner := map[string]string{}
+	e.byBot = map[id.UserID][]*route{}
+	for _, b := range e.botOrder {
 		for _, name := range b.Skills {
-			for _, rt := range e.routes[name] {
-				if rt.kind != kindCommand {
-					continue
-				}
-				if prev, ok := owner[rt.command.name]; ok && prev != name {
-					return nil, fmt.Errorf("%s: skills %s and %s both define the command %q", b.ConfigKey, prev, name, rt.command.name)
-				}
-				owner[rt.command.name] = name
+			e.byBot[b.ID] = append(e.byBot[b.ID], e.routes[name]...)
+		}
+		// Two skills of one bot must not claim the same command word.
+		owner := map[string]string{}
+		for _, rt := range e.byBot[b.ID] {
+			if rt.kind != kindCommand {
+				continue
 			}
+			if prev, ok := owner[rt.command.name]; ok && prev != rt.skill {
+				return nil, fmt.Errorf("%s: skills %s and %s both define the command %q", b.ConfigKey, prev, rt.skill, rt.command.name)
+			}
+			owner[rt.command.name] = rt.skill
 		}
 	}
 	return e, nil
 }
 
-// botRoutes returns the routes of a bot's skills, in the order of its skill list.
-func (e *Engine) botRoutes(b *BotSpec) []*route {
-	var out []*route
-	for _, name := range b.Skills {
-		out = append(out, e.routes[name]...)
-	}
-	return out
-}
+// botRoutes returns the routes of a bot's skills, in the order of its skill
+// list (computed once in NewEngine: every event walks them).
+func (e *Engine) botRoutes(b *BotSpec) []*route { return e.byBot[b.ID] }
 
 // CommandsFor lists the commands a bot answers, in skill order.
 func (e *Engine) CommandsFor(bot id.UserID) []CommandHelp {
