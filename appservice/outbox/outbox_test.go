@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -219,5 +220,37 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	}
 	if puts != 2 || gets != 2 {
 		t.Fatalf("puts=%d gets=%d, want 2 and 2", puts, gets)
+	}
+}
+
+func TestMarkerKeepsContent(t *testing.T) {
+	bodies := make(chan map[string]any, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&m)
+		bodies <- m
+		fmt.Fprint(w, `{"event_id":"$x"}`)
+	}))
+	defer srv.Close()
+	as, _ := mas.CreateFull(mas.CreateOpts{Registration: &mas.Registration{AppToken: "as", ServerToken: "hs", SenderLocalpart: "opsbot"},
+		HomeserverDomain: "example.org", HomeserverURL: srv.URL})
+	ctx := context.Background()
+	_ = as.StateStore.MarkRegistered(ctx, bot)
+	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
+	o := outbox.New(as, zerolog.Nop())
+	for _, content := range []any{&event.MessageEventContent{MsgType: event.MsgNotice, Body: "pong"}, map[string]any{}} {
+		if _, err := o.Send(ctx, bot, room, event.EventMessage, content, "opsbot.t1"); err != nil {
+			t.Fatal(err)
+		}
+		got := <-bodies
+		if got[outbox.TxnMarker] != "opsbot.t1" {
+			t.Fatalf("marker missing: %v", got)
+		}
+		if _, isMsg := content.(*event.MessageEventContent); isMsg && (got["body"] != "pong" || got["msgtype"] != "m.notice") {
+			t.Fatalf("content changed: %v", got)
+		}
+	}
+	if _, err := o.Send(ctx, bot, room, event.EventMessage, []int{1}, "t"); err == nil || !strings.Contains(err.Error(), "not a JSON object") {
+		t.Fatalf("non-object content: %v", err)
 	}
 }

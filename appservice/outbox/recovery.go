@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -31,18 +32,33 @@ func recovering(ctx context.Context) bool {
 	return v
 }
 
-// withMarker returns content as a JSON object with the transaction marker.
-func withMarker(content any, txnID string) (map[string]any, error) {
+// withMarker returns content as a JSON object with the transaction marker,
+// added to the encoded object rather than decoded and encoded again (this
+// runs for every message the bots send).
+func withMarker(content any, txnID string) (json.RawMessage, error) {
 	data, err := json.Marshal(content)
 	if err != nil {
 		return nil, err
 	}
-	var m map[string]any
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("content is not a JSON object: %w", err)
+	data = bytes.TrimSpace(data)
+	if len(data) < 2 || data[0] != '{' || data[len(data)-1] != '}' {
+		return nil, fmt.Errorf("content is not a JSON object: %.40s", data)
 	}
-	m[TxnMarker] = txnID
-	return m, nil
+	marker, err := json.Marshal(txnID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(data)+len(TxnMarker)+len(marker)+4)
+	out = append(out, data[:len(data)-1]...)
+	if len(bytes.TrimSpace(data[1:len(data)-1])) > 0 {
+		out = append(out, ',')
+	}
+	out = append(out, '"')
+	out = append(out, TxnMarker...)
+	out = append(out, '"', ':')
+	out = append(out, marker...)
+	out = append(out, '}')
+	return out, nil
 }
 
 // alreadySent looks through the room's recent history for a message the
