@@ -6,6 +6,7 @@ package appservice
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,23 +88,28 @@ func (s *Service) startSchedules(e *skills.Engine) {
 
 // restartNeeded names the first changed key that Reload cannot apply.
 func restartNeeded(old, new *config.Config) string {
+	type cryptoKeys struct {
+		enabled          bool
+		mode, key, trust string
+	}
 	switch {
-	case fmt.Sprint(old.Homeserver) != fmt.Sprint(new.Homeserver):
+	case old.Homeserver != new.Homeserver:
 		return "homeserver"
-	case fmt.Sprint(old.AppService) != fmt.Sprint(new.AppService):
+	case old.AppService != new.AppService:
 		return "appservice"
-	case fmt.Sprint(old.Database) != fmt.Sprint(new.Database):
+	case old.Database != new.Database:
 		return "database"
-	case fmt.Sprint(old.Encryption.Enabled, old.Encryption.Mode, old.Encryption.PickleKey, old.Encryption.Trust) !=
-		fmt.Sprint(new.Encryption.Enabled, new.Encryption.Mode, new.Encryption.PickleKey, new.Encryption.Trust):
+	case cryptoKeys{old.Encryption.Enabled, old.Encryption.Mode, old.Encryption.PickleKey, old.Encryption.Trust} !=
+		cryptoKeys{new.Encryption.Enabled, new.Encryption.Mode, new.Encryption.PickleKey, new.Encryption.Trust}:
 		return "encryption"
-	case fmt.Sprint(old.Memory) != fmt.Sprint(new.Memory):
+	case !slices.Equal(old.Memory.InRoomState, new.Memory.InRoomState):
 		return "memory"
 	case *old.Rooms.LeaveUpgraded != *new.Rooms.LeaveUpgraded: // both set by applyDefaults
 		return "rooms"
-	case fmt.Sprint(old.Metrics, old.Logging) != fmt.Sprint(new.Metrics, new.Logging):
+	case old.Metrics != new.Metrics || old.Logging != new.Logging:
 		return "metrics or logging"
-	case fmt.Sprint(old.Permissions.Invite) != fmt.Sprint(new.Permissions.Invite):
+	case !slices.Equal(old.Permissions.Invite.Users, new.Permissions.Invite.Users) ||
+		!slices.Equal(old.Permissions.Invite.Servers, new.Permissions.Invite.Servers):
 		return "permissions.invite"
 	case len(old.Bots) != len(new.Bots):
 		return "the list of bots"
