@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -24,6 +23,7 @@ import (
 	"opsbot/appservice/config"
 	"opsbot/integration/harness"
 	"opsbot/integration/peers"
+	"opsbot/skills/skilltest"
 )
 
 const weatherJSBot = "@weatherjs:localhost"
@@ -209,16 +209,14 @@ func startExample(t *testing.T, interpreter, script, secret string, secretFlag b
 	} else {
 		cmd.Env = append(cmd.Env, "WEATHER_SKILL_SECRET="+secret)
 	}
-	var mu sync.Mutex
-	var out bytes.Buffer
-	cmd.Stdout = lockedWriter{&mu, &out}
-	cmd.Stderr = lockedWriter{&mu, &out}
+	out := &harness.LockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", script, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	output := out.String
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -258,15 +256,7 @@ func sign(secret, body string) string {
 
 func postSigned(t *testing.T, url, body, signature string) int {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Opsbot-Signature", signature)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return skilltest.Post(t, url, body, map[string]string{"Content-Type": "application/json", "X-Opsbot-Signature": signature})
 }
 
 // externalRequest is the part of the protocol's request the test checks

@@ -62,7 +62,7 @@ type Opsbot struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *harness.LockedBuffer
 	done chan struct{}
 }
 
@@ -177,7 +177,7 @@ logging:
 }
 
 func newOpsbot(t *testing.T, dir, cfgPath string, cfg *config.Config, port, metricsPort int) *Opsbot {
-	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{},
+	ob := &Opsbot{t: t, Dir: dir, CfgPath: cfgPath, Cfg: cfg, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &harness.LockedBuffer{},
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)}
 	t.Cleanup(func() {
 		ob.Stop()
@@ -249,8 +249,8 @@ func (o *Opsbot) start(probe string) {
 	o.t.Helper()
 	o.mu.Lock()
 	cmd := exec.Command(opsbotBinary(o.t), "-c", o.CfgPath)
-	cmd.Stdout = lockedWriter{&o.mu, o.log}
-	cmd.Stderr = lockedWriter{&o.mu, o.log}
+	cmd.Stdout = o.log
+	cmd.Stderr = o.log
 	if err := cmd.Start(); err != nil {
 		o.mu.Unlock()
 		o.t.Fatal(err)
@@ -306,8 +306,6 @@ func (o *Opsbot) signal(sig syscall.Signal) {
 
 // Log returns everything opsbot has logged so far.
 func (o *Opsbot) Log() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	return o.log.String()
 }
 
@@ -381,15 +379,4 @@ func (o *Opsbot) PutTransaction(t testing.TB, txnID, body string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }

@@ -4,13 +4,13 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"opsbot/integration/harness"
+	"opsbot/skills/skilltest"
 )
 
 const (
@@ -118,20 +118,11 @@ func testRemind(t *testing.T, w *world, alice *harness.User, room string) {
 
 func postWebhook(t *testing.T, url, body string, hdr map[string]string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
+	headers := map[string]string{"Content-Type": "application/json"}
 	for k, v := range hdr {
-		req.Header.Set(k, v)
+		headers[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return skilltest.Post(t, url, body, headers)
 }
 
 func alertGroup(status string) string {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -194,17 +192,15 @@ func TestWellKnownMissing(t *testing.T) {
 
 	// Running, opsbot keeps looking (the homeserver may come later), says
 	// why, and stops cleanly when told to.
-	var mu sync.Mutex
-	var logBuf bytes.Buffer
+	logBuf := &harness.LockedBuffer{}
 	cmd := exec.Command(opsbotBinary(t), "-c", bot.CfgPath)
-	cmd.Stdout = lockedWriter{&mu, &logBuf}
-	cmd.Stderr = lockedWriter{&mu, &logBuf}
+	cmd.Stdout, cmd.Stderr = logBuf, logBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	logged := func() string { mu.Lock(); defer mu.Unlock(); return logBuf.String() }
+	logged := logBuf.String
 	deadline := time.Now().Add(wait)
 	for !strings.Contains(logged(), "Homeserver not found through .well-known yet") {
 		if time.Now().After(deadline) {

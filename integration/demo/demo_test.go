@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,7 +61,7 @@ func TestDemo(t *testing.T) {
 // runDemo runs the demo until it is ready, then stops it as Ctrl-C would.
 func runDemo(t *testing.T, opts options) ready {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &harness.LockedBuffer{}
 	opts.Out = out
 	readyc := make(chan ready, 1)
 	opts.OnReady = func(r ready) { readyc <- r }
@@ -207,21 +206,4 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -34,6 +34,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"opsbot/integration/harness"
 )
 
 // Peer is one logged-in device of a person, driven over the protocol.
@@ -47,7 +49,7 @@ type Peer struct {
 	stdin  io.WriteCloser
 	lines  chan string
 	mu     sync.Mutex
-	stderr *lockedBuffer
+	stderr *harness.LockedBuffer
 	done   chan struct{}
 }
 
@@ -71,7 +73,7 @@ type File struct {
 // start runs a peer process; the login happens in Login.
 func start(t testing.TB, name string, cmd *exec.Cmd) *Peer {
 	t.Helper()
-	p := &Peer{Name: name, t: t, cmd: cmd, lines: make(chan string, 16), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &Peer{Name: name, t: t, cmd: cmd, lines: make(chan string, 16), stderr: &harness.LockedBuffer{}, done: make(chan struct{})}
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -241,23 +243,6 @@ func (p *Peer) IsEncrypted(room string) bool {
 	}
 	p.Do(map[string]any{"cmd": "is_encrypted", "room_id": room}, &out)
 	return out.Encrypted
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func tail(s string, n int) string {
