@@ -177,7 +177,12 @@ func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	if evt.Type == event.StateMember {
 		s.Bots.HandleMember(ctx, evt) // before RoomBots: an invite makes a bot join
 	}
-	roomBots := s.Bots.RoomBots(ctx, evt.RoomID)
+	s.handleInRoom(ctx, evt, s.Bots.RoomBots(ctx, evt.RoomID))
+}
+
+// handleInRoom runs opsbot's own handling, then the skills, for an event of
+// a room that roomBots (our bots joined to it) are in.
+func (s *Service) handleInRoom(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
 	if len(roomBots) == 0 {
 		return
 	}
@@ -558,11 +563,12 @@ func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]m
 // device's /sync (sync mode). Every bot in a room receives them; only the
 // first bot's copy is handled.
 func (s *Service) handleSyncedEphemeral(ctx context.Context, bot id.UserID, evt *event.Event) {
-	if bots := s.Bots.RoomBots(ctx, evt.RoomID); len(bots) == 0 || bots[0] != bot {
+	bots := s.Bots.RoomBots(ctx, evt.RoomID)
+	if len(bots) == 0 || bots[0] != bot {
 		return
 	}
 	start := time.Now()
-	s.HandleEvent(ctx, evt)
+	s.handleInRoom(ctx, evt, bots)
 	s.Metrics.ObserveEvent(evt.Type.Type, time.Since(start))
 	s.Log.Debug().Str("component", "pipeline").Stringer("room_id", evt.RoomID).Str("type", evt.Type.Type).Msg("Handled ephemeral event from /sync")
 }
