@@ -266,12 +266,34 @@ func (s *Skill) add(ctx context.Context, ev *skills.Event) error {
 		_, err := ev.Reply(ctx, fmt.Sprintf("A reminder can be at most %d characters.", s.settings.MaxLength))
 		return err
 	}
+	r := Reminder{ID: string(ev.ID), Bot: ev.Bot, Room: ev.RoomID, User: ev.Sender, Text: text,
+		Due: due.UTC(), Set: now.UTC(), Thread: threadOf(ev)}
+	return s.changeRoom(ctx, ev, func(e *roomEntry) (string, bool) {
+		e.Room = ev.RoomID
+		done := fmt.Sprintf("⏰ I will remind you in %s, at %s.", formatDuration(due.Sub(now)), s.formatTime(due))
+		// The same command handled again (after a crash) sets nothing new.
+		if slices.ContainsFunc(e.Reminders, func(x Reminder) bool { return x.ID == r.ID }) {
+			return done, false
+		}
+		if len(e.Reminders) >= s.settings.MaxPerRoom {
+			return fmt.Sprintf("This room already has %d pending reminders; cancel some first.", len(e.Reminders)), false
+		}
+		e.Reminders = append(e.Reminders, r)
+		sortByDue(e.Reminders)
+		if data, _ := json.Marshal(e); len(data) > maxStored {
+			return "This room's reminders are too long to store; cancel some first.", false
+		}
+		return done, true
+	})
+}
+
+// changeRoom changes the room's reminders under the lock, stores them if
+// change says so, and replies with what it returned.
+func (s *Skill) changeRoom(ctx context.Context, ev *skills.Event, change func(*roomEntry) (reply string, save bool)) error {
 	mem, err := s.memory(ev)
 	if err != nil {
 		return err
 	}
-	r := Reminder{ID: string(ev.ID), Bot: ev.Bot, Room: ev.RoomID, User: ev.Sender, Text: text,
-		Due: due.UTC(), Set: now.UTC(), Thread: threadOf(ev)}
 	key := memoryKey(ev.RoomID)
 	s.mu.Lock()
 	reply, err := func() (string, error) {
@@ -280,22 +302,13 @@ func (s *Skill) add(ctx context.Context, ev *skills.Event) error {
 		if err != nil {
 			return "", err
 		}
-		e.Room = ev.RoomID
-		// The same command handled again (after a crash) sets nothing new.
-		if !slices.ContainsFunc(e.Reminders, func(x Reminder) bool { return x.ID == r.ID }) {
-			if len(e.Reminders) >= s.settings.MaxPerRoom {
-				return fmt.Sprintf("This room already has %d pending reminders; cancel some first.", len(e.Reminders)), nil
-			}
-			e.Reminders = append(e.Reminders, r)
-			sortByDue(e.Reminders)
-			if data, _ := json.Marshal(e); len(data) > maxStored {
-				return "This room's reminders are too long to store; cancel some first.", nil
-			}
+		reply, save := change(&e)
+		if save {
 			if err := s.store(ctx, mem, key, e); err != nil {
 				return "", err
 			}
 		}
-		return fmt.Sprintf("⏰ I will remind you in %s, at %s.", formatDuration(due.Sub(now)), s.formatTime(due)), nil
+		return reply, nil
 	}()
 	if err != nil {
 		return err
@@ -337,34 +350,15 @@ func (s *Skill) list(ctx context.Context, ev *skills.Event) error {
 }
 
 func (s *Skill) cancel(ctx context.Context, ev *skills.Event) error {
-	mem, err := s.memory(ev)
-	if err != nil {
-		return err
-	}
-	key := memoryKey(ev.RoomID)
-	s.mu.Lock()
-	reply, err := func() (string, error) {
-		defer s.mu.Unlock()
-		e, err := s.load(ctx, mem, key)
-		if err != nil {
-			return "", err
-		}
+	return s.changeRoom(ctx, ev, func(e *roomEntry) (string, bool) {
 		n, err := strconv.Atoi(ev.Arg("n"))
 		if err != nil || n < 1 || n > len(e.Reminders) {
-			return fmt.Sprintf("There is no reminder %q; %sremind list shows their numbers.", ev.Arg("n"), prefix(ev)), nil
+			return fmt.Sprintf("There is no reminder %q; %sremind list shows their numbers.", ev.Arg("n"), prefix(ev)), false
 		}
 		gone := e.Reminders[n-1]
 		e.Reminders = slices.Delete(e.Reminders, n-1, n)
-		if err := s.store(ctx, mem, key, e); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("Cancelled reminder %d (%s): %s", n, s.formatTime(gone.Due), gone.Text), nil
-	}()
-	if err != nil {
-		return err
-	}
-	_, err = ev.Reply(ctx, reply)
-	return err
+		return fmt.Sprintf("Cancelled reminder %d (%s): %s", n, s.formatTime(gone.Due), gone.Text), true
+	})
 }
 
 // deliver is the cron job: it sends every due reminder and crosses it off.
