@@ -20,9 +20,7 @@ func joinedRoom(t *testing.T, alice *harness.User, bots ...string) string {
 	t.Helper()
 	room := alice.CreateRoom(t, harness.RoomOptions{Invite: bots})
 	for _, b := range bots {
-		alice.WaitForEvent(t, room, wait, harness.All(harness.OfType("m.room.member"), harness.From(b), func(e harness.Event) bool {
-			return e.Membership() == "join"
-		}))
+		botJoined(t, alice, room, b)
 	}
 	return room
 }
