@@ -18,6 +18,20 @@
 //	{"cmd":"is_encrypted","room_id":R}                                         -> {"encrypted"}
 //	{"cmd":"logout"}                                                           -> {}
 //
+// Cross-signing and interactive verification (js peer only; see verify.go):
+//
+//	{"cmd":"bootstrap_cross_signing","password":PW}                            -> {"master_key"}
+//	{"cmd":"device_trust","user_id":U,"device_id":D}                           -> {"known","signed_by_owner","cross_signing_verified","locally_verified","verified"}
+//	{"cmd":"user_trust","user_id":U}                                           -> {"has_master_key","cross_signing_verified","verified"}
+//	{"cmd":"verify_request","user_id":U,"device_id":D}                         -> {"transaction_id"} (to-device)
+//	{"cmd":"verify_request","user_id":U,"room_id":R}                           -> {"transaction_id"} (in-room)
+//	{"cmd":"verify_accept","timeout_ms":N}                                     -> {"transaction_id","from","from_device"}
+//	{"cmd":"verify_sas","start":bool,"timeout_ms":N}                           -> {"emojis":[[symbol,name]...],"decimals":[a,b,c]}
+//	{"cmd":"verify_confirm"}                                                   -> {}
+//	{"cmd":"verify_mismatch"}                                                  -> {}
+//	{"cmd":"verify_cancel"}                                                    -> {}
+//	{"cmd":"verify_wait_done","timeout_ms":N}                                  -> {"phase":"done"} or {"phase":"cancelled","code","reason","by"}
+//
 // A failed command answers {"error":"..."}. wait_message returns the next
 // message from sender in the room that the peer has not returned before, in
 // timeline order, decrypting it (retrying while its room key is late);

@@ -25,6 +25,14 @@
 //     our /sync has not brought the device-list change yet. (Element relies on
 //     /sync alone; this keeps tests free of that race.)
 //   - wait_file's "encrypted" means the event and the file both were.
+//   - Verification (the verify_* commands): one at a time per peer, its
+//     request, verifier and outcome kept below. Incoming requests are
+//     buffered from login on, so verify_accept finds one that came before it.
+//     verifier.verify() (which resolves only when the whole verification is
+//     done) runs in the background as soon as there is a verifier, so the
+//     other side's m.key.verification.start is accepted at once, before any
+//     verify_sas; verify_sas answers as soon as the SAS can be shown, and
+//     verify_wait_done waits for the end.
 
 import { Console } from "node:console";
 import { createHash, randomBytes, webcrypto } from "node:crypto";
@@ -72,6 +80,7 @@ let client = null; // the logged-in MatrixClient
 let myUserID = ""; // its user ID (kept after logout, for late events)
 let homeserver = ""; // base URL
 const encryptedRooms = new Set(); // rooms the crypto layer knows to be encrypted (that never changes back)
+let cryptoApi; // matrix-js-sdk/lib/crypto-api: VerificationPhase, VerifierEvent, CryptoEvent, ...
 
 // ---- the timeline buffer ---------------------------------------------------
 
@@ -314,6 +323,127 @@ async function sendContent(roomID, content) {
     return { event_id: res.event_id };
 }
 
+// ---- verification ------------------------------------------------------------
+
+// One verification at a time: the request (made by verify_request or taken
+// by verify_accept), its SAS verifier once there is one, the SAS callbacks
+// once the SAS can be shown, and how verifier.verify() ended (null while it
+// runs or before it is started).
+let vreq = null;
+let verifier = null;
+let sasCallbacks = null;
+let verifyOutcome = null; // {ok: true} | {error: Error}
+const incomingRequests = []; // requests received and not yet taken by verify_accept
+
+function onVerificationRequest(request) {
+    log(`verification request ${request.transactionId} from ${request.otherUserId}/${request.otherDeviceId ?? "(in room " + request.roomId + ")"}`);
+    incomingRequests.push(request);
+}
+
+function newVerification(request) {
+    vreq = request;
+    verifier = null;
+    sasCallbacks = null;
+    verifyOutcome = null;
+    request.on(cryptoApi.VerificationRequestEvent.Change, () => adoptVerifier(request));
+    adoptVerifier(request);
+}
+
+// adoptVerifier runs verifier.verify() in the background as soon as the
+// current request has a verifier: ours after we sent the start (then verify()
+// sends nothing), or the other side's when its start comes in (then verify()
+// sends our m.key.verification.accept at once, as Element does). So the side
+// that does not start needs no command to go on to the SAS, and the starter's
+// verify_sas can wait for the SAS on its own.
+function adoptVerifier(request) {
+    if (vreq !== request || verifier) return;
+    let v;
+    try {
+        v = request.verifier;
+    } catch (e) {
+        log(`verification ${request.transactionId}: no verifier yet: ${e?.message ?? e}`);
+        return;
+    }
+    if (!v) return;
+    verifier = v;
+    const id = request.transactionId;
+    log(`verification ${id}: ${request.initiatedByMe ? "we" : "they"} started ${request.chosenMethod}; running verify()`);
+    v.on(cryptoApi.VerifierEvent.ShowSas, (cb) => {
+        if (verifier === v) sasCallbacks = cb;
+    });
+    v.verify().then(
+        () => {
+            log(`verification ${id}: verify() resolved`);
+            if (verifier === v) verifyOutcome = { ok: true };
+        },
+        (e) => {
+            log(`verification ${id}: verify() rejected: ${e?.message ?? e}`);
+            if (verifier === v) verifyOutcome = { error: e };
+        },
+    );
+}
+
+function needVerification() {
+    needClient();
+    if (!vreq) throw new Error("no verification in progress (verify_request or verify_accept first)");
+}
+
+// cancelInfo describes a cancelled request: the code, the reason (from the
+// Rust request, which the SDK's interface leaves out; the SDK version is
+// pinned) and who cancelled.
+function cancelInfo(request) {
+    let reason = "";
+    try {
+        reason = request.inner?.cancelInfo?.reason() ?? "";
+    } catch {
+        // the Rust object may be gone; the code is what matters
+    }
+    if (!reason && verifyOutcome?.error) {
+        const m = /with code \S+: (.*)$/.exec(verifyOutcome.error.message ?? "");
+        if (m) reason = m[1];
+    }
+    return { code: request.cancellationCode ?? "", reason, by: request.cancellingUserId ?? "" };
+}
+
+function cancelledError(request) {
+    const c = cancelInfo(request);
+    return new Error(`verification ${request.transactionId} cancelled by ${c.by || "?"}: code ${c.code || "?"}, reason ${JSON.stringify(c.reason)}`);
+}
+
+function isCancelled(request) {
+    return request.phase === cryptoApi.VerificationPhase.Cancelled;
+}
+
+// until polls pred (which may throw to give up) every 50 ms until it returns
+// something truthy, and returns that; after timeoutMs it throws, naming what
+// (a string, or a function giving one).
+async function until(pred, timeoutMs, what) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        const v = await pred();
+        if (v) return v;
+        if (Date.now() > deadline) throw new Error(`${typeof what === "function" ? what() : what}: not within ${timeoutMs} ms`);
+        await sleep(50);
+    }
+}
+
+const phaseNames = { 1: "unsent", 2: "requested", 3: "ready", 4: "started", 5: "cancelled", 6: "done" };
+
+// freshKeys queries userID's devices and cross-signing keys again and waits
+// for the answer: the tracked users' (with sendContent's trick) and, if the
+// user is not tracked, that user's.
+async function freshKeys(userID) {
+    const crypto = client.getCrypto();
+    await crypto.markAllTrackedUsersAsDirty();
+    await crypto.outgoingRequestsManager.doProcessOutgoingRequests();
+    await crypto.getUserDeviceInfo([userID], true);
+}
+
+// serverKeys asks the server directly for userID's keys.
+async function serverKeys(userID) {
+    return await client.http.authedRequest("POST", "/keys/query", undefined, { device_keys: { [userID]: [] } });
+}
+
 // ---- commands --------------------------------------------------------------
 
 function needClient() {
@@ -324,7 +454,8 @@ const commands = {
     async login(req) {
         if (client) throw new Error("already logged in");
         sdk = await sdkPromise;
-        const { AllDevicesIsolationMode } = await cryptoApiPromise;
+        cryptoApi = await cryptoApiPromise;
+        const { AllDevicesIsolationMode } = cryptoApi;
         homeserver = req.homeserver.replace(/\/+$/, "");
         const tmp = sdk.createClient({ baseUrl: homeserver });
         const login = await tmp.loginRequest({
@@ -343,6 +474,7 @@ const commands = {
             deviceId: login.device_id,
         });
         client.on(sdk.RoomEvent.Timeline, onTimeline);
+        client.on(cryptoApi.CryptoEvent.VerificationRequestReceived, onVerificationRequest);
         client.on(sdk.MatrixEventEvent.Decrypted, (ev, err) => {
             if (err) log(`could not decrypt ${ev.getId()} in ${ev.getRoomId()}: ${ev.decryptionFailureReason ?? err}`);
             wake();
@@ -477,6 +609,176 @@ const commands = {
             if (Date.now() > deadline) throw new Error(`room ${req.room_id} did not come down /sync (joined or invited) within 30000 ms`);
             await sleep(50);
         }
+    },
+
+    async bootstrap_cross_signing(req) {
+        needClient();
+        const crypto = client.getCrypto();
+        await crypto.bootstrapCrossSigning({
+            setupNewCrossSigning: true,
+            // User-interactive auth for /keys/device_signing/upload: the
+            // password stage straight away (Dendrite takes it without a
+            // session), or again with the session the server handed out.
+            authUploadDeviceSigningKeys: async (makeRequest) => {
+                const auth = { type: "m.login.password", identifier: { type: "m.id.user", user: myUserID }, password: req.password };
+                try {
+                    await makeRequest(auth);
+                } catch (e) {
+                    const session = e?.data?.session;
+                    if (e?.httpStatus !== 401 || !session) throw e;
+                    await makeRequest({ ...auth, session });
+                }
+            },
+        });
+        // Answer once the server hands out the master key and this device's
+        // keys signed by the self-signing key.
+        const deviceID = client.getDeviceId();
+        return await until(async () => {
+            const res = await serverKeys(myUserID);
+            const master = res.master_keys?.[myUserID];
+            const ssk = res.self_signing_keys?.[myUserID];
+            const dev = res.device_keys?.[myUserID]?.[deviceID];
+            if (!master || !ssk || !dev) return null;
+            const sskID = Object.keys(ssk.keys ?? {})[0];
+            if (!sskID || !dev.signatures?.[myUserID]?.[sskID]) return null;
+            return { master_key: Object.values(master.keys ?? {})[0] ?? "" };
+        }, 30000, "cross-signing keys (and this device signed) on the server");
+    },
+
+    async device_trust(req) {
+        needClient();
+        await freshKeys(req.user_id);
+        const st = await client.getCrypto().getDeviceVerificationStatus(req.user_id, req.device_id);
+        if (!st) return { known: false, signed_by_owner: false, cross_signing_verified: false, locally_verified: false, verified: false };
+        return {
+            known: true,
+            signed_by_owner: st.signedByOwner,
+            cross_signing_verified: st.crossSigningVerified,
+            locally_verified: st.localVerified,
+            verified: st.isVerified(),
+        };
+    },
+
+    async user_trust(req) {
+        needClient();
+        const crypto = client.getCrypto();
+        await freshKeys(req.user_id);
+        const has = await crypto.userHasCrossSigningKeys(req.user_id, true);
+        const st = await crypto.getUserVerificationStatus(req.user_id);
+        return { has_master_key: has, cross_signing_verified: st.isCrossSigningVerified(), verified: st.isVerified() };
+    },
+
+    async verify_request(req) {
+        needClient();
+        const crypto = client.getCrypto();
+        await freshKeys(req.user_id);
+        let request;
+        if (req.room_id) {
+            await roomReady(req.room_id);
+            request = await crypto.requestVerificationDM(req.user_id, req.room_id);
+        } else if (req.device_id) {
+            request = await crypto.requestDeviceVerification(req.user_id, req.device_id);
+        } else {
+            throw new Error("verify_request needs device_id (to-device) or room_id (in-room)");
+        }
+        newVerification(request);
+        log(`verification ${request.transactionId} requested with ${req.user_id}/${req.device_id ?? "(in room " + req.room_id + ")"}`);
+        return { transaction_id: request.transactionId ?? "" };
+    },
+
+    async verify_accept(req) {
+        needClient();
+        const request = await until(() => {
+            while (incomingRequests.length) {
+                const r = incomingRequests.shift();
+                if (cryptoApi.canAcceptVerificationRequest(r)) return r;
+                log(`passing over verification request ${r.transactionId}: phase ${phaseNames[r.phase] ?? r.phase}`);
+            }
+            return null;
+        }, req.timeout_ms ?? 30000, "an incoming verification request");
+        // Know the other side's devices and identity before its start or MAC
+        // comes: the SAS is between two devices whose keys both must know.
+        await freshKeys(request.otherUserId);
+        await request.accept();
+        newVerification(request);
+        return { transaction_id: request.transactionId ?? "", from: request.otherUserId, from_device: request.otherDeviceId ?? "" };
+    },
+
+    async verify_sas(req) {
+        needVerification();
+        const { VerificationPhase } = cryptoApi;
+        const request = vreq;
+        const id = request.transactionId;
+        const deadline = Date.now() + (req.timeout_ms ?? 30000);
+        const left = () => Math.max(0, deadline - Date.now());
+        const notCancelled = () => {
+            if (isCancelled(request)) throw cancelledError(request);
+        };
+        if (req.start && !verifier) {
+            await until(() => (notCancelled(), request.phase >= VerificationPhase.Ready), left(), `verification ${id} ready`);
+            adoptVerifier(request);
+            if (verifier) {
+                log(`verification ${id}: the other side started first`);
+            } else if (request.phase === VerificationPhase.Ready) {
+                await request.startVerification("m.sas.v1");
+                adoptVerifier(request);
+            } else {
+                throw new Error(`verification ${id} is ${phaseNames[request.phase] ?? request.phase}, cannot start SAS`);
+            }
+        }
+        // Without start: wait for the other side's start (adoptVerifier
+        // answers it); either way, then wait for the SAS.
+        const cb = await until(() => {
+            adoptVerifier(request);
+            const c = sasCallbacks ?? verifier?.getShowSasCallbacks();
+            if (c) return c;
+            notCancelled();
+            if (verifyOutcome?.error) throw verifyOutcome.error;
+            return null;
+        }, left(), () => `verification ${id}: ${verifier ? "the SAS" : "the other side's m.key.verification.start"}`);
+        sasCallbacks = cb;
+        return { emojis: cb.sas.emoji ?? [], decimals: cb.sas.decimal ?? [] };
+    },
+
+    async verify_confirm() {
+        needVerification();
+        if (!sasCallbacks) throw new Error("no SAS to confirm (verify_sas first)");
+        const id = vreq.transactionId;
+        // Resolves once our MAC is sent; the end comes with the other's MAC
+        // and done (verify_wait_done).
+        sasCallbacks.confirm().then(
+            () => log(`verification ${id}: our MAC is sent`),
+            (e) => {
+                log(`verification ${id}: confirm failed: ${e?.stack ?? e}`);
+                if (vreq?.transactionId === id && !verifyOutcome) verifyOutcome = { error: e };
+            },
+        );
+        return {};
+    },
+
+    async verify_mismatch() {
+        needVerification();
+        if (!sasCallbacks) throw new Error("no SAS to reject (verify_sas first)");
+        sasCallbacks.mismatch();
+        return {};
+    },
+
+    async verify_cancel() {
+        needVerification();
+        await vreq.cancel();
+        return {};
+    },
+
+    async verify_wait_done(req) {
+        needVerification();
+        const { VerificationPhase } = cryptoApi;
+        const request = vreq;
+        return await until(() => {
+            const phase = request.phase;
+            if (phase === VerificationPhase.Done) return { phase: "done" };
+            if (phase === VerificationPhase.Cancelled) return { phase: "cancelled", ...cancelInfo(request) };
+            return null;
+        }, req.timeout_ms ?? 30000, () => `verification ${request.transactionId} done or cancelled (now ${phaseNames[request.phase] ?? request.phase}, verify() ${verifyOutcome ? (verifyOutcome.ok ? "resolved" : "rejected") : "pending"})`);
     },
 
     async logout() {
