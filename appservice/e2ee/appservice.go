@@ -2,6 +2,7 @@ package e2ee
 
 import (
 	"context"
+	"strings"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -27,6 +28,12 @@ func (m *Manager) HandleToDevice(ctx context.Context, evt *event.Event) {
 	evt.Type.Class = event.ToDeviceEventType
 	dev.Machine.HandleToDeviceEvent(ctx, evt)
 	dev.Machine.MarkOlmHashSavePoint(ctx)
+	if strings.HasPrefix(evt.Type.Type, "m.key.verification.") {
+		if evt.Content.Parsed == nil {
+			_ = evt.Content.ParseRaw(evt.Type)
+		}
+		dev.Syncer.Dispatch(ctx, evt)
+	}
 	m.observe("to_device", "ok")
 }
 

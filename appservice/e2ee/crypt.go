@@ -148,3 +148,34 @@ func (m *Manager) observe(op, outcome string) {
 		m.opts.Observe(op, outcome)
 	}
 }
+
+// clientCrypto lets a bot device's own mautrix client encrypt what it sends
+// into encrypted rooms (mautrix.Client.SendMessageEvent asks its Crypto),
+// through the same per-room locking and session sharing as the outbox.
+type clientCrypto struct {
+	m   *Manager
+	bot id.UserID
+}
+
+func (c clientCrypto) Encrypt(ctx context.Context, room id.RoomID, evtType event.Type, content any) (*event.EncryptedEventContent, error) {
+	_, encrypted, err := c.m.Encrypt(ctx, c.bot, room, evtType, content)
+	if err != nil {
+		return nil, err
+	}
+	return encrypted.(*event.EncryptedEventContent), nil
+}
+
+func (c clientCrypto) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, error) {
+	decrypted, _, err := c.m.Decrypt(ctx, evt, []id.UserID{c.bot})
+	return decrypted, err
+}
+
+func (c clientCrypto) WaitForSession(ctx context.Context, room id.RoomID, senderKey id.SenderKey, session id.SessionID, timeout time.Duration) bool {
+	dev := c.m.devices[c.bot]
+	return dev != nil && dev.Machine.WaitForSession(ctx, room, senderKey, session, timeout)
+}
+
+func (c clientCrypto) RequestSession(context.Context, id.RoomID, id.SenderKey, id.SessionID, id.UserID, id.DeviceID) {
+}
+
+func (c clientCrypto) Init(context.Context) error { return nil }

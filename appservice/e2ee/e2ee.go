@@ -54,16 +54,22 @@ type Options struct {
 	// OnOTKCount, if set, is told each bot device's one-time-key count as
 	// the homeserver reports it.
 	OnOTKCount func(bot id.UserID, count int)
+	// OnDevice, if set, is called for every bot device once it is logged in
+	// and its keys are on the server, before its loops start: the place to
+	// hook more onto the device (cross-signing, verification handlers).
+	OnDevice func(ctx context.Context, dev *Device) error
 	// Observe, if set, is told the outcome of each decryption ("ok",
 	// "late_key", "no_session", "error") and each encryption.
 	Observe func(op, outcome string)
 }
 
 // StateStore is what encryption needs to know about rooms (mautrix's
-// sqlstatestore implements it).
+// sqlstatestore implements it). The devices' own clients get it too, so
+// that whatever they send into a room (verification events) is encrypted
+// when the room is.
 type StateStore interface {
+	mautrix.StateStore
 	crypto.StateStore
-	GetRoomJoinedOrInvitedMembers(ctx context.Context, roomID id.RoomID) ([]id.UserID, error)
 }
 
 // Device is one bot's E2EE device.
@@ -72,8 +78,15 @@ type Device struct {
 	DeviceID id.DeviceID
 	Client   *mautrix.Client
 	Machine  *crypto.OlmMachine
-	store    *crypto.SQLCryptoStore
-	log      zerolog.Logger
+	// New is true when the device was created at this start (a first start,
+	// or a database that lost the bot's keys).
+	New bool
+	// Syncer dispatches the device's to-device events (from /sync or from
+	// transactions) and in-room events handed to it to registered
+	// handlers, such as interactive verification.
+	Syncer *mautrix.DefaultSyncer
+	store  *crypto.SQLCryptoStore
+	log    zerolog.Logger
 }
 
 // Manager holds the devices of all bots.
@@ -110,6 +123,13 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 		m.devices[bot] = dev
 		m.order = append(m.order, bot)
+	}
+	if m.opts.OnDevice != nil {
+		for _, bot := range m.order {
+			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
+				return fmt.Errorf("encryption device of %s: %w", bot, err)
+			}
+		}
 	}
 	if m.opts.Mode == ModeAppservice {
 		m.wg.Add(1)
@@ -184,6 +204,11 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	}
 	store.DeviceID = deviceID
 	client.Store = store
+	client.StateStore = m.opts.StateStore
+	client.Crypto = clientCrypto{m: m, bot: bot}
+	syncer := mautrix.NewDefaultSyncer()
+	syncer.FilterJSON = syncFilter()
+	client.Syncer = syncer
 	machine := crypto.NewOlmMachine(client, &log, store, m.opts.StateStore)
 	machine.SendKeysMinTrust = trustLevel(m.opts.Trust)
 	// Only the bot's own other devices may ask for its room keys (it has none
@@ -195,7 +220,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
-	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log}
+	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, New: storedID == "", Syncer: syncer, store: store, log: log}
 	if err := dev.ensureKeysOnServer(ctx); err != nil {
 		return nil, err
 	}
@@ -239,7 +264,9 @@ func trustLevel(policy string) id.TrustState {
 	case "cross-signed":
 		return id.TrustStateCrossSignedTOFU
 	case "verified":
-		return id.TrustStateVerified
+		// Devices the bot verified, and devices cross-signed by a user whose
+		// identity the bot verified (SAS signs their master key).
+		return id.TrustStateCrossSignedVerified
 	}
 	return id.TrustStateUnset
 }

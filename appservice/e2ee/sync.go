@@ -29,8 +29,7 @@ func syncFilter() *mautrix.Filter {
 
 // syncLoop runs a device's /sync until ctx ends, restarting after errors.
 func (m *Manager) syncLoop(ctx context.Context, d *Device) {
-	syncer := mautrix.NewDefaultSyncer()
-	syncer.FilterJSON = syncFilter()
+	syncer := d.Syncer
 	syncer.OnSync(func(ctx context.Context, resp *mautrix.RespSync, since string) bool {
 		if m.opts.OnEphemeral != nil {
 			for room, joined := range resp.Rooms.Join {
@@ -53,7 +52,6 @@ func (m *Manager) syncLoop(ctx context.Context, d *Device) {
 		}
 		return d.Machine.ProcessSyncResponse(ctx, resp, since)
 	})
-	d.Client.Syncer = syncer
 	d.log.Info().Stringer("device_id", d.DeviceID).Msg("Receiving encryption keys through /sync")
 	for ctx.Err() == nil {
 		err := d.Client.SyncWithContext(ctx)
