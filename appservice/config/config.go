@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -133,6 +134,26 @@ type Encryption struct {
 	ReplyOnFailure *bool `yaml:"reply_on_failure"`
 	// DecryptWait bounds how long an event waits for a late room key.
 	DecryptWait Duration `yaml:"decrypt_wait"`
+	// CrossSigning gives every bot cross-signing keys and signs its device,
+	// so clients show the device as verified by its owner.
+	CrossSigning *bool `yaml:"cross_signing"`
+	// KeyBackup keeps the bots' room keys in a server-side backup, so a bot
+	// restored from its recovery key can read earlier messages.
+	KeyBackup *bool `yaml:"key_backup"`
+	// DendriteAdminToken is a Dendrite admin's access token, used only to
+	// pass Dendrite's password check when a bot uploads cross-signing keys.
+	DendriteAdminToken string `yaml:"dendrite_admin_token"`
+	// Verification configures interactive (SAS) verification of the bots.
+	Verification Verification `yaml:"verification"`
+}
+
+// Verification configures who may verify the bots with SAS, and how long
+// opsbot waits for the operator to compare the short authentication string.
+type Verification struct {
+	// AllowedUsers may verify the bots: user IDs or patterns with *.
+	AllowedUsers []string `yaml:"allowed_users"`
+	// Timeout bounds the wait for the operator's confirmation.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Bot is one virtual user run by opsbot.
@@ -224,6 +245,7 @@ var envOverrides = []struct {
 	{"OPSBOT_DATABASE_URI", func(c *Config, v string) { c.Database.URI = v }},
 	{"OPSBOT_PICKLE_KEY", func(c *Config, v string) { c.Encryption.PickleKey = v }},
 	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
+	{"OPSBOT_DENDRITE_ADMIN_TOKEN", func(c *Config, v string) { c.Encryption.DendriteAdminToken = v }},
 }
 
 // ExternalSecretEnv names the variable that overrides an external skill's
@@ -339,6 +361,17 @@ func (c *Config) applyDefaults() {
 	if c.Encryption.DecryptWait == 0 {
 		c.Encryption.DecryptWait = Duration(30 * time.Second)
 	}
+	if c.Encryption.CrossSigning == nil {
+		yes := true
+		c.Encryption.CrossSigning = &yes
+	}
+	if c.Encryption.KeyBackup == nil {
+		backup := *c.Encryption.CrossSigning
+		c.Encryption.KeyBackup = &backup
+	}
+	if c.Encryption.Verification.Timeout == 0 {
+		c.Encryption.Verification.Timeout = Duration(5 * time.Minute)
+	}
 	if c.Logging.Level == "" {
 		c.Logging.Level = "info"
 	}
@@ -419,6 +452,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Encryption.DecryptWait < 0 || time.Duration(c.Encryption.DecryptWait) > 10*time.Minute {
 		bad("encryption.decrypt_wait", "must be between 0s and 10m")
+	}
+	if *c.Encryption.KeyBackup && !*c.Encryption.CrossSigning {
+		bad("encryption.key_backup", "needs encryption.cross_signing: the backup key is kept in secret storage under the bots' recovery keys")
+	}
+	for i, u := range c.Encryption.Verification.AllowedUsers {
+		if !isUserID(u) {
+			bad(fmt.Sprintf("encryption.verification.allowed_users[%d]", i), "%q is not a user ID or pattern like @alice:example.org or @*:example.org", u)
+		} else if _, err := path.Match(u, "@x:y"); err != nil {
+			bad(fmt.Sprintf("encryption.verification.allowed_users[%d]", i), "%q is not a valid pattern: %v", u, err)
+		}
+	}
+	if t := time.Duration(c.Encryption.Verification.Timeout); t < 10*time.Second || t > 9*time.Minute {
+		bad("encryption.verification.timeout", "must be between 10s and 9m (a verification request expires after 10 minutes)")
 	}
 	if len(c.Bots) == 0 {
 		bad("bots", "at least one bot is required")

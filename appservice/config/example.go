@@ -53,6 +53,23 @@ encryption:
   reply_on_failure: true
   # How long a message waits for its room key before that answer.
   decrypt_wait: 30s
+  # Give every bot cross-signing keys and sign its device, so clients show
+  # it as verified by its owner. The recovery key stays in the database:
+  # opsbot-appservice recovery-key show. See docs/verification.md.
+  cross_signing: true
+  # Keep the bots' room keys in a server-side backup (needs cross_signing).
+  key_backup: true
+  # Dendrite asks for a password before it accepts cross-signing keys; an
+  # admin's access token lets opsbot set one for each bot. Better in
+  # OPSBOT_DENDRITE_ADMIN_TOKEN. Not needed on Synapse with MSC4190.
+  dendrite_admin_token: ""
+  verification:
+    # Who may verify the bots with emoji (SAS); others are refused.
+    # Patterns with * work: "@*:example.org".
+    allowed_users: []
+    # How long opsbot waits for the operator to compare the emoji
+    # (opsbot-appservice verification list / confirm).
+    timeout: 5m
 
 bots:
   - localpart: opsbot

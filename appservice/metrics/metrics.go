@@ -37,7 +37,10 @@ type Metrics struct {
 	BuildInfo     *prometheus.GaugeVec
 	BotDevices    prometheus.Gauge
 	Leader        prometheus.Gauge
-	OneTimeKeys   *prometheus.GaugeVec // bot
+	OneTimeKeys   *prometheus.GaugeVec   // bot
+	CrossSigned   *prometheus.GaugeVec   // bot
+	KeysBackedUp  *prometheus.CounterVec // bot
+	Verifications *prometheus.CounterVec // outcome
 	backlogSource func() int64
 }
 
@@ -75,10 +78,17 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "Bot encryption devices running."})
 	m.OneTimeKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_one_time_keys",
 		Help: "Signed curve25519 one-time keys the homeserver holds for each bot's device (opsbot tops them up when low)."}, []string{"bot"})
+	m.CrossSigned = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_bot_cross_signed",
+		Help: "1 when the bot's device is signed by its cross-signing keys, 0 when setting them up failed (the log says why)."}, []string{"bot"})
+	m.KeysBackedUp = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_key_backup_uploaded_total",
+		Help: "Room keys uploaded to each bot's server-side key backup."}, []string{"bot"})
+	m.Verifications = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_verifications_total",
+		Help: "Interactive verifications with the bots, by how they ended (done, refused, cancelled, timeout)."}, []string{"outcome"})
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
 		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
 	for _, c := range []prometheus.Collector{m.Leader, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
+		m.CrossSigned, m.KeysBackedUp, m.Verifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -5,6 +5,8 @@
 //	opsbot-appservice generate-config                        print an example config
 //	opsbot-appservice [-c opsbot.yaml] generate-registration print the homeserver registration
 //	opsbot-appservice [-c opsbot.yaml] check                 check config, database, homeserver
+//	opsbot-appservice [-c opsbot.yaml] recovery-key ...      show, restore or reset bots' recovery keys
+//	opsbot-appservice [-c opsbot.yaml] verification ...      list, confirm or cancel pending verifications
 //	opsbot-appservice version                                print the version
 package main
 
@@ -63,6 +65,10 @@ Commands:
   generate-config        print an example config with fresh tokens
   generate-registration  print the homeserver registration for the config
   check                  check config, database, homeserver and appservice reachability
+  recovery-key show|restore|reset [@bot:server]
+                         the bots' cross-signing recovery keys (docs/verification.md)
+  verification list|confirm|cancel [TRANSACTION_ID]
+                         emoji verifications waiting for the operator
   version                print the version
 
 Secrets may come from the environment: %s
@@ -75,7 +81,8 @@ Flags:
 		return 2
 	}
 	cmd := fs.Arg(0)
-	if fs.NArg() > 1 {
+	takesArgs := cmd == "recovery-key" || cmd == "verification"
+	if fs.NArg() > 1 && !takesArgs {
 		fmt.Fprintf(stderr, "unexpected arguments after %q: %s (flags go before the command)\n", cmd, strings.Join(fs.Args()[1:], " "))
 		return 2
 	}
@@ -86,7 +93,7 @@ Flags:
 	case "generate-config":
 		fmt.Fprint(stdout, config.Example())
 		return 0
-	case "", "generate-registration", "check":
+	case "", "generate-registration", "check", "recovery-key", "verification":
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n", cmd)
 		fs.Usage()
@@ -117,6 +124,10 @@ Flags:
 			return 1
 		}
 		return 0
+	case "recovery-key":
+		return recoveryKeyCommand(context.Background(), cfg, fs.Args()[1:], os.Stdin, stdout, stderr)
+	case "verification":
+		return verificationCommand(context.Background(), cfg, fs.Args()[1:], stdout, stderr)
 	}
 
 	log := newLogger(cfg.Logging, stderr)

@@ -1,0 +1,304 @@
+// Package identity gives each bot a cross-signed identity, the way a
+// person's client does it: cross-signing keys (master, self-signing,
+// user-signing) whose private halves live encrypted in the homeserver's
+// secret storage (SSSS) under a recovery key, the bot's device signed by
+// its self-signing key, and a server-side backup of the bot's room keys
+// (m.megolm_backup.v1.curve25519-aes-sha2) whose key is in secret storage
+// too. The recovery key is generated once and kept in the crypto store,
+// encrypted with the pickle key; with it alone (and the homeserver), a bot
+// whose database was lost gets its identity and its room keys back.
+package identity
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/ssss"
+	"maunium.net/go/mautrix/id"
+
+	"opsbot/appservice/e2ee"
+)
+
+// Secrets opsbot keeps in each bot's crypto store (encrypted with the
+// pickle key, like the bot's private keys).
+const (
+	// SecretRecoveryKey is the bot's SSSS recovery key.
+	SecretRecoveryKey id.Secret = "org.opsbot.recovery_key"
+	// SecretReset asks the next start to replace the bot's cross-signing
+	// keys (set by `opsbot-appservice recovery-key reset`).
+	SecretReset id.Secret = "org.opsbot.reset_cross_signing"
+)
+
+// ErrRecoveryKeyMissing means the homeserver has cross-signing keys for the
+// bot but the database has no recovery key to unlock them: the database was
+// lost or replaced. opsbot never overwrites such keys on its own.
+var ErrRecoveryKeyMissing = errors.New("the homeserver has cross-signing keys for this bot but the database has no recovery key")
+
+// Options configure a Manager.
+type Options struct {
+	HomeserverURL string
+	// DendriteAdminToken, if set, lets opsbot pass Dendrite's password
+	// user-interactive auth for uploading cross-signing keys: it gives the
+	// bot a fresh random password through Dendrite's admin API first.
+	DendriteAdminToken string
+	// KeyBackup turns on the server-side backup of room keys.
+	KeyBackup bool
+	Log       zerolog.Logger
+	// OnBackedUp, if set, is told how many room keys were uploaded.
+	OnBackedUp func(bot id.UserID, n int)
+}
+
+// Status is one bot's identity as set up at start.
+type Status struct {
+	CrossSigned   bool
+	MasterKey     id.Ed25519
+	BackupVersion id.KeyBackupVersion
+	Restored      int // room keys imported from the backup at start
+	Err           error
+}
+
+// Manager sets up and keeps the identities of the bots.
+type Manager struct {
+	opts Options
+
+	mu       sync.Mutex
+	status   map[id.UserID]*Status
+	backups  map[id.UserID]*uploader
+	ssssKeys map[id.UserID]*ssss.Key
+}
+
+// New returns a Manager.
+func New(opts Options) *Manager {
+	return &Manager{opts: opts, status: map[id.UserID]*Status{}, backups: map[id.UserID]*uploader{}, ssssKeys: map[id.UserID]*ssss.Key{}}
+}
+
+// Status returns a bot's identity status (zero if it was never set up).
+func (m *Manager) Status(bot id.UserID) Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.status[bot]; s != nil {
+		return *s
+	}
+	return Status{}
+}
+
+// Setup gives a started bot device its cross-signed identity and key backup,
+// and keeps uploading its room keys until ctx ends. It is called for every
+// device at start (e2ee.Options.AfterStart). Errors are returned for the
+// caller to log; the bot keeps working, unsigned.
+func (m *Manager) Setup(ctx context.Context, dev *e2ee.Device) error {
+	st := &Status{}
+	err := m.setup(ctx, dev, st)
+	st.Err = err
+	m.mu.Lock()
+	m.status[dev.UserID] = st
+	m.mu.Unlock()
+	return err
+}
+
+func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error {
+	log := m.opts.Log.With().Stringer("bot", dev.UserID).Logger()
+	mach := dev.Machine
+	store := mach.CryptoStore
+	recoveryKey, err := store.GetSecret(ctx, SecretRecoveryKey)
+	if err != nil {
+		return fmt.Errorf("reading the recovery key: %w", err)
+	}
+	reset, err := store.GetSecret(ctx, SecretReset)
+	if err != nil {
+		return fmt.Errorf("reading the reset flag: %w", err)
+	}
+	server, err := queryOwnKeys(ctx, dev)
+	if err != nil {
+		return err
+	}
+	var key *ssss.Key
+	switch {
+	case recoveryKey == "" && server.master != "" && reset == "":
+		return fmt.Errorf("%w: restore it with `opsbot-appservice recovery-key restore %s` (reads the key on stdin), "+
+			"or replace the keys with `opsbot-appservice recovery-key reset %s` (people must verify the bot again)",
+			ErrRecoveryKeyMissing, dev.UserID, dev.UserID)
+	case recoveryKey == "" || reset != "":
+		if key, err = m.create(ctx, dev, log); err != nil {
+			return err
+		}
+		if reset != "" {
+			if err := store.DeleteSecret(ctx, SecretReset); err != nil {
+				return fmt.Errorf("clearing the reset flag: %w", err)
+			}
+		}
+	default:
+		if key, err = unlock(ctx, mach, recoveryKey); err != nil {
+			return err
+		}
+		if err := mach.FetchCrossSigningKeysFromSSSS(ctx, key); err != nil {
+			return fmt.Errorf("fetching the cross-signing keys from secret storage: %w", err)
+		}
+		ours := mach.CrossSigningKeys.MasterKey.PublicKey()
+		if server.master != ours {
+			return fmt.Errorf("the homeserver's master key %s is not the one in secret storage (%s): the keys were replaced by another client; reset them with `opsbot-appservice recovery-key reset %s`", server.master, ours, dev.UserID)
+		}
+		if !server.deviceSigned {
+			// A new device (the database was restored from the recovery
+			// key) or one signed by an older self-signing key.
+			if err := signDevice(ctx, mach); err != nil {
+				return err
+			}
+			log.Info().Stringer("device_id", dev.DeviceID).Msg("Signed the bot's device with its self-signing key")
+		}
+	}
+	st.CrossSigned = true
+	st.MasterKey = mach.CrossSigningKeys.MasterKey.PublicKey()
+	m.mu.Lock()
+	m.ssssKeys[dev.UserID] = key
+	m.mu.Unlock()
+	log.Info().Stringer("master_key", st.MasterKey).Msg("Bot identity is cross-signed")
+	if !m.opts.KeyBackup {
+		return nil
+	}
+	up, restored, err := m.setupBackup(ctx, dev, key, dev.New, log)
+	if err != nil {
+		return fmt.Errorf("key backup: %w", err)
+	}
+	st.BackupVersion, st.Restored = up.version, restored
+	m.mu.Lock()
+	m.backups[dev.UserID] = up
+	m.mu.Unlock()
+	go up.run(ctx)
+	return nil
+}
+
+// create makes new cross-signing keys and a new secret storage key, uploads
+// them, signs the device, and stores the recovery key.
+func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logger) (*ssss.Key, error) {
+	mach := dev.Machine
+	var uiaErr error
+	uia := func(resp *mautrix.RespUserInteractive) any {
+		auth, err := m.passwordAuth(ctx, dev, resp)
+		uiaErr = err
+		return auth
+	}
+	key, err := mach.SSSS.GenerateAndUploadKey(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("creating the secret storage key: %w", err)
+	}
+	keys, err := mach.GenerateCrossSigningKeys()
+	if err != nil {
+		return nil, err
+	}
+	if err := mach.UploadCrossSigningKeysToSSSS(ctx, key, keys); err != nil {
+		return nil, fmt.Errorf("storing the cross-signing keys in secret storage: %w", err)
+	}
+	if err := mach.PublishCrossSigningKeys(ctx, keys, uia); err != nil {
+		if uiaErr != nil {
+			return nil, uiaErr
+		}
+		return nil, fmt.Errorf("uploading the cross-signing keys: %w", err)
+	}
+	if err := mach.SSSS.SetDefaultKeyID(ctx, key.ID); err != nil {
+		return nil, fmt.Errorf("marking the secret storage key as default: %w", err)
+	}
+	// From here the keys are on the server: keep the recovery key before
+	// anything else can fail.
+	if err := mach.CryptoStore.PutSecret(ctx, SecretRecoveryKey, key.RecoveryKey()); err != nil {
+		return nil, fmt.Errorf("storing the recovery key: %w", err)
+	}
+	if err := signDevice(ctx, mach); err != nil {
+		return nil, err
+	}
+	log.Info().Stringer("master_key", keys.MasterKey.PublicKey()).
+		Msg("Created the bot's cross-signing keys; the recovery key is in the database (opsbot-appservice recovery-key show)")
+	return key, nil
+}
+
+// passwordAuth answers a user-interactive auth challenge for the bot. An
+// appservice user has no password; on Dendrite, which always asks for one,
+// opsbot sets a fresh random one through the admin API and uses it once.
+func (m *Manager) passwordAuth(ctx context.Context, dev *e2ee.Device, resp *mautrix.RespUserInteractive) (any, error) {
+	if !resp.HasSingleStageFlow(mautrix.AuthTypePassword) {
+		return nil, fmt.Errorf("the homeserver wants user-interactive auth (%v) to upload cross-signing keys, and opsbot can only answer a password stage", resp.Flows)
+	}
+	if m.opts.DendriteAdminToken == "" {
+		return nil, errors.New("the homeserver asks for the bot's password to upload cross-signing keys; on Dendrite set encryption.dendrite_admin_token " +
+			"(OPSBOT_DENDRITE_ADMIN_TOKEN) to an admin's access token so opsbot can set one, on Synapse enable MSC4190 for the appservice " +
+			"(see docs/homeservers.md), or turn encryption.cross_signing off")
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return nil, err
+	}
+	password := base64.RawURLEncoding.EncodeToString(buf)
+	admin, err := mautrix.NewClient(m.opts.HomeserverURL, "", m.opts.DendriteAdminToken)
+	if err != nil {
+		return nil, err
+	}
+	admin.Log = m.opts.Log
+	url := admin.BuildURL(mautrix.BaseURLPath{"_dendrite", "admin", "resetPassword", dev.UserID.String()})
+	body := map[string]any{"password": password, "logout_devices": false}
+	if _, err := admin.MakeFullRequest(ctx, mautrix.FullRequest{Method: "POST", URL: url, RequestJSON: body, SensitiveContent: true}); err != nil {
+		return nil, fmt.Errorf("setting the bot's password through Dendrite's admin API (encryption.dendrite_admin_token): %w", err)
+	}
+	return &mautrix.ReqUIAuthLogin{
+		BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: resp.Session},
+		User:         dev.UserID.String(),
+		Password:     password,
+	}, nil
+}
+
+// unlock checks a recovery key against the server's default secret storage
+// key.
+func unlock(ctx context.Context, mach *crypto.OlmMachine, recoveryKey string) (*ssss.Key, error) {
+	keyID, keyData, err := mach.SSSS.GetDefaultKeyData(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the secret storage key description from the homeserver: %w", err)
+	}
+	key, err := keyData.VerifyRecoveryKey(keyID, recoveryKey)
+	if err != nil && !errors.Is(err, ssss.ErrUnverifiableKey) {
+		return nil, fmt.Errorf("the recovery key does not unlock the homeserver's secret storage key %s: %w", keyID, err)
+	}
+	return key, nil
+}
+
+func signDevice(ctx context.Context, mach *crypto.OlmMachine) error {
+	if err := mach.SignOwnDevice(ctx, mach.OwnIdentity()); err != nil {
+		return fmt.Errorf("signing the bot's device: %w", err)
+	}
+	if err := mach.SignOwnMasterKey(ctx); err != nil {
+		return fmt.Errorf("signing the master key with the device: %w", err)
+	}
+	return nil
+}
+
+type ownKeys struct {
+	master       id.Ed25519
+	deviceSigned bool // by the current self-signing key
+}
+
+// queryOwnKeys asks the homeserver for the bot's published master key and
+// whether its device carries a self-signing signature.
+func queryOwnKeys(ctx context.Context, dev *e2ee.Device) (ownKeys, error) {
+	resp, err := dev.Client.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{dev.UserID: {dev.DeviceID}}})
+	if err != nil {
+		return ownKeys{}, fmt.Errorf("querying the bot's own keys: %w", err)
+	}
+	var k ownKeys
+	if mk, ok := resp.MasterKeys[dev.UserID]; ok {
+		k.master = mk.FirstKey()
+	}
+	ssk, ok := resp.SelfSigningKeys[dev.UserID]
+	if !ok {
+		return k, nil
+	}
+	sskKey := ssk.FirstKey()
+	if keys, ok := resp.DeviceKeys[dev.UserID][dev.DeviceID]; ok {
+		_, k.deviceSigned = keys.Signatures[dev.UserID][id.NewKeyID(id.KeyAlgorithmEd25519, sskKey.String())]
+	}
+	return k, nil
+}
