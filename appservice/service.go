@@ -30,6 +30,7 @@ import (
 	"opsbot/appservice/discovery"
 	"opsbot/appservice/e2ee"
 	"opsbot/appservice/health"
+	"opsbot/appservice/identity"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/leader"
 	"opsbot/appservice/metrics"
@@ -37,6 +38,7 @@ import (
 	"opsbot/appservice/pipeline"
 	"opsbot/appservice/statememory"
 	"opsbot/appservice/store"
+	"opsbot/appservice/verification"
 	"opsbot/skills"
 )
 
@@ -53,9 +55,12 @@ type Service struct {
 	Bots     *bots.Manager
 	Outbox   *outbox.Outbox
 	Pipeline *pipeline.Pipeline
-	// E2EE is nil when encryption.enabled is false.
-	E2EE    *e2ee.Manager
-	Metrics *metrics.Metrics
+	// E2EE is nil when encryption.enabled is false; Identity too, and when
+	// encryption.cross_signing is false.
+	E2EE         *e2ee.Manager
+	Identity     *identity.Manager
+	Verification *verification.Manager
+	Metrics      *metrics.Metrics
 
 	warnEncrypted sync.Once
 	// active is set while this process is the leader and handling events.
@@ -143,6 +148,27 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 			OnOTKCount: func(bot id.UserID, n int) {
 				s.Metrics.OneTimeKeys.WithLabelValues(bot.String()).Set(float64(n))
 			},
+			OnDevice: s.setUpDevice,
+		})
+		if *cfg.Encryption.CrossSigning {
+			s.Identity = identity.New(identity.Options{
+				HomeserverURL:      cfg.Homeserver.Address,
+				DendriteAdminToken: cfg.Encryption.DendriteAdminToken,
+				KeyBackup:          *cfg.Encryption.KeyBackup,
+				Log:                log.With().Str("component", "identity").Logger(),
+				OnBackedUp: func(bot id.UserID, n int) {
+					s.Metrics.KeysBackedUp.WithLabelValues(bot.String()).Add(float64(n))
+				},
+			})
+		}
+		s.Verification = verification.New(verification.Options{
+			DB:           s.Store.DB,
+			AllowedUsers: cfg.Encryption.Verification.AllowedUsers,
+			Timeout:      time.Duration(cfg.Encryption.Verification.Timeout),
+			Log:          log.With().Str("component", "verification").Logger(),
+			Observe: func(outcome string) {
+				s.Metrics.Verifications.WithLabelValues(outcome).Inc()
+			},
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
@@ -191,6 +217,9 @@ func (s *Service) handleInRoom(ctx context.Context, evt *event.Event, roomBots [
 		if evt, ok = handle(s, ctx, evt, roomBots); !ok {
 			return
 		}
+	}
+	if s.Verification != nil && s.Verification.HandleRoomEvent(ctx, evt) {
+		return // verification protocol, not for the skills
 	}
 	s.Engine().Handle(ctx, evt, roomBots)
 }
@@ -524,11 +553,30 @@ func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
 	ctx, cancel := context.WithCancel(runCtx)
 	stop := context.AfterFunc(setupCtx, cancel) // abandon start-up if asked to stop
 	defer stop()
+	if err := s.Verification.Init(setupCtx); err != nil {
+		return err
+	}
 	if err := s.E2EE.Start(ctx); err != nil {
 		return fmt.Errorf("encryption: %w", err)
 	}
+	go s.Verification.Run(ctx)
 	s.Metrics.BotDevices.Set(float64(len(s.E2EE.Bots())))
 	return nil
+}
+
+// setUpDevice gives a bot device its cross-signed identity and key backup
+// and lets people verify it. A bot whose identity cannot be set up keeps
+// working unsigned: the log and opsbot_bot_cross_signed say why.
+func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
+	if s.Identity != nil {
+		signed := 1.0
+		if err := s.Identity.Setup(ctx, dev); err != nil {
+			signed = 0
+			s.Log.Error().Err(err).Stringer("bot", dev.UserID).Msg("The bot's identity is not cross-signed")
+		}
+		s.Metrics.CrossSigned.WithLabelValues(dev.UserID.String()).Set(signed)
+	}
+	return s.Verification.Attach(ctx, dev)
 }
 
 // detectKeyDelivery implements encryption.mode auto: appservice mode when

@@ -93,6 +93,10 @@ func newWorldVia(t *testing.T, dbType, bots, extra string, via func(hs *harness.
 	return newWorldWith(t, worldOptions{DB: dbType, Bots: bots, Extra: extra, Via: via})
 }
 
+// adminTokenPlaceholder in a test config becomes a Dendrite admin's access
+// token once the homeserver runs.
+const adminTokenPlaceholder = "@DENDRITE_ADMIN_TOKEN@"
+
 // worldOptions shape a test world.
 type worldOptions struct {
 	DB, Bots, Extra string
@@ -164,6 +168,11 @@ logging:
 		address = via(hs)
 	}
 	text = strings.Replace(text, "http://127.0.0.1:1\n", address+"\n", 1)
+	if strings.Contains(text, adminTokenPlaceholder) {
+		// A Dendrite admin's token, for the bots' cross-signing uploads.
+		admin := hs.RegisterAdmin(t, "opsbot-admin")
+		text = strings.ReplaceAll(text, adminTokenPlaceholder, admin.AccessToken)
+	}
 	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -28,12 +28,7 @@ func (m *Manager) HandleToDevice(ctx context.Context, evt *event.Event) {
 	evt.Type.Class = event.ToDeviceEventType
 	dev.Machine.HandleToDeviceEvent(ctx, evt)
 	dev.Machine.MarkOlmHashSavePoint(ctx)
-	if strings.HasPrefix(evt.Type.Type, "m.key.verification.") {
-		if evt.Content.Parsed == nil {
-			_ = evt.Content.ParseRaw(evt.Type)
-		}
-		dev.Syncer.Dispatch(ctx, evt)
-	}
+	dev.verificationEvent(ctx, evt)
 	m.observe("to_device", "ok")
 }
 
@@ -79,4 +74,17 @@ func (m *Manager) deviceInfoLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// verificationEvent hands a to-device verification event to the device's
+// verification handler. The machine leaves such events alone.
+func (d *Device) verificationEvent(ctx context.Context, evt *event.Event) {
+	if d.OnVerification == nil || !strings.HasPrefix(evt.Type.Type, "m.key.verification.") {
+		return
+	}
+	evt.Type.Class = event.ToDeviceEventType
+	if evt.Content.Parsed == nil {
+		_ = evt.Content.ParseRaw(evt.Type)
+	}
+	d.OnVerification(ctx, evt)
 }

@@ -81,12 +81,12 @@ type Device struct {
 	// New is true when the device was created at this start (a first start,
 	// or a database that lost the bot's keys).
 	New bool
-	// Syncer dispatches the device's to-device events (from /sync or from
-	// transactions) and in-room events handed to it to registered
-	// handlers, such as interactive verification.
-	Syncer *mautrix.DefaultSyncer
-	store  *crypto.SQLCryptoStore
-	log    zerolog.Logger
+	// OnVerification, if set (before the device's loops start), gets the
+	// device's to-device verification events (m.key.verification.*), from
+	// /sync or from transactions, with their content parsed.
+	OnVerification func(ctx context.Context, evt *event.Event)
+	store          *crypto.SQLCryptoStore
+	log            zerolog.Logger
 }
 
 // Manager holds the devices of all bots.
@@ -206,9 +206,6 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	client.Store = store
 	client.StateStore = m.opts.StateStore
 	client.Crypto = clientCrypto{m: m, bot: bot}
-	syncer := mautrix.NewDefaultSyncer()
-	syncer.FilterJSON = syncFilter()
-	client.Syncer = syncer
 	machine := crypto.NewOlmMachine(client, &log, store, m.opts.StateStore)
 	machine.SendKeysMinTrust = trustLevel(m.opts.Trust)
 	// Only the bot's own other devices may ask for its room keys (it has none
@@ -220,7 +217,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
-	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, New: storedID == "", Syncer: syncer, store: store, log: log}
+	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, New: storedID == "", store: store, log: log}
 	if err := dev.ensureKeysOnServer(ctx); err != nil {
 		return nil, err
 	}

@@ -29,7 +29,8 @@ func syncFilter() *mautrix.Filter {
 
 // syncLoop runs a device's /sync until ctx ends, restarting after errors.
 func (m *Manager) syncLoop(ctx context.Context, d *Device) {
-	syncer := d.Syncer
+	syncer := mautrix.NewDefaultSyncer()
+	syncer.FilterJSON = syncFilter()
 	syncer.OnSync(func(ctx context.Context, resp *mautrix.RespSync, since string) bool {
 		if m.opts.OnEphemeral != nil {
 			for room, joined := range resp.Rooms.Join {
@@ -50,8 +51,13 @@ func (m *Manager) syncLoop(ctx context.Context, d *Device) {
 		if m.opts.OnOTKCount != nil {
 			m.opts.OnOTKCount(d.UserID, resp.DeviceOTKCount.SignedCurve25519)
 		}
-		return d.Machine.ProcessSyncResponse(ctx, resp, since)
+		ok := d.Machine.ProcessSyncResponse(ctx, resp, since)
+		for _, evt := range resp.ToDevice.Events {
+			d.verificationEvent(ctx, evt)
+		}
+		return ok
 	})
+	d.Client.Syncer = syncer
 	d.log.Info().Stringer("device_id", d.DeviceID).Msg("Receiving encryption keys through /sync")
 	for ctx.Err() == nil {
 		err := d.Client.SyncWithContext(ctx)

@@ -163,7 +163,10 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	if !m.opts.KeyBackup {
 		return nil
 	}
-	up, restored, err := m.setupBackup(ctx, dev, key, dev.New, log)
+	// A new device with a recovery key that was already in the database is
+	// a restore: the room keys come back from the backup.
+	restoring := dev.New && recoveryKey != "" && reset == ""
+	up, restored, err := m.setupBackup(ctx, dev, key, restoring, log)
 	if err != nil {
 		return fmt.Errorf("key backup: %w", err)
 	}

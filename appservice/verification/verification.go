@@ -24,6 +24,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto/verificationhelper"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -78,14 +79,28 @@ func (m *Manager) Init(ctx context.Context) error {
 	return m.store.DeleteAll(ctx)
 }
 
-// Attach starts handling verification for a bot device.
+// Attach starts handling verification for a bot device. The helper gets a
+// client of its own (the device's token, crypto and state store) whose
+// syncer only dispatches what Manager hands it: to-device events from the
+// device, in-room events from HandleRoomEvent.
 func (m *Manager) Attach(ctx context.Context, dev *e2ee.Device) error {
-	bv := &botVerifier{m: m, dev: dev, txns: verificationhelper.NewInMemoryVerificationStore(),
+	client, err := mautrix.NewClient(dev.Client.HomeserverURL.String(), dev.UserID, dev.Client.AccessToken)
+	if err != nil {
+		return err
+	}
+	client.DeviceID = dev.DeviceID
+	client.Crypto = dev.Client.Crypto
+	client.StateStore = dev.Client.StateStore
+	client.Log = dev.Client.Log
+	syncer := mautrix.NewDefaultSyncer()
+	client.Syncer = syncer
+	bv := &botVerifier{m: m, dev: dev, syncer: syncer, txns: verificationhelper.NewInMemoryVerificationStore(),
 		log: m.opts.Log.With().Stringer("bot", dev.UserID).Logger()}
-	bv.helper = verificationhelper.NewVerificationHelper(dev.Client, dev.Machine, bv.txns, bv, false, false, true)
+	bv.helper = verificationhelper.NewVerificationHelper(client, dev.Machine, bv.txns, bv, false, false, true)
 	if err := bv.helper.Init(bv.log.WithContext(ctx)); err != nil {
 		return fmt.Errorf("verification for %s: %w", dev.UserID, err)
 	}
+	dev.OnVerification = bv.dispatch
 	m.mu.Lock()
 	m.bots[dev.UserID] = bv
 	m.mu.Unlock()
@@ -138,7 +153,15 @@ func (m *Manager) HandleRoomEvent(ctx context.Context, evt *event.Event) bool {
 		return true
 	}
 	evt.Type.Class = event.MessageEventType
-	bv.dev.Syncer.Dispatch(ctx, evt)
+	if evt.Type != event.EventMessage {
+		// mautrix's helper takes an in-room event's own ID as its
+		// transaction ID; for the events after the request that is the
+		// request's ID, which they refer to.
+		cp := *evt
+		cp.ID = id.EventID(transactionOf(evt))
+		evt = &cp
+	}
+	bv.dispatch(ctx, evt)
 	return true
 }
 
@@ -205,8 +228,50 @@ type botVerifier struct {
 	m      *Manager
 	dev    *e2ee.Device
 	helper *verificationhelper.VerificationHelper
+	syncer *mautrix.DefaultSyncer
 	txns   *verificationhelper.InMemoryVerificationStore
 	log    zerolog.Logger
+
+	mu sync.Mutex
+	// confirmed are the transactions the operator confirmed; held are the
+	// other side's MACs that arrived before that.
+	confirmed map[id.VerificationTransactionID]bool
+	held      map[id.VerificationTransactionID][]*event.Event
+}
+
+// dispatch hands a verification event to the helper, holding the other
+// side's MAC back until the operator has confirmed. mautrix v0.32's
+// ConfirmSAS checks a MAC that came first against the bot's own master key
+// instead of the sender's and fails; a MAC processed after the bot's own
+// confirmation takes the correct path. Holding it changes nothing on the
+// wire: the MAC is only looked at after both sides confirmed anyway.
+func (b *botVerifier) dispatch(ctx context.Context, evt *event.Event) {
+	if evt.Type.Type == event.ToDeviceVerificationMAC.Type {
+		txn := transactionOf(evt)
+		b.mu.Lock()
+		if !b.confirmed[txn] {
+			if b.held == nil {
+				b.held = map[id.VerificationTransactionID][]*event.Event{}
+			}
+			b.held[txn] = append(b.held[txn], evt)
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+	}
+	b.syncer.Dispatch(ctx, evt)
+}
+
+// transactionOf is the verification transaction an event belongs to: the
+// transaction_id of a to-device event, the request event of an in-room one.
+func transactionOf(evt *event.Event) id.VerificationTransactionID {
+	if t, ok := evt.Content.Parsed.(event.VerificationTransactionable); ok && t.GetTransactionID() != "" {
+		return t.GetTransactionID()
+	}
+	if r, ok := evt.Content.Parsed.(event.Relatable); ok && r.OptionalGetRelatesTo() != nil {
+		return id.VerificationTransactionID(r.OptionalGetRelatesTo().EventID)
+	}
+	return ""
 }
 
 func (b *botVerifier) VerificationRequested(ctx context.Context, txn id.VerificationTransactionID, from id.UserID, fromDevice id.DeviceID) {
@@ -281,6 +346,18 @@ func (b *botVerifier) confirm(ctx context.Context, p Pending) {
 	if err := b.helper.ConfirmSAS(ctx, p.TransactionID); err != nil {
 		b.log.Warn().Err(err).Stringer("transaction_id", p.TransactionID).Msg("Confirming the verification failed")
 		b.cancel(ctx, p, event.VerificationCancelCodeUser, "the bot could not confirm: "+err.Error(), "cancelled")
+		return
+	}
+	b.mu.Lock()
+	if b.confirmed == nil {
+		b.confirmed = map[id.VerificationTransactionID]bool{}
+	}
+	b.confirmed[p.TransactionID] = true
+	held := b.held[p.TransactionID]
+	delete(b.held, p.TransactionID)
+	b.mu.Unlock()
+	for _, evt := range held {
+		b.syncer.Dispatch(ctx, evt)
 	}
 }
 
@@ -293,11 +370,15 @@ func (b *botVerifier) cancel(ctx context.Context, p Pending, code event.Verifica
 	b.m.observe(outcome)
 }
 
-// finish leaves nothing behind: the pending row and the transaction's
-// owner (the helper deletes its own transaction when it ends one).
+// finish leaves nothing behind: the pending row, the transaction's owner,
+// held MACs (the helper deletes its own transaction when it ends one).
 func (b *botVerifier) finish(ctx context.Context, txn id.VerificationTransactionID) {
 	if err := b.m.store.Delete(ctx, txn); err != nil {
 		b.log.Warn().Err(err).Msg("Could not delete the pending verification")
 	}
 	b.m.forget(txn)
+	b.mu.Lock()
+	delete(b.confirmed, txn)
+	delete(b.held, txn)
+	b.mu.Unlock()
 }

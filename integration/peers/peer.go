@@ -231,6 +231,17 @@ func (p *Peer) WaitMessage(room, sender string, timeout time.Duration) Message {
 	return m
 }
 
+// TryWaitMessage is WaitMessage returning the error instead of failing the
+// test, for messages the peer must not be able to read.
+func (p *Peer) TryWaitMessage(room, sender string, timeout time.Duration) (Message, error) {
+	var m Message
+	raw, err := p.call(map[string]any{"cmd": "wait_message", "room_id": room, "sender": sender, "timeout_ms": int(timeout.Milliseconds())}, timeout+30*time.Second)
+	if err == nil {
+		err = json.Unmarshal(raw, &m)
+	}
+	return m, err
+}
+
 // SendFile uploads a file (encrypted in an encrypted room) and sends it.
 func (p *Peer) SendFile(room, path, mimetype string) string {
 	p.t.Helper()

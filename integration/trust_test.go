@@ -1,0 +1,260 @@
+package integration
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"opsbot/appservice/config"
+	"opsbot/integration/peers"
+)
+
+// These tests are the bots' trust as people see it, with matrix-js-sdk 37.5
+// (Rust crypto, as in Element) as the person: the bot's device cross-signed
+// by its owner, interactive SAS verification confirmed by the operator with
+// the CLI, and the ways a verification can go wrong.
+
+const trustBots = `
+  - localpart: opsbot
+    displayname: Ops Bot
+    skills: [ping, help, echo, tour]
+`
+
+// trustConfig is an encryption section with cross-signing through
+// Dendrite's admin API and verification by alice and carol.
+func trustConfig(extra string) string {
+	return fmt.Sprintf(`encryption:
+  enabled: true
+  pickle_key: %s
+  decrypt_wait: 5s
+  dendrite_admin_token: "%s"
+  verification:
+    allowed_users: ["@alice:localhost", "@carol:*"]
+    timeout: 10s
+%s`, config.RandomToken(), adminTokenPlaceholder, extra)
+}
+
+// botDevice is the bot's device ID from the last log line that names it.
+func botDevice(t *testing.T, o *Opsbot, bot string) string {
+	t.Helper()
+	re := regexp.MustCompile(`"device_id":"(OPSBOT[A-Z]{10})"`)
+	dev := ""
+	for _, l := range strings.Split(o.Log(), "\n") {
+		if strings.Contains(l, `"bot":"`+bot+`"`) && strings.Contains(l, "encryption device") {
+			if m := re.FindStringSubmatch(l); m != nil {
+				dev = m[1]
+			}
+		}
+	}
+	if dev == "" {
+		t.Fatalf("no device ID of %s in the log", bot)
+	}
+	return dev
+}
+
+// pendingVerification waits until `verification list` shows one
+// verification of the bot waiting for the operator, and returns its
+// transaction ID and the line.
+func pendingVerification(t *testing.T, o *Opsbot) (string, string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		out, err := o.Run("verification", "list")
+		if err != nil {
+			t.Fatalf("verification list: %v\n%s", err, out)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, botID) && strings.Contains(l, "waits for you") {
+				return strings.Fields(l)[0], l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pending verification after %v; list:\n%s\nopsbot log:\n%s", wait, out, o.LogTail(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// noPendingVerification checks that nothing is left behind.
+func noPendingVerification(t *testing.T, o *Opsbot) {
+	t.Helper()
+	out, err := o.Run("verification", "list")
+	if err != nil || !strings.Contains(out, "No verification waits") {
+		t.Fatalf("verification list after the end: %v\n%s", err, out)
+	}
+}
+
+// sasShown checks the operator sees the person's numbers and emoji.
+func sasShown(t *testing.T, line string, sas peers.SAS) {
+	t.Helper()
+	nums := make([]string, len(sas.Decimals))
+	for i, d := range sas.Decimals {
+		nums[i] = strconv.Itoa(d)
+	}
+	if !strings.Contains(line, "| "+strings.Join(nums, " ")) {
+		t.Fatalf("operator's list %q does not show the person's decimals %v", line, sas.Decimals)
+	}
+	// By name: the symbols may differ in variation selectors (☁️ and ☁).
+	var names []string
+	for _, e := range sas.Emojis {
+		names = append(names, " "+e[1])
+	}
+	if got := regexp.MustCompile(` [A-Z][a-z]+( [a-z]+)*`).FindAllString(strings.SplitN(line, "|", 2)[0], -1); strings.Join(got[len(got)-len(names):], ",") != strings.Join(names, ",") {
+		t.Fatalf("operator's list %q does not show the person's emoji %v in order", line, sas.Emojis)
+	}
+}
+
+// seesVerified waits until the person's client shows the bot and its device
+// as verified through cross-signing (the client signs the bot's master key
+// and uploads the signature just after the verification ends).
+func seesVerified(t *testing.T, p *peers.Peer, dev string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		ut, dt := p.UserTrust(botID), p.DeviceTrust(botID, dev)
+		if ut.CrossSigningVerified && dt.CrossSigningVerified {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after verification %s sees the bot as %+v and its device as %+v, want both cross-signing verified", p.UserID, ut, dt)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+func TestBotIdentityAndVerification(t *testing.T) {
+	w := newWorld(t, "sqlite", trustBots, trustConfig(""))
+	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed", `"bot":"`+botID+`"`)
+	if v := w.Bot.Metric(t, `opsbot_bot_cross_signed{bot="`+botID+`"}`); v != 1 {
+		t.Fatalf("opsbot_bot_cross_signed = %v, want 1", v)
+	}
+	dev := botDevice(t, w.Bot, botID)
+
+	alice := w.HS.RegisterUser(t, "alice")
+	bob := w.HS.RegisterUser(t, "bob")
+	carol := w.HS.RegisterUser(t, "carol")
+	a, b, c := peers.StartJS(t), peers.StartJS(t), peers.StartJS(t)
+	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
+	b.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
+	c.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
+	a.BootstrapCrossSigning(alice.Password)
+	c.BootstrapCrossSigning(carol.Password)
+	// People see the devices of those they share rooms with.
+	room := a.CreateRoom(true, botID)
+	botJoined(t, alice, room, botID)
+
+	// What Element shows before any verification: the bot has a master
+	// key and its device is signed by it.
+	if tr := a.DeviceTrust(botID, dev); !tr.Known || !tr.SignedByOwner || tr.CrossSigningVerified {
+		t.Fatalf("alice's view of the bot's device: %+v, want known and signed by its owner, not yet verified", tr)
+	}
+	if ut := a.UserTrust(botID); !ut.HasMasterKey || ut.CrossSigningVerified {
+		t.Fatalf("alice's view of the bot: %+v, want a master key, not yet verified", ut)
+	}
+
+	// The operator can read the recovery key; it is a real one.
+	out, err := w.Bot.Run("recovery-key", "show")
+	if err != nil || !regexp.MustCompile(botID+`\t([1-9A-HJ-NP-Za-km-z]{4} ){11}[1-9A-HJ-NP-Za-km-z]{4}\n`).MatchString(out) {
+		t.Fatalf("recovery-key show: %v\n%q", err, out)
+	}
+
+	// A full to-device SAS verification, confirmed by the operator.
+	a.VerifyRequestDevice(botID, dev)
+	sas := a.VerifySAS(true, wait)
+	txn, line := pendingVerification(t, w.Bot)
+	sasShown(t, line, sas)
+	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
+		t.Fatalf("verification confirm: %v\n%s", err, out)
+	}
+	a.VerifyConfirm()
+	if o := a.VerifyWaitDone(wait); o.Phase != "done" {
+		t.Fatalf("verification ended %+v, want done", o)
+	}
+	seesVerified(t, a, dev)
+	w.Bot.WaitForLog(t, wait, "Verification done")
+	noPendingVerification(t, w.Bot)
+
+	// The same in a DM (in-room verification, as Element starts it).
+	dm := c.CreateRoom(true, botID)
+	botJoined(t, carol, dm, botID)
+	c.VerifyRequestDM(botID, dm)
+	sas = c.VerifySAS(true, wait)
+	txn, line = pendingVerification(t, w.Bot)
+	sasShown(t, line, sas)
+	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
+		t.Fatalf("verification confirm: %v\n%s", err, out)
+	}
+	c.VerifyConfirm()
+	if o := c.VerifyWaitDone(wait); o.Phase != "done" {
+		t.Fatalf("in-room verification ended %+v, want done", o)
+	}
+	seesVerified(t, c, dev)
+	noPendingVerification(t, w.Bot)
+	// The bot still answers in the DM: the verification events did not
+	// reach the skills, and the DM stays encrypted both ways.
+	c.Send(dm, "!echo after verification")
+	if m := c.WaitMessage(dm, botID, wait); m.Body != "after verification" || !m.Encrypted {
+		t.Fatalf("echo in the DM: %+v", m)
+	}
+
+	// A user who is not allowed: refused with a reason, nothing kept.
+	botJoined(t, bob, b.CreateRoom(true, botID), botID)
+	b.VerifyRequestDevice(botID, dev)
+	// (The reason goes on the wire too; the Rust SDK shows its own text
+	// for m.user.)
+	if o := b.VerifyWaitDone(wait); o.Phase != "cancelled" || o.Code != "m.user" || o.By != botID {
+		t.Fatalf("bob's request ended %+v, want cancelled by the bot (m.user)", o)
+	}
+	w.Bot.WaitForLog(t, wait, "Refused a verification request", bob.ID)
+	noPendingVerification(t, w.Bot)
+
+	// The operator cancels.
+	a.VerifyRequestDevice(botID, dev)
+	a.VerifySAS(true, wait)
+	txn, _ = pendingVerification(t, w.Bot)
+	if out, err := w.Bot.Run("verification", "cancel", txn); err != nil {
+		t.Fatalf("verification cancel: %v\n%s", err, out)
+	}
+	if o := a.VerifyWaitDone(wait); o.Phase != "cancelled" || o.Code != "m.user" {
+		t.Fatalf("operator-cancelled verification ended %+v, want cancelled (m.user)", o)
+	}
+	noPendingVerification(t, w.Bot)
+	if out, err := w.Bot.Run("verification", "confirm", txn); err == nil || !strings.Contains(out, "no pending verification") {
+		t.Fatalf("confirming a finished verification: %v\n%s", err, out)
+	}
+
+	// Nobody decides: the bot cancels after encryption.verification.timeout.
+	a.VerifyRequestDevice(botID, dev)
+	a.VerifySAS(true, wait)
+	pendingVerification(t, w.Bot)
+	a.VerifyConfirm() // the person's side alone is not enough
+	if o := a.VerifyWaitDone(wait); o.Phase != "cancelled" || o.Code != "m.timeout" {
+		t.Fatalf("unconfirmed verification ended %+v, want cancelled (m.timeout)", o)
+	}
+	noPendingVerification(t, w.Bot)
+
+	// The person cancels after seeing the emoji.
+	a.VerifyRequestDevice(botID, dev)
+	a.VerifySAS(true, wait)
+	pendingVerification(t, w.Bot)
+	a.VerifyCancel()
+	w.Bot.WaitForLog(t, wait, "Verification cancelled", `"code":"m.user"`)
+	noPendingVerification(t, w.Bot)
+
+	// The person says the emoji differ.
+	a.VerifyRequestDevice(botID, dev)
+	a.VerifySAS(true, wait)
+	pendingVerification(t, w.Bot)
+	a.VerifyMismatch()
+	w.Bot.WaitForLog(t, wait, "Verification cancelled", `"code":"m.mismatched_sas"`)
+	noPendingVerification(t, w.Bot)
+
+	for outcome, want := range map[string]float64{"done": 2, "refused": 1, "cancelled": 3, "timeout": 1} {
+		if v := w.Bot.Metric(t, `opsbot_verifications_total{outcome="`+outcome+`"}`); v != want {
+			t.Errorf("opsbot_verifications_total{outcome=%q} = %v, want %v", outcome, v, want)
+		}
+	}
+}
