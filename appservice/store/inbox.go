@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -34,6 +36,10 @@ type InboxEvent struct {
 // are still recorded if they are new (its ephemeral events, which have no ID,
 // are not). recorded holds the newly written events with their sequence
 // numbers, in order.
+//
+// The events go in with one multi-row INSERT per chunk of insertChunk
+// events rather than one statement each (a round trip each on Postgres;
+// docs/performance.md).
 func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []InboxEvent) (recorded []InboxEvent, duplicate bool, err error) {
 	now := time.Now().UnixMilli()
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
@@ -47,21 +53,22 @@ func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []In
 			return err
 		}
 		duplicate = n == 0
-		for _, ev := range events {
-			if duplicate && ev.EventID == "" {
-				continue
-			}
-			row := s.DB.QueryRow(ctx, `INSERT INTO opsbot_inbox (txn_id, event_id, room_id, kind, payload, received_at)
-				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING seq`,
-				txnID, ev.EventID, ev.RoomID, ev.Kind, string(ev.Payload), now)
-			if err := row.Scan(&ev.Seq); err != nil {
-				if isNoRows(err) {
-					continue // already in the inbox from an earlier transaction
+		todo := events
+		if duplicate {
+			// Only the room events of a retry may be new.
+			todo = make([]InboxEvent, 0, len(events))
+			for _, ev := range events {
+				if ev.EventID != "" {
+					todo = append(todo, ev)
 				}
-				return fmt.Errorf("recording event %s: %w", ev.EventID, err)
 			}
-			ev.TxnID = txnID
-			recorded = append(recorded, ev)
+		}
+		for chunk := range slices.Chunk(todo, insertChunk) {
+			got, err := s.insertEvents(ctx, txnID, now, chunk)
+			if err != nil {
+				return err
+			}
+			recorded = append(recorded, got...)
 		}
 		return nil
 	})
@@ -69,6 +76,77 @@ func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []In
 		return nil, false, err
 	}
 	return recorded, duplicate, nil
+}
+
+// insertChunk bounds the rows of one INSERT: 4 parameters a row keeps it
+// far below SQLite's and Postgres's parameter limits (32766 and 65535).
+const insertChunk = 500
+
+// insertEvents writes events with one INSERT and returns those that were new
+// (an event ID already in the inbox, or earlier in the same statement, is
+// skipped), in the order given, with their sequence numbers. RETURNING does
+// not promise any row order, so rows are matched back by event ID, and events
+// without an ID (ephemeral ones, never skipped) by sequence number: a
+// statement assigns its new rows increasing numbers in the order of VALUES.
+func (s *Store) insertEvents(ctx context.Context, txnID string, now int64, events []InboxEvent) ([]InboxEvent, error) {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO opsbot_inbox (txn_id, event_id, room_id, kind, payload, received_at) VALUES `)
+	args := make([]any, 2, 2+4*len(events))
+	args[0], args[1] = txnID, now
+	for i, ev := range events {
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		n := len(args)
+		fmt.Fprintf(&q, "($1, $%d, $%d, $%d, $%d, $2)", n+1, n+2, n+3, n+4)
+		args = append(args, ev.EventID, ev.RoomID, ev.Kind, string(ev.Payload))
+	}
+	q.WriteString(` ON CONFLICT DO NOTHING RETURNING seq, event_id`)
+	rows, err := s.DB.Query(ctx, q.String(), args...)
+	if err != nil {
+		return nil, fmt.Errorf("recording %d events: %w", len(events), err)
+	}
+	defer rows.Close()
+	byID := make(map[string]int64, len(events))
+	var noID []int64
+	for rows.Next() {
+		var seq int64
+		var eventID string
+		if err := rows.Scan(&seq, &eventID); err != nil {
+			return nil, fmt.Errorf("recording %d events: %w", len(events), err)
+		}
+		if eventID == "" {
+			noID = append(noID, seq)
+		} else {
+			byID[eventID] = seq
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("recording %d events: %w", len(events), err)
+	}
+	slices.Sort(noID)
+	out := make([]InboxEvent, 0, len(byID)+len(noID))
+	for _, ev := range events {
+		if ev.EventID == "" {
+			if len(noID) == 0 {
+				return nil, fmt.Errorf("recording %d events: fewer rows returned than events without an ID", len(events))
+			}
+			ev.Seq, noID = noID[0], noID[1:]
+		} else {
+			seq, ok := byID[ev.EventID]
+			if !ok {
+				continue // already in the inbox, from an earlier transaction or this one
+			}
+			delete(byID, ev.EventID) // a second copy in the same transaction was skipped
+			ev.Seq = seq
+		}
+		ev.TxnID = txnID
+		out = append(out, ev)
+	}
+	if len(noID) > 0 || len(byID) > 0 {
+		return nil, fmt.Errorf("recording %d events: %d returned rows match no event", len(events), len(noID)+len(byID))
+	}
+	return out, nil
 }
 
 // PendingEvents returns inbox events not yet handled, oldest first: the work

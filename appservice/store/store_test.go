@@ -285,3 +285,85 @@ func TestRoomUpgradeBookkeeping(t *testing.T) {
 		}
 	})
 }
+
+func TestRecordTransactionInBatches(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		if _, _, err := st.RecordTransaction(ctx, "t1", events("old", 3)); err != nil {
+			t.Fatal(err)
+		}
+		// 1,200 events over three INSERTs: new room events, ephemeral
+		// events without an ID, an event already recorded by t1, and an
+		// event twice in this transaction, once in the same chunk and once
+		// across chunks.
+		var in, want []store.InboxEvent
+		fresh := events("new", 1200)
+		for i := range fresh {
+			switch {
+			case i%7 == 3:
+				ev := store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(fmt.Sprintf(`{"type":"m.typing","n":%d}`, i))}
+				in = append(in, ev)
+				want = append(want, ev)
+			case i == 10:
+				in = append(in, events("old", 3)[1])
+			case i == 20 || i == 700:
+				in = append(in, fresh[5]) // recorded at i == 5
+			default:
+				in = append(in, fresh[i])
+				want = append(want, fresh[i])
+			}
+		}
+		rec, dup, err := st.RecordTransaction(ctx, "t2", in)
+		if err != nil || dup {
+			t.Fatal(dup, err)
+		}
+		if len(rec) != len(want) {
+			t.Fatalf("recorded %d events, want %d", len(rec), len(want))
+		}
+		for i := range rec {
+			if rec[i].EventID != want[i].EventID || string(rec[i].Payload) != string(want[i].Payload) || rec[i].TxnID != "t2" {
+				t.Fatalf("event %d: got %s %s, want %s %s", i, rec[i].EventID, rec[i].Payload, want[i].EventID, want[i].Payload)
+			}
+			if i > 0 && rec[i].Seq <= rec[i-1].Seq {
+				t.Fatalf("sequence numbers not in event order at %d: %d after %d", i, rec[i].Seq, rec[i-1].Seq)
+			}
+		}
+		// The inbox holds each recorded event under its sequence number.
+		pending, err := st.PendingEvents(ctx, 10000)
+		if err != nil || len(pending) != 3+len(want) {
+			t.Fatalf("pending: %d, %v", len(pending), err)
+		}
+		for i, p := range pending[3:] {
+			if p.Seq != rec[i].Seq || string(p.Payload) != string(rec[i].Payload) || p.EventID != rec[i].EventID {
+				t.Fatalf("inbox row %d: %+v, recorded %+v", i, p, rec[i])
+			}
+		}
+		// A retry of t2 with 600 more events appended: only the new room
+		// events are recorded, its ephemeral events are not.
+		grown := append(append([]store.InboxEvent{}, in...), events("more", 600)...)
+		grown = append(grown, store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)})
+		rec, dup, err = st.RecordTransaction(ctx, "t2", grown)
+		if err != nil || !dup || len(rec) != 600 || rec[0].EventID != "$more-0" || rec[599].EventID != "$more-599" {
+			t.Fatalf("grown retry: dup=%v err=%v recorded=%d", dup, err, len(rec))
+		}
+		// Only ephemeral events: all recorded, in order.
+		eph := make([]store.InboxEvent, 3)
+		for i := range eph {
+			eph[i] = store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+		}
+		rec, _, err = st.RecordTransaction(ctx, "t3", eph)
+		if err != nil || len(rec) != 3 || string(rec[2].Payload) != `{"n":2}` || rec[1].Seq >= rec[2].Seq {
+			t.Fatalf("ephemeral only: %+v %v", rec, err)
+		}
+		// Nothing new at all.
+		rec, dup, err = st.RecordTransaction(ctx, "t4", events("old", 3))
+		if err != nil || dup || len(rec) != 0 {
+			t.Fatalf("all known: %d %v %v", len(rec), dup, err)
+		}
+		if _, _, err := st.RecordTransaction(ctx, "t5", nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
