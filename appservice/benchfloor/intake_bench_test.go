@@ -209,10 +209,12 @@ type inbox struct {
 	tracker *benchfloor.Tracker
 }
 
-func (i inbox) MarkDone(ctx context.Context, seq int64) error {
-	err := i.Store.MarkDone(ctx, seq)
+func (i inbox) MarkDoneBatch(ctx context.Context, seqs []int64) error {
+	err := i.Store.MarkDoneBatch(ctx, seqs)
 	if err == nil {
-		i.tracker.Marked(seq)
+		for _, seq := range seqs {
+			i.tracker.Marked(seq)
+		}
 	}
 	return err
 }

@@ -2,7 +2,9 @@
 // event once, updates the room state store, lets the bot manager react to
 // membership, routes the event to the skills of every bot in the room, and
 // marks it done in the inbox. Events of one room are handled in order, one
-// at a time; rooms are spread over a fixed set of workers.
+// at a time; rooms are spread over a fixed set of workers. One marker
+// goroutine writes the "done" marks of all workers in batches, one database
+// commit for everything handled since its last write.
 package pipeline
 
 import (
@@ -25,8 +27,17 @@ import (
 // Inbox is the durable side of the pipeline (appservice/store implements it).
 type Inbox interface {
 	PendingEvents(ctx context.Context, limit int) ([]store.InboxEvent, error)
-	MarkDone(ctx context.Context, seq int64) error
+	MarkDoneBatch(ctx context.Context, seqs []int64) error
 }
+
+// MaxPendingMarks bounds the events handled but not yet marked done. Workers
+// wait when it is reached, so a database that does not take the marks holds
+// the pipeline back instead of piling up work that a crash would make run
+// again. It is also what a crash can make run again at most (besides one
+// event per worker in progress): each such event re-sends only after
+// looking for an earlier copy among the bot's last 100 messages in the room
+// (outbox.WithRecovery), so the bound must stay well below 100.
+const MaxPendingMarks = 64
 
 // Handler does the work for one parsed event. The pipeline calls it after
 // the state store has been updated.
@@ -49,7 +60,20 @@ type Pipeline struct {
 
 	shards  []*shard
 	backlog atomic.Int64
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // the workers
+	marker  sync.WaitGroup // the marker, which outlives the workers
+	marks   marks
+}
+
+// marks are the sequence numbers of handled events waiting to be marked
+// done; cond wakes the marker when some arrive, and workers when there is
+// room again.
+type marks struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending []int64
+	closed  bool // the workers have stopped: write what is left and stop
+	halted  bool // ctx is done: workers no longer wait for room
 }
 
 type shard struct {
@@ -67,6 +91,7 @@ func (p *Pipeline) Start(ctx context.Context) error {
 	if p.Workers <= 0 {
 		p.Workers = 8
 	}
+	p.marks.cond = sync.NewCond(&p.marks.mu)
 	p.shards = make([]*shard, p.Workers)
 	for i := range p.shards {
 		s := &shard{}
@@ -88,6 +113,8 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		p.wg.Add(1)
 		go p.work(ctx, s)
 	}
+	p.marker.Add(1)
+	go p.markLoop(ctx)
 	go func() {
 		<-ctx.Done()
 		for _, s := range p.shards {
@@ -96,14 +123,30 @@ func (p *Pipeline) Start(ctx context.Context) error {
 			s.cond.Broadcast()
 			s.mu.Unlock()
 		}
+		p.marks.mu.Lock()
+		p.marks.halted = true
+		p.marks.cond.Broadcast()
+		p.marks.mu.Unlock()
+		// The marker writes what the workers handled until the last one
+		// stopped, then stops too.
+		p.wg.Wait()
+		p.marks.mu.Lock()
+		p.marks.closed = true
+		p.marks.cond.Broadcast()
+		p.marks.mu.Unlock()
 	}()
 	return nil
 }
 
-// Wait blocks until every worker has stopped.
-func (p *Pipeline) Wait() { p.wg.Wait() }
+// Wait blocks until every worker has stopped and the marks of the events
+// they handled are written (or, with the database unreachable, given up on:
+// those events run again after a restart).
+func (p *Pipeline) Wait() {
+	p.wg.Wait()
+	p.marker.Wait()
+}
 
-// Backlog is the number of recorded events not yet handled.
+// Backlog is the number of recorded events not yet handled and marked done.
 func (p *Pipeline) Backlog() int64 { return p.backlog.Load() }
 
 // Deliver queues recorded events. It never blocks: the events are already
@@ -146,25 +189,79 @@ func (p *Pipeline) work(ctx context.Context, s *shard) {
 		if ctx.Err() != nil {
 			return // not marked done: handled again after restart
 		}
-		p.markDone(ctx, item.Seq)
-		p.backlog.Add(-1)
+		p.queueMark(item.Seq)
 	}
 }
 
-// markDone retries until the database takes it: forgetting to mark would
-// only re-run the event after a restart (sends are idempotent), but giving up
-// silently would hide a database outage.
-func (p *Pipeline) markDone(ctx context.Context, seq int64) {
-	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 10*time.Second) {
-		err := p.Inbox.MarkDone(ctx, seq)
-		if err == nil || ctx.Err() != nil {
+// queueMark hands a handled event to the marker, waiting while
+// MaxPendingMarks are queued. Once ctx is done it no longer waits: a mark
+// that does not fit is dropped and its event runs again after the restart.
+func (p *Pipeline) queueMark(seq int64) {
+	m := &p.marks
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for len(m.pending) >= MaxPendingMarks && !m.halted {
+		m.cond.Wait()
+	}
+	if len(m.pending) >= MaxPendingMarks {
+		return
+	}
+	m.pending = append(m.pending, seq)
+	m.cond.Broadcast()
+}
+
+// markLoop writes the queued marks, all of them in one batch, until the
+// workers have stopped and nothing is left. Each batch is retried until the
+// database takes it: forgetting a mark would only re-run the event after a
+// restart (sends are idempotent), but giving up silently would hide a
+// database outage. After ctx is done, retries stop at shutdownMarkTimeout.
+func (p *Pipeline) markLoop(ctx context.Context) {
+	defer p.marker.Done()
+	m := &p.marks
+	var batch []int64
+	for {
+		m.mu.Lock()
+		for len(m.pending) == 0 && !m.closed {
+			m.cond.Wait()
+		}
+		if len(m.pending) == 0 {
+			m.mu.Unlock()
 			return
 		}
-		p.Log.Error().Err(err).Int64("seq", seq).Dur("retry_in", wait).Msg("Could not mark event done")
+		batch, m.pending = m.pending, batch[:0]
+		m.cond.Broadcast() // room for the workers again
+		m.mu.Unlock()
+
+		p.writeMarks(ctx, batch)
+		p.backlog.Add(-int64(len(batch)))
+	}
+}
+
+// shutdownMarkTimeout bounds the attempts to write the last marks once the
+// pipeline is stopping.
+var shutdownMarkTimeout = 5 * time.Second
+
+func (p *Pipeline) writeMarks(ctx context.Context, seqs []int64) {
+	// The marks of events already handled are written even while stopping.
+	wctx := context.WithoutCancel(ctx)
+	stopping := ctx.Done()
+	var giveUp <-chan time.Time
+	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 10*time.Second) {
+		err := p.Inbox.MarkDoneBatch(wctx, seqs)
+		if err == nil {
+			return
+		}
+		p.Log.Error().Err(err).Int("events", len(seqs)).Int64("first_seq", seqs[0]).Dur("retry_in", wait).Msg("Could not mark events done")
+		if giveUp == nil && ctx.Err() != nil {
+			giveUp, stopping = time.After(shutdownMarkTimeout), nil
+		}
 		select {
-		case <-ctx.Done():
+		case <-giveUp:
+			p.Log.Warn().Int("events", len(seqs)).Msg("Stopping without marking events done: they run again after the restart")
 			return
 		case <-time.After(wait):
+		case <-stopping: // try once more at once, then until giveUp
+			giveUp, stopping = time.After(shutdownMarkTimeout), nil
 		}
 	}
 }

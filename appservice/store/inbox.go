@@ -177,6 +177,40 @@ func (s *Store) MarkDone(ctx context.Context, seq int64) error {
 	return err
 }
 
+// MarkDoneBatch marks several inbox events handled, with one UPDATE per
+// chunk of insertChunk and one commit for all.
+func (s *Store) MarkDoneBatch(ctx context.Context, seqs []int64) error {
+	switch len(seqs) {
+	case 0:
+		return nil
+	case 1:
+		return s.MarkDone(ctx, seqs[0])
+	}
+	mark := func(ctx context.Context) error {
+		for chunk := range slices.Chunk(seqs, insertChunk) {
+			var q strings.Builder
+			q.WriteString(`UPDATE opsbot_inbox SET done = true WHERE seq IN (`)
+			args := make([]any, len(chunk))
+			for i, seq := range chunk {
+				if i > 0 {
+					q.WriteByte(',')
+				}
+				fmt.Fprintf(&q, "$%d", i+1)
+				args[i] = seq
+			}
+			q.WriteByte(')')
+			if _, err := s.DB.Exec(ctx, q.String(), args...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(seqs) <= insertChunk {
+		return mark(ctx)
+	}
+	return s.DB.DoTxn(ctx, nil, mark)
+}
+
 // CountPending returns how many inbox events wait to be handled.
 func (s *Store) CountPending(ctx context.Context) (n int, err error) {
 	err = s.DB.QueryRow(ctx, `SELECT COUNT(*) FROM opsbot_inbox WHERE NOT done`).Scan(&n)

@@ -367,3 +367,40 @@ func TestRecordTransactionInBatches(t *testing.T) {
 		}
 	})
 }
+
+func TestMarkDoneBatch(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		rec, _, err := st.RecordTransaction(ctx, "t1", events("a", 1200))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seqs []int64
+		for i, ev := range rec {
+			if i%2 == 0 {
+				seqs = append(seqs, ev.Seq)
+			}
+		}
+		if err := st.MarkDoneBatch(ctx, seqs); err != nil { // 600: two statements
+			t.Fatal(err)
+		}
+		if err := st.MarkDoneBatch(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.MarkDoneBatch(ctx, []int64{rec[1].Seq}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.MarkDoneBatch(ctx, []int64{rec[3].Seq, rec[5].Seq, rec[3].Seq}); err != nil {
+			t.Fatal(err)
+		}
+		pending, err := st.PendingEvents(ctx, 10000)
+		if err != nil || len(pending) != 600-3 {
+			t.Fatalf("pending: %d %v", len(pending), err)
+		}
+		if pending[0].Seq != rec[7].Seq {
+			t.Fatalf("first pending is %d, want %d", pending[0].Seq, rec[7].Seq)
+		}
+	})
+}
