@@ -14,7 +14,6 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
-	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
 
 	"opsbot/appservice/config"
 )
@@ -38,7 +37,13 @@ func Open(cfg config.Database, log zerolog.Logger) (*Store, error) {
 	)
 	switch cfg.Type {
 	case "sqlite":
-		raw, err = sql.Open("sqlite", SQLiteDSN(cfg.URI))
+		// Writes queue on an in-process lock, not in SQLite's sleeping
+		// busy handler (sqlitelock.go says why not one connection).
+		var conn *sqliteConnector
+		conn, err = newSQLiteConnector(SQLiteDSN(cfg.URI))
+		if err == nil {
+			raw = sql.OpenDB(conn)
+		}
 	case "postgres":
 		raw, err = sql.Open("pgx", cfg.URI)
 	default:
@@ -51,8 +56,8 @@ func Open(cfg config.Database, log zerolog.Logger) (*Store, error) {
 	// made the pool open and close connections on every transaction (on
 	// Postgres each is a server process; docs/performance.md).
 	if cfg.Type == "sqlite" {
-		// One writer at a time is all SQLite can do; a small pool keeps
-		// readers going while the writer waits on the busy timeout.
+		// One writer at a time is all SQLite can do (the write lock sees
+		// to it); a small pool keeps readers going beside the writer.
 		raw.SetMaxOpenConns(4)
 		raw.SetMaxIdleConns(4)
 	} else {

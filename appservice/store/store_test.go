@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
 
 	"opsbot/appservice/config"
 	"opsbot/appservice/store"
@@ -403,4 +405,64 @@ func TestMarkDoneBatch(t *testing.T) {
 			t.Fatalf("first pending is %d, want %d", pending[0].Seq, rec[7].Seq)
 		}
 	})
+}
+
+func TestSQLiteWriteLock(t *testing.T) {
+	ctx := context.Background()
+	// A short busy timeout: a writer gives up after it, as SQLite would.
+	st := open(t, config.Database{Type: "sqlite", URI: t.TempDir() + "/opsbot.db?_pragma=busy_timeout(300)"})
+	defer st.Close()
+
+	// Many writers at once all get through, none sees "database is locked".
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				txn := fmt.Sprintf("w%d-%d", w, i)
+				rec, _, err := st.RecordTransaction(ctx, txn, events(txn, 2))
+				if err == nil {
+					err = st.MarkDoneBatch(ctx, []int64{rec[0].Seq, rec[1].Seq})
+				}
+				if err == nil {
+					err = st.Memory("s", id.RoomID(txn)).Put(ctx, "k", i)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	// Inside a transaction, reads on other connections go on (one shared
+	// connection would wait for itself here), and a write outside the
+	// transaction fails after the busy timeout instead of hanging.
+	err := st.DB.DoTxn(ctx, nil, func(txCtx context.Context) error {
+		if _, err := st.DB.Exec(txCtx, `INSERT INTO opsbot_cron (job_key, last_run) VALUES ('a', 1)`); err != nil {
+			return err
+		}
+		if n, err := st.CountPending(ctx); err != nil || n != 0 {
+			return fmt.Errorf("read beside the transaction: %d %v", n, err)
+		}
+		start := time.Now()
+		_, err := st.DB.Exec(ctx, `INSERT INTO opsbot_cron (job_key, last_run) VALUES ('b', 1)`)
+		if err == nil || time.Since(start) > 5*time.Second {
+			return fmt.Errorf("write beside the transaction: %v after %s", err, time.Since(start))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.DB.Exec(ctx, `INSERT INTO opsbot_cron (job_key, last_run) VALUES ('c', 1)`); err != nil {
+		t.Fatalf("write after the transaction: %v", err)
+	}
 }
