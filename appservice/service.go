@@ -23,7 +23,6 @@ import (
 	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-	"maunium.net/go/mautrix/sqlstatestore"
 
 	"opsbot/appservice/bots"
 	"opsbot/appservice/config"
@@ -103,7 +102,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 		Registration:     cfg.Registration(),
 		HomeserverDomain: cfg.Homeserver.Domain,
 		HomeserverURL:    cfg.Homeserver.Address,
-		StateStore:       sqlstatestore.NewSQLStateStore(s.Store.DB, nil, false),
+		StateStore:       store.NewCachedStateStore(s.Store.DB),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the appservice client: %w", err)
@@ -135,7 +134,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 	if cfg.Encryption.Enabled {
 		s.E2EE = e2ee.New(e2ee.Options{
 			DB:            s.Store.DB,
-			StateStore:    s.AS.StateStore.(*sqlstatestore.SQLStateStore),
+			StateStore:    s.AS.StateStore.(*store.CachedStateStore),
 			HomeserverURL: cfg.Homeserver.Address,
 			ASToken:       cfg.AppService.ASToken,
 			PickleKey:     []byte(cfg.Encryption.PickleKey),
@@ -368,7 +367,7 @@ func (s *Service) start(ctx, workCtx context.Context) error {
 	if err := s.Store.Upgrade(ctx); err != nil {
 		return err
 	}
-	if err := s.AS.StateStore.(*sqlstatestore.SQLStateStore).Upgrade(ctx); err != nil {
+	if err := s.AS.StateStore.(*store.CachedStateStore).Upgrade(ctx); err != nil {
 		return fmt.Errorf("migrating the state store: %w", err)
 	}
 	s.Log.Info().Str("type", s.Cfg.Database.Type).Msg("Database ready")

@@ -15,7 +15,6 @@ import (
 	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-	"maunium.net/go/mautrix/sqlstatestore"
 
 	"opsbot/appservice/benchfloor"
 	"opsbot/appservice/config"
@@ -162,7 +161,7 @@ func (s ackSkill) Setup(r *skills.Router, cfg skills.Config) error {
 // does it for a room event: which bots are in the room (state store), decrypt
 // if encrypted, then the skills engine.
 type handler struct {
-	ss      *sqlstatestore.SQLStateStore
+	ss      *store.CachedStateStore
 	bots    []id.UserID
 	engine  *skills.Engine
 	m       *metrics.Metrics
@@ -223,7 +222,7 @@ func (i inbox) MarkDoneBatch(ctx context.Context, seqs []int64) error {
 type fullOpsbot struct {
 	URL     string
 	Store   *store.Store
-	State   *sqlstatestore.SQLStateStore
+	State   *store.CachedStateStore
 	Tracker *benchfloor.Tracker
 	Probes  benchfloor.Probes
 	HS      *benchfloor.Homeserver
@@ -242,7 +241,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	ctx := context.Background()
 	log := logger()
 	st, probes := openStore(b, dbType)
-	ss := sqlstatestore.NewSQLStateStore(st.DB, nil, false)
+	ss := store.NewCachedStateStore(st.DB)
 	if err := ss.Upgrade(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -264,6 +263,9 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	as.Log = log.With().Str("component", "mautrix").Logger()
 	as.DefaultHTTPRetries = 0
 	as.HTTPClient.Timeout = 60 * time.Second
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 32 // as appservice.New does
+	as.HTTPClient.Transport = transport
 	ob := outbox.New(as, log.With().Str("component", "outbox").Logger())
 	ob.Observe = m.ObserveSend
 

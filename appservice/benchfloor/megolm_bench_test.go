@@ -15,7 +15,6 @@ import (
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-	"maunium.net/go/mautrix/sqlstatestore"
 
 	"opsbot/appservice/benchfloor"
 	"opsbot/appservice/pipeline"
@@ -227,7 +226,7 @@ func benchMachine(b *testing.B, dbType string) {
 		mach = newMachine(b, nil, mautrix.NewMemoryStateStore().(crypto.StateStore))
 	} else {
 		st, _ := openStore(b, dbType)
-		ss := sqlstatestore.NewSQLStateStore(st.DB, nil, false)
+		ss := store.NewCachedStateStore(st.DB) // as appservice.New hands it to e2ee
 		if err := ss.Upgrade(ctx); err != nil {
 			b.Fatal(err)
 		}
