@@ -53,7 +53,7 @@ deploy-test:
 # test finds is written to the package's testdata/fuzz, to be committed.
 FUZZERS := ./appservice/intake:FuzzTransaction ./appservice/config:FuzzParse \
 	./appservice/discovery:FuzzParseWellKnown ./skills:FuzzCommand ./skills:FuzzParse \
-	./skills/schedule:FuzzParse
+	./skills/schedule:FuzzParse ./skills/webhook:FuzzWebhook ./skills/external:FuzzParseAnswer
 FUZZTIME ?= 60s
 
 fuzz:
