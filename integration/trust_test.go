@@ -1,6 +1,10 @@
 package integration
 
 import (
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -8,7 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
 	"opsbot/appservice/config"
+	"opsbot/integration/harness"
 	"opsbot/integration/peers"
 )
 
@@ -32,7 +43,7 @@ func trustConfig(extra string) string {
   decrypt_wait: 5s
   dendrite_admin_token: "%s"
   verification:
-    allowed_users: ["@alice:localhost", "@carol:*"]
+    allowed_users: ["@alice:localhost", "@carol:*", "@dave:localhost"]
     timeout: 10s
 %s`, config.RandomToken(), adminTokenPlaceholder, extra)
 }
@@ -97,13 +108,15 @@ func sasShown(t *testing.T, line string, sas peers.SAS) {
 	if !strings.Contains(line, "| "+strings.Join(nums, " ")) {
 		t.Fatalf("operator's list %q does not show the person's decimals %v", line, sas.Decimals)
 	}
-	// By name: the symbols may differ in variation selectors (☁️ and ☁).
-	var names []string
+	// By name, in order: the symbols may differ in variation selectors
+	// (☁️ and ☁).
+	pos := 0
 	for _, e := range sas.Emojis {
-		names = append(names, " "+e[1])
-	}
-	if got := regexp.MustCompile(` [A-Z][a-z]+( [a-z]+)*`).FindAllString(strings.SplitN(line, "|", 2)[0], -1); strings.Join(got[len(got)-len(names):], ",") != strings.Join(names, ",") {
-		t.Fatalf("operator's list %q does not show the person's emoji %v in order", line, sas.Emojis)
+		i := strings.Index(line[pos:], " "+e[1])
+		if i < 0 {
+			t.Fatalf("operator's list %q does not show the person's emoji %v in order", line, sas.Emojis)
+		}
+		pos += i + len(e[1]) + 1
 	}
 }
 
@@ -252,9 +265,120 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	w.Bot.WaitForLog(t, wait, "Verification cancelled", `"code":"m.mismatched_sas"`)
 	noPendingVerification(t, w.Bot)
 
-	for outcome, want := range map[string]float64{"done": 2, "refused": 1, "cancelled": 3, "timeout": 1} {
+	// A MAC that does not match (a device that is not who it claims).
+	dave := w.HS.RegisterUser(t, "dave")
+	wrongMAC(t, w, dave, dev)
+
+	for outcome, want := range map[string]float64{"done": 2, "refused": 1, "cancelled": 4, "timeout": 1} {
 		if v := w.Bot.Metric(t, `opsbot_verifications_total{outcome="`+outcome+`"}`); v != want {
 			t.Errorf("opsbot_verifications_total{outcome=%q} = %v, want %v", outcome, v, want)
 		}
 	}
+}
+
+// rawVerifier is a person's device speaking the to-device verification
+// protocol by hand, to send what no real client sends (a wrong MAC).
+type rawVerifier struct {
+	t     *testing.T
+	cli   *mautrix.Client
+	since string
+	txn   string
+	bot   id.UserID
+	dev   id.DeviceID
+}
+
+func (r *rawVerifier) send(typ string, content map[string]any) {
+	r.t.Helper()
+	content["transaction_id"] = r.txn
+	_, err := r.cli.SendToDevice(context.Background(), event.Type{Type: typ, Class: event.ToDeviceEventType},
+		&mautrix.ReqSendToDevice{Messages: map[id.UserID]map[id.DeviceID]*event.Content{r.bot: {r.dev: {Raw: content}}}})
+	if err != nil {
+		r.t.Fatalf("sending %s: %v", typ, err)
+	}
+}
+
+// await returns the content of the next to-device event of this
+// transaction with the given type; any other type fails the test.
+func (r *rawVerifier) await(typ string) map[string]any {
+	r.t.Helper()
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		resp, err := r.cli.FullSyncRequest(context.Background(), mautrix.ReqSync{Since: r.since, Timeout: 2000})
+		if err != nil {
+			r.t.Fatalf("sync: %v", err)
+		}
+		r.since = resp.NextBatch
+		for _, evt := range resp.ToDevice.Events {
+			if evt.Content.Raw["transaction_id"] != r.txn {
+				continue
+			}
+			if evt.Type.Type != typ {
+				r.t.Fatalf("got %s %v, want %s", evt.Type.Type, evt.Content.Raw, typ)
+			}
+			return evt.Content.Raw
+		}
+	}
+	r.t.Fatalf("no %s within %v", typ, wait)
+	return nil
+}
+
+// wrongMAC runs a verification up to the short authentication string, lets
+// the operator confirm, and answers with a MAC that cannot be right: the
+// bot must cancel, trust nothing, and keep nothing.
+func wrongMAC(t *testing.T, w *world, user *harness.User, botDev string) {
+	cli, err := mautrix.NewClient(w.HS.URL, id.UserID(user.ID), user.AccessToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.DeviceID = id.DeviceID(user.DeviceID)
+	// The bot looks the device up: publish real, signed device keys.
+	acc := crypto.NewOlmAccount()
+	keys := &mautrix.DeviceKeys{UserID: cli.UserID, DeviceID: cli.DeviceID,
+		Algorithms: []id.Algorithm{id.AlgorithmOlmV1, id.AlgorithmMegolmV1},
+		Keys: mautrix.KeyMap{
+			id.NewDeviceKeyID(id.KeyAlgorithmCurve25519, id.DeviceID(user.DeviceID)): string(acc.IdentityKey()),
+			id.NewDeviceKeyID(id.KeyAlgorithmEd25519, id.DeviceID(user.DeviceID)):    string(acc.SigningKey()),
+		}}
+	sig, err := acc.SignJSON(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.Signatures = signatures.NewSingleSignature(cli.UserID, id.KeyAlgorithmEd25519, user.DeviceID, sig)
+	if _, err := cli.UploadKeys(context.Background(), &mautrix.ReqUploadKeys{DeviceKeys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	r := &rawVerifier{t: t, cli: cli, txn: "wrongmac" + config.RandomToken()[:8], bot: botID, dev: id.DeviceID(botDev)}
+	first, err := cli.FullSyncRequest(context.Background(), mautrix.ReqSync{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.since = first.NextBatch
+	from := user.DeviceID
+	r.send("m.key.verification.request", map[string]any{"from_device": from, "methods": []string{"m.sas.v1"}, "timestamp": time.Now().UnixMilli()})
+	r.await("m.key.verification.ready")
+	r.send("m.key.verification.start", map[string]any{"from_device": from, "method": "m.sas.v1",
+		"key_agreement_protocols": []string{"curve25519-hkdf-sha256"}, "hashes": []string{"sha256"},
+		"message_authentication_codes": []string{"hkdf-hmac-sha256.v2"}, "short_authentication_string": []string{"decimal", "emoji"}})
+	r.await("m.key.verification.accept")
+	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.send("m.key.verification.key", map[string]any{"key": base64.RawStdEncoding.EncodeToString(priv.PublicKey().Bytes())})
+	r.await("m.key.verification.key")
+	txn, _ := pendingVerification(t, w.Bot)
+	if txn != r.txn {
+		t.Fatalf("pending verification %s, want %s", txn, r.txn)
+	}
+	garbage := base64.RawStdEncoding.EncodeToString([]byte("not the MAC of anything at all!!"))
+	r.send("m.key.verification.mac", map[string]any{"keys": garbage, "mac": map[string]string{"ed25519:" + from: garbage}})
+	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
+		t.Fatalf("verification confirm: %v\n%s", err, out)
+	}
+	r.await("m.key.verification.mac") // the bot's, after the operator's confirmation
+	if c := r.await("m.key.verification.cancel"); c["code"] != "m.mismatched_sas" {
+		t.Fatalf("the bot cancelled with %v, want m.mismatched_sas", c)
+	}
+	w.Bot.WaitForLog(t, wait, "Verification cancelled", r.txn, "key list MAC mismatch")
+	noPendingVerification(t, w.Bot)
 }
