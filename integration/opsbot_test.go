@@ -330,22 +330,38 @@ func (o *Opsbot) LogTail(n int) string {
 // WaitForLog waits until one log line contains all the given parts.
 func (o *Opsbot) WaitForLog(t testing.TB, timeout time.Duration, parts ...string) {
 	t.Helper()
+	o.WaitForLogs(t, timeout, 1, parts...)
+}
+
+// WaitForLogs waits until n log lines (of all runs) contain all the given
+// parts.
+func (o *Opsbot) WaitForLogs(t testing.TB, timeout time.Duration, n int, parts ...string) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		for _, line := range strings.Split(o.Log(), "\n") {
-			all := true
-			for _, p := range parts {
-				all = all && strings.Contains(line, p)
-			}
-			if all {
-				return
-			}
+		if o.CountLog(parts...) >= n {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no opsbot log line with %q within %v", parts, timeout)
+			t.Fatalf("fewer than %d opsbot log lines with %q within %v", n, parts, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// CountLog counts the log lines (of all runs) that contain all the parts.
+func (o *Opsbot) CountLog(parts ...string) int {
+	n := 0
+	for _, line := range strings.Split(o.Log(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }
 
 // Metric returns the value of the sample whose line starts with series

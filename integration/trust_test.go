@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -381,4 +383,143 @@ func wrongMAC(t *testing.T, w *world, user *harness.User, botDev string) {
 	}
 	w.Bot.WaitForLog(t, wait, "Verification cancelled", r.txn, "key list MAC mismatch")
 	noPendingVerification(t, w.Bot)
+}
+
+// recoveryKeyOf reads the bot's recovery key with the CLI.
+func recoveryKeyOf(t *testing.T, o *Opsbot) string {
+	t.Helper()
+	out, err := o.Run("recovery-key", "show", botID)
+	m := regexp.MustCompile(botID + `\t(([1-9A-HJ-NP-Za-km-z]{4} ){11}[1-9A-HJ-NP-Za-km-z]{4})\n`).FindStringSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("recovery-key show: %v\n%s", err, out)
+	}
+	return m[1]
+}
+
+// masterKeyOf is the bot's master key from the last log line that names it.
+func masterKeyOf(t *testing.T, o *Opsbot) string {
+	t.Helper()
+	re := regexp.MustCompile(`"master_key":"([A-Za-z0-9+/]{43})"`)
+	key := ""
+	for _, l := range strings.Split(o.Log(), "\n") {
+		if strings.Contains(l, "Bot identity is cross-signed") {
+			if m := re.FindStringSubmatch(l); m != nil {
+				key = m[1]
+			}
+		}
+	}
+	if key == "" {
+		t.Fatal("no master key in the log")
+	}
+	return key
+}
+
+// TestRecoveryKeyRestore loses the bot's database and brings the bot back
+// from its recovery key: the same identity, its new device signed, and
+// the room keys of earlier messages restored from the server-side backup.
+func TestRecoveryKeyRestore(t *testing.T) {
+	w := newWorld(t, "sqlite", trustBots, trustConfig(""))
+	cross := `opsbot_bot_cross_signed{bot="` + botID + `"}`
+	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed", `"bot":"`+botID+`"`)
+	firstDev, master := botDevice(t, w.Bot, botID), masterKeyOf(t, w.Bot)
+	key := recoveryKeyOf(t, w.Bot)
+
+	alice := w.HS.RegisterUser(t, "alice")
+	a := peers.StartJS(t)
+	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
+	room := a.CreateRoom(true, botID)
+	botJoined(t, alice, room, botID)
+	secret := a.Send(room, "the secret of history")
+	a.Send(room, "!echo hello")
+	if m := a.WaitMessage(room, botID, wait); m.Body != "hello" || !m.Encrypted {
+		t.Fatalf("echo: %+v", m)
+	}
+	// The room key of those messages reaches the backup.
+	backedUp := `opsbot_key_backup_uploaded_total{bot="` + botID + `"}`
+	deadline := time.Now().Add(wait)
+	for w.Bot.Metric(t, backedUp) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s stayed 0", backedUp)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// A restart reuses the identity: no new keys, no new signature.
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLogs(t, wait, 2, "Bot identity is cross-signed")
+	if got := masterKeyOf(t, w.Bot); got != master {
+		t.Fatalf("master key after restart %s, want %s", got, master)
+	}
+	if n := w.Bot.CountLog("Created the bot's cross-signing keys"); n != 1 {
+		t.Fatalf("cross-signing keys created %d times, want once", n)
+	}
+
+	// The database is lost. Without the recovery key the bot runs, but
+	// unsigned, and it does not replace its keys on the server.
+	w.Bot.Stop()
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Remove(w.Bot.Cfg.Database.URI + suffix); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "The bot's identity is not cross-signed", "no recovery key", "recovery-key restore")
+	if v := w.Bot.Metric(t, cross); v != 0 {
+		t.Fatalf("%s = %v without the recovery key, want 0", cross, v)
+	}
+	if ut := a.UserTrust(botID); !ut.HasMasterKey {
+		t.Fatalf("the bot's master key is gone from alice's view: %+v", ut)
+	}
+	w.Bot.Stop()
+
+	// The operator restores the key; the next start signs the new device
+	// and restores the room keys from the backup.
+	restore := exec.Command(opsbotBinary(t), "-c", w.Bot.CfgPath, "recovery-key", "restore", botID)
+	restore.Stdin = strings.NewReader(strings.ReplaceAll(key, " ", "") + "\n")
+	if out, err := restore.CombinedOutput(); err != nil {
+		t.Fatalf("recovery-key restore: %v\n%s", err, out)
+	}
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "Restored room keys from the server-side backup")
+	if w.Bot.CountLog("Restored room keys from the server-side backup", `"room_keys":0,`) > 0 {
+		t.Fatal("the restore found no room keys in the backup")
+	}
+	w.Bot.WaitForLog(t, wait, "Signed the bot's device with its self-signing key")
+	if v := w.Bot.Metric(t, cross); v != 1 || masterKeyOf(t, w.Bot) != master {
+		t.Fatalf("after restore: %s = %v, master key %s (want 1, %s)", cross, v, masterKeyOf(t, w.Bot), master)
+	}
+	dev := botDevice(t, w.Bot, botID)
+	if dev == firstDev {
+		t.Fatalf("device %s after losing the database, want a new one", dev)
+	}
+	if tr := a.DeviceTrust(botID, dev); !tr.SignedByOwner {
+		t.Fatalf("alice sees the restored bot's device as %+v, want signed by its owner", tr)
+	}
+	// History: the bot quotes the message from before the loss, which
+	// only the backed-up room key can decrypt.
+	a.SendReply(room, "!tour quote", secret)
+	if m := a.WaitMessage(room, botID, wait); !strings.Contains(m.Body, `said "the secret of history"`) {
+		t.Fatalf("quote after restore: %+v, want the old message decrypted", m)
+	}
+
+	// A wrong key is refused, naming the problem.
+	if out, err := w.Bot.Run("recovery-key", "restore", botID); err == nil || !strings.Contains(out, "not a recovery key") {
+		t.Fatalf("restore with no key on stdin: %v\n%s", err, out)
+	}
+
+	// Reset: new keys and a new recovery key at the next start.
+	w.Bot.Stop()
+	if out, err := w.Bot.Run("recovery-key", "reset", botID); err != nil {
+		t.Fatalf("recovery-key reset: %v\n%s", err, out)
+	}
+	w.Bot.Start()
+	w.Bot.WaitForLogs(t, wait, 2, "Created the bot's cross-signing keys")
+	w.Bot.WaitForLogs(t, wait, 4, "Bot identity is cross-signed")
+	if got := masterKeyOf(t, w.Bot); got == master {
+		t.Fatal("reset kept the master key")
+	}
+	if got := recoveryKeyOf(t, w.Bot); got == key {
+		t.Fatal("reset kept the recovery key")
+	}
 }

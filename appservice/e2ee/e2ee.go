@@ -78,9 +78,6 @@ type Device struct {
 	DeviceID id.DeviceID
 	Client   *mautrix.Client
 	Machine  *crypto.OlmMachine
-	// New is true when the device was created at this start (a first start,
-	// or a database that lost the bot's keys).
-	New bool
 	// OnVerification, if set (before the device's loops start), gets the
 	// device's to-device verification events (m.key.verification.*), from
 	// /sync or from transactions, with their content parsed.
@@ -217,7 +214,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
-	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, New: storedID == "", store: store, log: log}
+	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log}
 	if err := dev.ensureKeysOnServer(ctx); err != nil {
 		return nil, err
 	}

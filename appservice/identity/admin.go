@@ -51,13 +51,13 @@ func RestoreRecoveryKey(ctx context.Context, store *crypto.SQLCryptoStore, key s
 	if err != nil {
 		return fmt.Errorf("reading the stored recovery key (is the pickle key right?): %w", err)
 	}
-	switch {
-	case old == key:
-		return nil
-	case old != "":
+	if old != "" && old != key {
 		return errors.New("the database already holds a different recovery key for this bot; nothing changed")
 	}
-	return store.PutSecret(ctx, SecretRecoveryKey, key)
+	if err := store.PutSecret(ctx, SecretRecoveryKey, key); err != nil {
+		return err
+	}
+	return store.PutSecret(ctx, SecretRestore, "1")
 }
 
 // RequestReset makes the bot's next start replace its cross-signing keys

@@ -34,6 +34,9 @@ const (
 	// SecretReset asks the next start to replace the bot's cross-signing
 	// keys (set by `opsbot-appservice recovery-key reset`).
 	SecretReset id.Secret = "org.opsbot.reset_cross_signing"
+	// SecretRestore asks the next start to restore the bot's room keys from
+	// its backup (set by `opsbot-appservice recovery-key restore`).
+	SecretRestore id.Secret = "org.opsbot.restore_room_keys"
 )
 
 // ErrRecoveryKeyMissing means the homeserver has cross-signing keys for the
@@ -163,12 +166,18 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	if !m.opts.KeyBackup {
 		return nil
 	}
-	// A new device with a recovery key that was already in the database is
-	// a restore: the room keys come back from the backup.
-	restoring := dev.New && recoveryKey != "" && reset == ""
-	up, restored, err := m.setupBackup(ctx, dev, key, restoring, log)
+	restore, err := store.GetSecret(ctx, SecretRestore)
+	if err != nil {
+		return fmt.Errorf("reading the restore flag: %w", err)
+	}
+	up, restored, err := m.setupBackup(ctx, dev, key, restore != "", log)
 	if err != nil {
 		return fmt.Errorf("key backup: %w", err)
+	}
+	if restore != "" {
+		if err := store.DeleteSecret(ctx, SecretRestore); err != nil {
+			return fmt.Errorf("clearing the restore flag: %w", err)
+		}
 	}
 	st.BackupVersion, st.Restored = up.version, restored
 	m.mu.Lock()

@@ -12,6 +12,7 @@
 //	{"cmd":"invite","room_id":R,"user_id":ID}                                  -> {}
 //	{"cmd":"leave","room_id":R}                                                -> {}
 //	{"cmd":"send","room_id":R,"body":B}                                        -> {"event_id"}
+//	{"cmd":"send","room_id":R,"body":B,"reply_to":E}  (js peer only)            -> {"event_id"}
 //	{"cmd":"wait_message","room_id":R,"sender":ID,"timeout_ms":N}              -> {"event_id","body","msgtype","encrypted","sender"}
 //	{"cmd":"send_file","room_id":R,"path":P,"mimetype":M}                      -> {"event_id"}
 //	{"cmd":"wait_file","room_id":R,"sender":ID,"timeout_ms":N,"save_to":P}     -> {"event_id","name","sha256","encrypted"}
@@ -220,6 +221,16 @@ func (p *Peer) Send(room, body string) string {
 		EventID string `json:"event_id"`
 	}
 	p.Do(map[string]any{"cmd": "send", "room_id": room, "body": body}, &out)
+	return out.EventID
+}
+
+// SendReply sends a text message as a reply to an earlier event (js peer).
+func (p *Peer) SendReply(room, body, replyTo string) string {
+	p.t.Helper()
+	var out struct {
+		EventID string `json:"event_id"`
+	}
+	p.Do(map[string]any{"cmd": "send", "room_id": room, "body": body, "reply_to": replyTo}, &out)
 	return out.EventID
 }
 

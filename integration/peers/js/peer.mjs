@@ -545,7 +545,9 @@ const commands = {
 
     async send(req) {
         needClient();
-        return await sendContent(req.room_id, { msgtype: "m.text", body: req.body });
+        const content = { msgtype: "m.text", body: req.body };
+        if (req.reply_to) content["m.relates_to"] = { "m.in_reply_to": { event_id: req.reply_to } };
+        return await sendContent(req.room_id, content);
     },
 
     async wait_message(req) {
