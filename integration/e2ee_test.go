@@ -61,6 +61,12 @@ func testEncryptedConversation(t *testing.T, dbType string) {
 	w := newWorld(t, dbType, e2eeBots, "")
 	// Dendrite has neither MSC2409 nor MSC3202: auto must pick sync mode and say why.
 	w.Bot.WaitForLog(t, wait, `"mode":"sync"`, "Encryption key delivery mode", "MSC3202")
+	// Without encryption.dendrite_admin_token, Dendrite refuses the bots'
+	// cross-signing keys: they run unsigned, and say how to fix it.
+	w.Bot.WaitForLog(t, wait, "The bot's identity is not cross-signed", "encryption.dendrite_admin_token", `"bot":"`+botID+`"`)
+	if v := w.Bot.Metric(t, `opsbot_bot_cross_signed{bot="`+botID+`"}`); v != 0 {
+		t.Errorf("opsbot_bot_cross_signed = %v without an admin token, want 0", v)
+	}
 
 	alice := w.HS.RegisterUser(t, "alice") // raw view of alice's account, for ciphertext checks
 	bob := w.HS.RegisterUser(t, "bob")
@@ -104,19 +110,11 @@ func testEncryptedConversation(t *testing.T, dbType string) {
 	}
 
 	// Restart: same devices, old and new sessions still work.
-	deviceLine := func() string {
-		for _, l := range strings.Split(w.Bot.Log(), "\n") {
-			if strings.Contains(l, `"bot":"`+botID+`"`) && strings.Contains(l, "encryption device") {
-				return l[strings.Index(l, `"device_id":"`):][:30]
-			}
-		}
-		return ""
-	}
-	before := deviceLine()
+	before := botDevice(t, w.Bot, botID)
 	w.Bot.Stop()
 	w.Bot.Start()
 	w.Bot.WaitForLog(t, wait, "Reusing the bot's encryption device", `"bot":"`+botID+`"`)
-	if after := deviceLine(); before == "" || after != before {
+	if after := botDevice(t, w.Bot, botID); after != before {
 		t.Fatalf("device changed across restart: %q -> %q", before, after)
 	}
 	nio.Send(room, "!echo after restart")

@@ -122,6 +122,26 @@ func sasShown(t *testing.T, line string, sas peers.SAS) {
 	}
 }
 
+// verifyBot runs a to-device SAS verification of the bot from the person's
+// device, the operator comparing and confirming with the CLI.
+func verifyBot(t *testing.T, w *world, p *peers.Peer, dev string) {
+	t.Helper()
+	p.VerifyRequestDevice(botID, dev)
+	sas := p.VerifySAS(true, wait)
+	txn, line := pendingVerification(t, w.Bot)
+	sasShown(t, line, sas)
+	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
+		t.Fatalf("verification confirm: %v\n%s", err, out)
+	}
+	p.VerifyConfirm()
+	if o := p.VerifyWaitDone(wait); o.Phase != "done" {
+		t.Fatalf("verification ended %+v, want done", o)
+	}
+	seesVerified(t, p, dev)
+	w.Bot.WaitForLog(t, wait, "Verification done", txn)
+	noPendingVerification(t, w.Bot)
+}
+
 // seesVerified waits until the person's client shows the bot and its device
 // as verified through cross-signing (the client signs the bot's master key
 // and uploads the signature just after the verification ends).
@@ -177,27 +197,14 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	}
 
 	// A full to-device SAS verification, confirmed by the operator.
-	a.VerifyRequestDevice(botID, dev)
-	sas := a.VerifySAS(true, wait)
-	txn, line := pendingVerification(t, w.Bot)
-	sasShown(t, line, sas)
-	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
-		t.Fatalf("verification confirm: %v\n%s", err, out)
-	}
-	a.VerifyConfirm()
-	if o := a.VerifyWaitDone(wait); o.Phase != "done" {
-		t.Fatalf("verification ended %+v, want done", o)
-	}
-	seesVerified(t, a, dev)
-	w.Bot.WaitForLog(t, wait, "Verification done")
-	noPendingVerification(t, w.Bot)
+	verifyBot(t, w, a, dev)
 
 	// The same in a DM (in-room verification, as Element starts it).
 	dm := c.CreateRoom(true, botID)
 	botJoined(t, carol, dm, botID)
 	c.VerifyRequestDM(botID, dm)
-	sas = c.VerifySAS(true, wait)
-	txn, line = pendingVerification(t, w.Bot)
+	sas := c.VerifySAS(true, wait)
+	txn, line := pendingVerification(t, w.Bot)
 	sasShown(t, line, sas)
 	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
 		t.Fatalf("verification confirm: %v\n%s", err, out)
@@ -521,5 +528,67 @@ func TestRecoveryKeyRestore(t *testing.T) {
 	}
 	if got := recoveryKeyOf(t, w.Bot); got == key {
 		t.Fatal("reset kept the recovery key")
+	}
+}
+
+// TestKeySharingPolicy checks whose devices get the bot's room keys under
+// each encryption.trust policy: alice is cross-signed and verified the bot,
+// carol is cross-signed, bob's device is not cross-signed at all.
+func TestKeySharingPolicy(t *testing.T) {
+	w := newWorld(t, "postgres", trustBots, trustConfig("  trust: all\n"))
+	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed", `"bot":"`+botID+`"`)
+	dev := botDevice(t, w.Bot, botID)
+	alice, bob, carol := w.HS.RegisterUser(t, "alice"), w.HS.RegisterUser(t, "bob"), w.HS.RegisterUser(t, "carol")
+	a, b, c := peers.StartJS(t), peers.StartJS(t), peers.StartJS(t)
+	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
+	b.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
+	c.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
+	a.BootstrapCrossSigning(alice.Password)
+	c.BootstrapCrossSigning(carol.Password)
+	dm := a.CreateRoom(true, botID)
+	botJoined(t, alice, dm, botID)
+	verifyBot(t, w, a, dev)
+
+	for _, tc := range []struct {
+		policy     string
+		carol, bob bool // can read the bot's answer
+	}{
+		{"all", true, true},
+		{"cross-signed", true, false},
+		{"verified", false, false},
+	} {
+		if tc.policy != "all" {
+			w.Bot.Stop()
+			text, err := os.ReadFile(w.Bot.CfgPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text = regexp.MustCompile(`(?m)^  trust: .*$`).ReplaceAll(text, []byte("  trust: "+tc.policy))
+			if err := os.WriteFile(w.Bot.CfgPath, text, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			w.Bot.Start()
+		}
+		// A new room per policy: a room key once shared stays shared.
+		room := a.CreateRoom(true, botID, bob.ID, carol.ID)
+		b.Join(room)
+		c.Join(room)
+		botJoined(t, alice, room, botID)
+		a.Send(room, "!echo "+tc.policy)
+		if m := a.WaitMessage(room, botID, wait); m.Body != tc.policy || !m.Encrypted {
+			t.Fatalf("%s: alice got %+v", tc.policy, m)
+		}
+		for _, reader := range []struct {
+			p    *peers.Peer
+			want bool
+		}{{c, tc.carol}, {b, tc.bob}} {
+			m, err := reader.p.TryWaitMessage(room, botID, 8*time.Second)
+			if reader.want && (err != nil || m.Body != tc.policy) {
+				t.Fatalf("%s: %s should read the answer: %+v, %v", tc.policy, reader.p.UserID, m, err)
+			}
+			if !reader.want && err == nil {
+				t.Fatalf("%s: %s read the answer %+v; the policy should have kept the room key from that device", tc.policy, reader.p.UserID, m)
+			}
+		}
 	}
 }
