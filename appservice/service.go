@@ -140,6 +140,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 			PickleKey:     []byte(cfg.Encryption.PickleKey),
 			Bots:          s.Bots.IDs(),
 			Trust:         cfg.Encryption.Trust,
+			MSC4190:       cfg.Encryption.MSC4190,
 			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
 			Log:           log.With().Str("component", "e2ee").Logger(),
 			Observe:       s.Metrics.ObserveCrypto,
@@ -548,6 +549,9 @@ func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
 		mode, why = s.detectKeyDelivery(setupCtx)
 	}
 	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
+	if s.Cfg.Encryption.MSC4190 && mode != e2ee.ModeAppservice {
+		return fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
+	}
 	s.E2EE.SetMode(mode)
 	ctx, cancel := context.WithCancel(runCtx)
 	stop := context.AfterFunc(setupCtx, cancel) // abandon start-up if asked to stop

@@ -143,6 +143,10 @@ type Encryption struct {
 	// DendriteAdminToken is a Dendrite admin's access token, used only to
 	// pass Dendrite's password check when a bot uploads cross-signing keys.
 	DendriteAdminToken string `yaml:"dendrite_admin_token"`
+	// MSC4190 creates the bots' devices through the appservice API
+	// (PUT /devices as the appservice) instead of appservice login; with it
+	// Synapse lets the bots upload cross-signing keys without a password.
+	MSC4190 bool `yaml:"msc4190"`
 	// Verification configures interactive (SAS) verification of the bots.
 	Verification Verification `yaml:"verification"`
 }
@@ -452,6 +456,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Encryption.DecryptWait < 0 || time.Duration(c.Encryption.DecryptWait) > 10*time.Minute {
 		bad("encryption.decrypt_wait", "must be between 0s and 10m")
+	}
+	if c.Encryption.MSC4190 && c.Encryption.Mode == "sync" {
+		bad("encryption.msc4190", "needs encryption.mode appservice (or auto): a device made through MSC4190 gets its keys in transactions, not through /sync")
 	}
 	if *c.Encryption.KeyBackup && !*c.Encryption.CrossSigning {
 		bad("encryption.key_backup", "needs encryption.cross_signing: the backup key is kept in secret storage under the bots' recovery keys")

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"opsbot/appservice/config"
 )
@@ -87,6 +88,10 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"bots not a list", "bots:\n  - localpart: opsbot", "bots: opsbot\nx:\n  - localpart: opsbot", "bots: expected a list"},
 		{"duplicate skill", "skills: [ping, help, echo]", "skills: [ping, ping]", `bots[0].skills[1]: skill "ping" listed twice`},
 		{"bad inviter", "    users: []", "    users: [alice]", "permissions.invite.users[0]:"},
+		{"backup without cross-signing", "  cross_signing: true", "  cross_signing: false", "encryption.key_backup: needs encryption.cross_signing"},
+		{"bad verifier", "    allowed_users: []", "    allowed_users: [alice]", "encryption.verification.allowed_users[0]:"},
+		{"bad verifier pattern", "    allowed_users: []", `    allowed_users: ["@[:x"]`, "encryption.verification.allowed_users[0]:"},
+		{"short verification timeout", "    timeout: 5m", "    timeout: 1s", "encryption.verification.timeout: must be between 10s and 9m"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -118,6 +123,37 @@ func TestEnvironmentOverridesSecrets(t *testing.T) {
 	cfg := mustParse(t, text)
 	if cfg.AppService.ASToken != "as-from-the-environment-123" || cfg.AppService.HSToken != "hs-from-the-environment-123" || cfg.Database.URI != "/data/opsbot.db" {
 		t.Fatalf("env not applied: %+v %+v", cfg.AppService, cfg.Database)
+	}
+}
+
+// Cross-signing and key backup are on by default with encryption; MSC4190
+// reaches the registration only when asked for.
+func TestTrustDefaults(t *testing.T) {
+	cfg := mustParse(t, `
+homeserver: {domain: example.org, address: "https://matrix.example.org"}
+appservice: {as_token: aaaaaaaaaaaaaaaaaaaa, hs_token: bbbbbbbbbbbbbbbbbbbb}
+encryption: {enabled: true, pickle_key: cccccccccccccccccccc}
+bots: [{localpart: helper}]
+`)
+	e := cfg.Encryption
+	if !*e.CrossSigning || !*e.KeyBackup || len(e.Verification.AllowedUsers) != 0 || time.Duration(e.Verification.Timeout) != 5*time.Minute || e.MSC4190 {
+		t.Fatalf("trust defaults: %+v", e)
+	}
+	if text, _ := cfg.RegistrationYAML(); strings.Contains(text, "msc4190") {
+		t.Fatalf("registration mentions MSC4190 without being asked:\n%s", text)
+	}
+	cfg.Encryption.MSC4190 = true
+	if text, _ := cfg.RegistrationYAML(); !strings.Contains(text, "io.element.msc4190: true") {
+		t.Fatalf("registration lacks io.element.msc4190:\n%s", text)
+	}
+	example := config.ExampleWithTokens(exampleAS, exampleHS)
+	off := mustParse(t, strings.NewReplacer("  cross_signing: true", "  cross_signing: false", "  key_backup: true\n", "").Replace(example))
+	if *off.Encryption.KeyBackup {
+		t.Fatal("key_backup must follow cross_signing when unset")
+	}
+	_, err := config.Parse([]byte(strings.NewReplacer("  mode: auto", "  mode: sync", "  msc4190: false", "  msc4190: true").Replace(example)))
+	if err == nil || !strings.Contains(err.Error(), "encryption.msc4190: needs encryption.mode appservice") {
+		t.Fatalf("msc4190 with sync mode: %v", err)
 	}
 }
 

@@ -27,6 +27,9 @@ func (c *Config) Registration() *mas.Registration {
 		// MSC3202 asks for device lists and one-time-key counts in
 		// transactions: the appservice key-delivery mode needs them.
 		MSC3202: c.Encryption.Enabled && c.Encryption.Mode != "sync",
+		// MSC4190: the bots' devices are created through the appservice
+		// API, and cross-signing uploads need no password (Synapse).
+		MSC4190: c.Encryption.Enabled && c.Encryption.MSC4190,
 	}
 	localparts := []string{c.AppService.SenderLocalpart}
 	for _, b := range c.Bots {

@@ -43,6 +43,10 @@ type Options struct {
 	Bots          []id.UserID
 	// Mode is ModeSync or ModeAppservice (auto is resolved by the caller).
 	Mode string
+	// MSC4190 creates devices through the appservice API (PUT /devices)
+	// and acts for them with the appservice token and the device ID,
+	// instead of logging in with m.login.application_service.
+	MSC4190 bool
 	// Trust is the key sharing policy: all, cross-signed or verified.
 	Trust string
 	// DecryptWait bounds the wait for a late room key.
@@ -183,21 +187,8 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	client.Log = log.With().Str("component", "e2ee-client").Logger()
 	client.DefaultHTTPRetries = 3
 	localpart, _, _ := bot.Parse()
-	// Appservice login with a fixed device ID: the first time it creates
-	// the device, later it returns a new token for the same device and the
-	// keys in the database stay valid.
-	resp, err := client.Login(ctx, &mautrix.ReqLogin{
-		Type:                     mautrix.AuthTypeAppservice,
-		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
-		DeviceID:                 deviceID,
-		InitialDeviceDisplayName: "opsbot (" + localpart + ")",
-		StoreCredentials:         true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("appservice login (m.login.application_service) as %s: %w", bot, err)
-	}
-	if resp.DeviceID != deviceID {
-		return nil, fmt.Errorf("the homeserver gave device %s, not the requested %s", resp.DeviceID, deviceID)
+	if err := m.openDevice(ctx, client, deviceID, "opsbot ("+localpart+")"); err != nil {
+		return nil, err
 	}
 	store.DeviceID = deviceID
 	client.Store = store
@@ -224,6 +215,37 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 		log.Info().Stringer("device_id", deviceID).Msg("Reusing the bot's encryption device")
 	}
 	return dev, nil
+}
+
+// openDevice creates the bot's device with a fixed ID, or opens it again:
+// with appservice login (the device's own access token, kept by the client)
+// or, with MSC4190, through the appservice API (the appservice token,
+// naming the user and device in each request).
+func (m *Manager) openDevice(ctx context.Context, client *mautrix.Client, deviceID id.DeviceID, name string) error {
+	if m.opts.MSC4190 {
+		client.SetAppServiceUserID = true
+		if err := client.CreateDeviceMSC4190(ctx, deviceID, name); err != nil {
+			return fmt.Errorf("creating device %s through the appservice API (MSC4190) as %s: %w", deviceID, client.UserID, err)
+		}
+		return nil
+	}
+	localpart, _, _ := client.UserID.Parse()
+	// The first time this creates the device, later it returns a new token
+	// for the same device and the keys in the database stay valid.
+	resp, err := client.Login(ctx, &mautrix.ReqLogin{
+		Type:                     mautrix.AuthTypeAppservice,
+		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
+		DeviceID:                 deviceID,
+		InitialDeviceDisplayName: name,
+		StoreCredentials:         true,
+	})
+	if err != nil {
+		return fmt.Errorf("appservice login (m.login.application_service) as %s: %w", client.UserID, err)
+	}
+	if resp.DeviceID != deviceID {
+		return fmt.Errorf("the homeserver gave device %s, not the requested %s", resp.DeviceID, deviceID)
+	}
+	return nil
 }
 
 // ensureKeysOnServer uploads the device keys the first time, and checks on

@@ -89,6 +89,8 @@ func (m *Manager) Attach(ctx context.Context, dev *e2ee.Device) error {
 		return err
 	}
 	client.DeviceID = dev.DeviceID
+	client.SetAppServiceUserID = dev.Client.SetAppServiceUserID // MSC4190 devices
+	client.SetAppServiceDeviceID = dev.Client.SetAppServiceDeviceID
 	client.Crypto = dev.Client.Crypto
 	client.StateStore = dev.Client.StateStore
 	client.Log = dev.Client.Log
