@@ -66,3 +66,35 @@ func TestBadConfigIsNamed(t *testing.T) {
 		t.Fatalf("bad key: %d %q", code, errOut)
 	}
 }
+
+// The trust commands on a fresh database: arguments checked and named, an
+// empty list, no key yet, a decision on nothing refused.
+func TestTrustCommands(t *testing.T) {
+	_, cfg, _ := runCLI(t, "generate-config")
+	dir := t.TempDir()
+	cfg = strings.Replace(cfg, "uri: opsbot.db", "uri: "+filepath.Join(dir, "opsbot.db"), 1)
+	path := filepath.Join(dir, "opsbot.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args      []string
+		code      int
+		out, errs string
+	}{
+		{[]string{"recovery-key"}, 2, "", "recovery-key show"},
+		{[]string{"recovery-key", "frob"}, 2, "", `unknown recovery-key command "frob"`},
+		{[]string{"recovery-key", "show", "@nobody:example.org"}, 2, "", "@nobody:example.org is not a configured bot"},
+		{[]string{"recovery-key", "reset"}, 2, "", "exactly one bot"},
+		{[]string{"recovery-key", "show"}, 0, "@opsbot:example.org\t(none yet", ""},
+		{[]string{"verification"}, 2, "", "verification list"},
+		{[]string{"verification", "confirm"}, 2, "", "verification confirm TRANSACTION_ID"},
+		{[]string{"verification", "list"}, 0, "No verification waits", ""},
+		{[]string{"verification", "confirm", "abc"}, 1, "", "no pending verification with that transaction ID: abc"},
+	} {
+		code, out, errOut := runCLI(t, append([]string{"-c", path}, c.args...)...)
+		if code != c.code || !strings.Contains(out, c.out) || !strings.Contains(errOut, c.errs) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %d, %q, %q", c.args, code, out, errOut, c.code, c.out, c.errs)
+		}
+	}
+}
