@@ -63,8 +63,8 @@ encryption:
   # admin's access token lets opsbot set one for each bot. Better in
   # OPSBOT_DENDRITE_ADMIN_TOKEN. Not needed on Synapse with MSC4190.
   dendrite_admin_token: ""
-  # Create the bots' devices with MSC4190 (Synapse with
-  # experimental_features.msc4190_enabled); then no password is needed.
+  # Create the bots' devices with MSC4190 (Synapse; the registration opts
+  # in); then no password is ever needed. See docs/homeservers.md.
   msc4190: false
   verification:
     # Who may verify the bots with emoji (SAS); others are refused.
