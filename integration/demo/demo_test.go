@@ -90,7 +90,7 @@ func runDemo(t *testing.T, opts options) ready {
 		t.Fatalf("demo did not stop within a minute of the cancel; output:\n%s", out)
 	}
 	text := out.String()
-	for _, want := range []string{"answered pong", "opsbot | ", "Password:    " + r.Password, "Ctrl-C stops everything", "stopping Dendrite"} {
+	for _, want := range []string{"answered pong", "opsbot | ", "Bot identity is cross-signed", "Password:    " + r.Password, "Ctrl-C stops everything", "stopping Dendrite"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}

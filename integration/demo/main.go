@@ -40,10 +40,12 @@ import (
 )
 
 const (
-	serverName    = "localhost"
-	demoLocalpart = "demo"
-	demoDeviceID  = "OPSBOT_DEMO"
-	roomName      = "opsbot demo"
+	serverName     = "localhost"
+	demoLocalpart  = "demo"
+	demoDeviceID   = "OPSBOT_DEMO"
+	adminLocalpart = "demo-admin"
+	adminDeviceID  = "OPSBOT_DEMO_ADMIN"
+	roomName       = "opsbot demo"
 
 	readyTimeout = 60 * time.Second // opsbot's /readyz
 	botTimeout   = 30 * time.Second // the bot joining, and answering !ping
@@ -175,9 +177,18 @@ func run(ctx context.Context, o options) (err error) {
 	})
 	say("Dendrite is up after %s (log: %s)", time.Since(began).Round(100*time.Millisecond), hs.LogPath)
 
-	// 3. opsbot.
-	say("starting opsbot -c %s", cfgPath)
-	bot, err := startChild(bin, dir, out, "opsbot | ", "-c", cfgPath)
+	// 3. opsbot, with a Dendrite admin's token for the bots' cross-signing.
+	admin, err := demoAdmin(ctx, hs, dir)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() {
+		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = admin.Logout(lctx)
+	})
+	say("starting opsbot -c %s (OPSBOT_DENDRITE_ADMIN_TOKEN: %s's token, for the bots' cross-signing)", cfgPath, admin.ID)
+	bot, err := startChild(bin, dir, out, "opsbot | ", []string{"OPSBOT_DENDRITE_ADMIN_TOKEN=" + admin.AccessToken}, "-c", cfgPath)
 	if err != nil {
 		return err
 	}
@@ -581,45 +592,48 @@ func waitReady(ctx context.Context, bot *child, readyURL string) error {
 // demoUser logs in as @demo:localhost with the password kept in
 // dir/demo-password, creating the password and the account on first use.
 func demoUser(ctx context.Context, hs *harness.Homeserver, dir string, r *ready) (*harness.User, error) {
+	u, password, created, err := account(ctx, hs, filepath.Join(dir, "demo-password"), demoLocalpart, demoDeviceID, false)
+	r.Password, r.UserID, r.NewUser = password, hs.UserID(demoLocalpart), created
+	return u, err
+}
+
+// demoAdmin is a Dendrite admin for opsbot: Dendrite asks for a password
+// before it accepts the bots' cross-signing keys, and with an admin's token
+// opsbot sets one (encryption.dendrite_admin_token).
+func demoAdmin(ctx context.Context, hs *harness.Homeserver, dir string) (*harness.User, error) {
+	u, _, _, err := account(ctx, hs, filepath.Join(dir, "admin-password"), adminLocalpart, adminDeviceID, true)
+	return u, err
+}
+
+// account logs in as localpart with the password kept in pwPath, creating
+// the password and the account on first use.
+func account(ctx context.Context, hs *harness.Homeserver, pwPath, localpart, deviceID string, admin bool) (u *harness.User, password string, created bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	pwPath := filepath.Join(dir, "demo-password")
 	data, err := os.ReadFile(pwPath)
-	password := strings.TrimSpace(string(data))
+	password = strings.TrimSpace(string(data))
 	if errors.Is(err, os.ErrNotExist) || (err == nil && password == "") {
 		password = newPassword()
 		if err := writeFile(pwPath, []byte(password+"\n")); err != nil {
-			return nil, err
+			return nil, "", false, err
 		}
 	} else if err != nil {
-		return nil, err
-	}
-	r.Password = password
-	r.UserID = hs.UserID(demoLocalpart)
-
-	login := func() (*harness.User, error) {
-		return hs.LoginAccount(ctx, demoLocalpart, password, demoDeviceID)
-	}
-	register := func() (*harness.User, error) {
-		u, err := hs.RegisterAccount(ctx, demoLocalpart, password, false)
-		if err == nil {
-			r.NewUser = true
-		}
-		return u, err
+		return nil, "", false, err
 	}
 	// Usually the account exists exactly when the homeserver's data does.
-	u, err := login()
+	u, err = hs.LoginAccount(ctx, localpart, password, deviceID)
 	if he := (*harness.HTTPError)(nil); errors.As(err, &he) && he.ErrCode == "M_FORBIDDEN" {
-		u, err = register()
+		u, err = hs.RegisterAccount(ctx, localpart, password, admin)
+		created = err == nil
 		if he := (*harness.HTTPError)(nil); errors.As(err, &he) && he.ErrCode == "M_USER_IN_USE" {
-			return nil, fmt.Errorf("%s exists but the password in %s does not work for it; remove %s to start afresh",
-				r.UserID, pwPath, filepath.Join(dir, "dendrite"))
+			return nil, "", false, fmt.Errorf("%s exists but the password in %s does not work for it; remove %s to start afresh",
+				hs.UserID(localpart), pwPath, filepath.Join(filepath.Dir(pwPath), "dendrite"))
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("logging in as %s: %w", r.UserID, err)
+		return nil, "", false, fmt.Errorf("logging in as %s: %w", hs.UserID(localpart), err)
 	}
-	return u, nil
+	return u, password, created, nil
 }
 
 // newPassword returns a random password that is easy to type.
@@ -773,10 +787,11 @@ type child struct {
 	err  error         // its exit status, once done is closed
 }
 
-func startChild(bin, dir string, out *lockedWriter, prefix string, args ...string) (*child, error) {
+func startChild(bin, dir string, out *lockedWriter, prefix string, env []string, args ...string) (*child, error) {
 	c := &child{log: &prefixWriter{out: out, prefix: prefix}, done: make(chan struct{})}
 	c.cmd = exec.Command(bin, args...)
 	c.cmd.Dir = dir
+	c.cmd.Env = append(os.Environ(), env...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	setProcAttr(c.cmd)
 	if err := c.cmd.Start(); err != nil {
