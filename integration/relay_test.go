@@ -170,7 +170,9 @@ func (r *relay) loop(ctx context.Context) {
 // TestAppserviceKeyDelivery runs the encrypted conversation with keys
 // delivered in transactions (encryption.mode: appservice) instead of /sync.
 func TestAppserviceKeyDelivery(t *testing.T) {
-	enc := "encryption:\n  enabled: true\n  mode: appservice\n  pickle_key: " + config.RandomToken() + "\n"
+	enc := "encryption:\n  enabled: true\n  mode: appservice\n  pickle_key: " + config.RandomToken() + "\n" +
+		"  dendrite_admin_token: \"" + adminTokenPlaceholder + "\"\n  verification:\n    allowed_users: [\"@carol:localhost\"]\n"
+	js := peers.StartJS(t) // compiles its WASM while the world starts
 	r := newRelay(t, botID)
 	w := newWorldVia(t, "sqlite", defaultBots, enc, r.via(t))
 	r.mu.Lock()
@@ -203,6 +205,13 @@ func TestAppserviceKeyDelivery(t *testing.T) {
 	if pushed == 0 {
 		t.Fatal("the relay pushed no to-device events: the test did not exercise appservice mode")
 	}
+	// Verification works the same with its to-device events coming in
+	// transactions.
+	carol := w.HS.RegisterUser(t, "carol")
+	js.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
+	js.BootstrapCrossSigning(carol.Password)
+	botJoined(t, carol, js.CreateRoom(true, botID), botID)
+	verifyBot(t, w, js, botDevice(t, w.Bot, botID))
 	if strings.Contains(w.Bot.Log(), "Receiving encryption keys through /sync") {
 		t.Fatal("appservice mode must not run a /sync loop")
 	}
