@@ -211,7 +211,7 @@ func TestAppserviceKeyDelivery(t *testing.T) {
 	js.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
 	js.BootstrapCrossSigning(carol.Password)
 	botJoined(t, carol, js.CreateRoom(true, botID), botID)
-	verifyBot(t, w, js, botDevice(t, w.Bot, botID))
+	verifyBot(t, w, js, botDevice(t, w.Bot, botID), "")
 	if strings.Contains(w.Bot.Log(), "Receiving encryption keys through /sync") {
 		t.Fatal("appservice mode must not run a /sync loop")
 	}

@@ -122,11 +122,16 @@ func sasShown(t *testing.T, line string, sas peers.SAS) {
 	}
 }
 
-// verifyBot runs a to-device SAS verification of the bot from the person's
-// device, the operator comparing and confirming with the CLI.
-func verifyBot(t *testing.T, w *world, p *peers.Peer, dev string) {
+// verifyBot runs a SAS verification of the bot from the person's device,
+// to-device or (with a room) in that room, the operator comparing and
+// confirming with the CLI.
+func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	t.Helper()
-	p.VerifyRequestDevice(botID, dev)
+	if room == "" {
+		p.VerifyRequestDevice(botID, dev)
+	} else {
+		p.VerifyRequestDM(botID, room)
+	}
 	sas := p.VerifySAS(true, wait)
 	txn, line := pendingVerification(t, w.Bot)
 	sasShown(t, line, sas)
@@ -197,24 +202,12 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	}
 
 	// A full to-device SAS verification, confirmed by the operator.
-	verifyBot(t, w, a, dev)
+	verifyBot(t, w, a, dev, "")
 
 	// The same in a DM (in-room verification, as Element starts it).
 	dm := c.CreateRoom(true, botID)
 	botJoined(t, carol, dm, botID)
-	c.VerifyRequestDM(botID, dm)
-	sas := c.VerifySAS(true, wait)
-	txn, line := pendingVerification(t, w.Bot)
-	sasShown(t, line, sas)
-	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
-		t.Fatalf("verification confirm: %v\n%s", err, out)
-	}
-	c.VerifyConfirm()
-	if o := c.VerifyWaitDone(wait); o.Phase != "done" {
-		t.Fatalf("in-room verification ended %+v, want done", o)
-	}
-	seesVerified(t, c, dev)
-	noPendingVerification(t, w.Bot)
+	verifyBot(t, w, c, dev, dm)
 	// The bot still answers in the DM: the verification events did not
 	// reach the skills, and the DM stays encrypted both ways.
 	c.Send(dm, "!echo after verification")
@@ -236,7 +229,7 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	// The operator cancels.
 	a.VerifyRequestDevice(botID, dev)
 	a.VerifySAS(true, wait)
-	txn, _ = pendingVerification(t, w.Bot)
+	txn, _ := pendingVerification(t, w.Bot)
 	if out, err := w.Bot.Run("verification", "cancel", txn); err != nil {
 		t.Fatalf("verification cancel: %v\n%s", err, out)
 	}
@@ -547,7 +540,7 @@ func TestKeySharingPolicy(t *testing.T) {
 	c.BootstrapCrossSigning(carol.Password)
 	dm := a.CreateRoom(true, botID)
 	botJoined(t, alice, dm, botID)
-	verifyBot(t, w, a, dev)
+	verifyBot(t, w, a, dev, "")
 
 	for _, tc := range []struct {
 		policy     string

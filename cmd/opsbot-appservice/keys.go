@@ -69,9 +69,8 @@ func recoveryKeyCommand(ctx context.Context, cfg *config.Config, args []string, 
 		fmt.Fprintf(stderr, "opsbot: unknown recovery-key command %q\n%s", sub, recoveryKeyUsage)
 		return 2
 	}
-	st, err := store.Open(cfg.Database, zerolog.Nop())
-	if err != nil {
-		fmt.Fprintf(stderr, "opsbot: %v\n", err)
+	st := openStore(cfg, stderr)
+	if st == nil {
 		return 1
 	}
 	defer st.Close()
@@ -120,9 +119,8 @@ func verificationCommand(ctx context.Context, cfg *config.Config, args []string,
 		fmt.Fprint(stderr, verificationUsage)
 		return 2
 	}
-	st, err := store.Open(cfg.Database, zerolog.Nop())
-	if err != nil {
-		fmt.Fprintf(stderr, "opsbot: %v\n", err)
+	st := openStore(cfg, stderr)
+	if st == nil {
 		return 1
 	}
 	defer st.Close()
@@ -169,4 +167,14 @@ func verificationCommand(ctx context.Context, cfg *config.Config, args []string,
 		return 2
 	}
 	return 0
+}
+
+// openStore opens opsbot's database for a command, or says why not.
+func openStore(cfg *config.Config, stderr io.Writer) *store.Store {
+	st, err := store.Open(cfg.Database, zerolog.Nop())
+	if err != nil {
+		fmt.Fprintf(stderr, "opsbot: %v\n", err)
+		return nil
+	}
+	return st
 }
