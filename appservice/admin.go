@@ -138,7 +138,22 @@ func (s *Service) Status(ctx context.Context) string {
 		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
 			rooms = len(resp.JoinedRooms)
 		}
-		fmt.Fprintf(&b, "%s: %d rooms\n", bot, rooms)
+		fmt.Fprintf(&b, "%s: %d rooms%s\n", bot, rooms, s.identityStatus(bot))
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// identityStatus is a bot's cross-signing and key backup state for !status.
+func (s *Service) identityStatus(bot id.UserID) string {
+	if s.Identity == nil {
+		return ""
+	}
+	st := s.Identity.Status(bot)
+	switch {
+	case !st.CrossSigned:
+		return ", not cross-signed (see the log)"
+	case st.BackupVersion == "":
+		return ", cross-signed, no key backup"
+	}
+	return fmt.Sprintf(", cross-signed, key backup version %s", st.BackupVersion)
 }

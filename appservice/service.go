@@ -572,12 +572,15 @@ func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
 // working unsigned: the log and opsbot_bot_cross_signed say why.
 func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
 	if s.Identity != nil {
-		signed := 1.0
-		if err := s.Identity.Setup(ctx, dev); err != nil {
-			signed = 0
+		err := s.Identity.Setup(ctx, dev)
+		signed := s.Identity.Status(dev.UserID).CrossSigned
+		switch {
+		case err != nil && signed:
+			s.Log.Error().Err(err).Stringer("bot", dev.UserID).Msg("The bot's room keys are not backed up")
+		case err != nil:
 			s.Log.Error().Err(err).Stringer("bot", dev.UserID).Msg("The bot's identity is not cross-signed")
 		}
-		s.Metrics.CrossSigned.WithLabelValues(dev.UserID.String()).Set(signed)
+		s.Metrics.CrossSigned.WithLabelValues(dev.UserID.String()).Set(map[bool]float64{true: 1}[signed])
 	}
 	return s.Verification.Attach(ctx, dev)
 }

@@ -33,7 +33,9 @@ import (
 const trustBots = `
   - localpart: opsbot
     displayname: Ops Bot
-    skills: [ping, help, echo, tour]
+    skills: [ping, help, echo, tour, admin]
+permissions:
+  admins: ["@alice:localhost"]
 `
 
 // trustConfig is an encryption section with cross-signing through
@@ -127,6 +129,7 @@ func sasShown(t *testing.T, line string, sas peers.SAS) {
 // confirming with the CLI.
 func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	t.Helper()
+	knowsDevice(t, p, dev)
 	if room == "" {
 		p.VerifyRequestDevice(botID, dev)
 	} else {
@@ -145,6 +148,19 @@ func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	seesVerified(t, p, dev)
 	w.Bot.WaitForLog(t, wait, "Verification done", txn)
 	noPendingVerification(t, w.Bot)
+}
+
+// knowsDevice waits until the person's client knows the bot's device: it
+// learns of it from /sync after the bot joined a room they share.
+func knowsDevice(t *testing.T, p *peers.Peer, dev string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !p.DeviceTrust(botID, dev).Known {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not know the bot's device %s after %v", p.UserID, dev, wait)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // seesVerified waits until the person's client shows the bot and its device
@@ -185,9 +201,14 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	// People see the devices of those they share rooms with.
 	room := a.CreateRoom(true, botID)
 	botJoined(t, alice, room, botID)
+	a.Send(room, "!status")
+	if m := a.WaitMessage(room, botID, wait); !strings.Contains(m.Body, botID+": 1 rooms, cross-signed, key backup version 1") {
+		t.Fatalf("!status: %q, want the bot cross-signed with a key backup", m.Body)
+	}
 
 	// What Element shows before any verification: the bot has a master
 	// key and its device is signed by it.
+	knowsDevice(t, a, dev)
 	if tr := a.DeviceTrust(botID, dev); !tr.Known || !tr.SignedByOwner || tr.CrossSigningVerified {
 		t.Fatalf("alice's view of the bot's device: %+v, want known and signed by its owner, not yet verified", tr)
 	}
@@ -217,6 +238,7 @@ func TestBotIdentityAndVerification(t *testing.T) {
 
 	// A user who is not allowed: refused with a reason, nothing kept.
 	botJoined(t, bob, b.CreateRoom(true, botID), botID)
+	knowsDevice(t, b, dev)
 	b.VerifyRequestDevice(botID, dev)
 	// (The reason goes on the wire too; the Rust SDK shows its own text
 	// for m.user.)
@@ -493,6 +515,7 @@ func TestRecoveryKeyRestore(t *testing.T) {
 	if dev == firstDev {
 		t.Fatalf("device %s after losing the database, want a new one", dev)
 	}
+	knowsDevice(t, a, dev)
 	if tr := a.DeviceTrust(botID, dev); !tr.SignedByOwner {
 		t.Fatalf("alice sees the restored bot's device as %+v, want signed by its owner", tr)
 	}
@@ -521,6 +544,12 @@ func TestRecoveryKeyRestore(t *testing.T) {
 	}
 	if got := recoveryKeyOf(t, w.Bot); got == key {
 		t.Fatal("reset kept the recovery key")
+	}
+	// The old backup key was kept under the old secret storage key: the
+	// reset bot starts a new backup and is fully set up.
+	w.Bot.WaitForLogs(t, wait, 2, "Created a server-side key backup")
+	if v := w.Bot.Metric(t, cross); v != 1 {
+		t.Fatalf("%s = %v after reset, want 1; log:\n%s", cross, v, w.Bot.LogTail(20))
 	}
 }
 

@@ -162,7 +162,11 @@ func (c clientCrypto) Encrypt(ctx context.Context, room id.RoomID, evtType event
 	if err != nil {
 		return nil, err
 	}
-	return encrypted.(*event.EncryptedEventContent), nil
+	enc, ok := encrypted.(*event.EncryptedEventContent)
+	if !ok {
+		return nil, fmt.Errorf("encryption returned %T, not encrypted content", encrypted)
+	}
+	return enc, nil
 }
 
 func (c clientCrypto) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, error) {

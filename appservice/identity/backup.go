@@ -99,7 +99,9 @@ func backupKey(ctx context.Context, mach *crypto.OlmMachine, ssssKey *ssss.Key) 
 		}
 		return key, nil
 	}
-	if !errors.Is(err, mautrix.MNotFound) {
+	// Not there yet, or kept under a secret storage key that a reset
+	// replaced: a new backup key (and so a new backup version).
+	if !errors.Is(err, mautrix.MNotFound) && !errors.Is(err, ssss.ErrNotEncryptedForKey) {
 		return nil, fmt.Errorf("reading the backup key from secret storage: %w", err)
 	}
 	key, err := backup.NewMegolmBackupKey()

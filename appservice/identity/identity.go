@@ -71,15 +71,14 @@ type Status struct {
 type Manager struct {
 	opts Options
 
-	mu       sync.Mutex
-	status   map[id.UserID]*Status
-	backups  map[id.UserID]*uploader
-	ssssKeys map[id.UserID]*ssss.Key
+	mu      sync.Mutex
+	status  map[id.UserID]*Status
+	backups map[id.UserID]*uploader
 }
 
 // New returns a Manager.
 func New(opts Options) *Manager {
-	return &Manager{opts: opts, status: map[id.UserID]*Status{}, backups: map[id.UserID]*uploader{}, ssssKeys: map[id.UserID]*ssss.Key{}}
+	return &Manager{opts: opts, status: map[id.UserID]*Status{}, backups: map[id.UserID]*uploader{}}
 }
 
 // Status returns a bot's identity status (zero if it was never set up).
@@ -94,8 +93,8 @@ func (m *Manager) Status(bot id.UserID) Status {
 
 // Setup gives a started bot device its cross-signed identity and key backup,
 // and keeps uploading its room keys until ctx ends. It is called for every
-// device at start (e2ee.Options.AfterStart). Errors are returned for the
-// caller to log; the bot keeps working, unsigned.
+// device at start (e2ee.Options.OnDevice). Errors are returned for the
+// caller to log; the bot keeps working (Status says how far setup got).
 func (m *Manager) Setup(ctx context.Context, dev *e2ee.Device) error {
 	st := &Status{}
 	err := m.setup(ctx, dev, st)
@@ -159,9 +158,6 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	}
 	st.CrossSigned = true
 	st.MasterKey = mach.CrossSigningKeys.MasterKey.PublicKey()
-	m.mu.Lock()
-	m.ssssKeys[dev.UserID] = key
-	m.mu.Unlock()
 	log.Info().Stringer("master_key", st.MasterKey).Msg("Bot identity is cross-signed")
 	if !m.opts.KeyBackup {
 		return nil
