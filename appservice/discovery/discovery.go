@@ -192,6 +192,12 @@ func get(ctx context.Context, c *http.Client, target string) (int, []byte, error
 		return 0, nil, fmt.Errorf("GET %s: the body is %d bytes, more than the %d allowed", target, resp.ContentLength, MaxBodyBytes)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes+1))
+	if ctx.Err() != nil {
+		// The deadline cut the body short; depending on timing the read
+		// ends with an error or with what arrived so far, which is no
+		// reason to blame the document.
+		err = ctx.Err()
+	}
 	if err != nil {
 		return 0, nil, fmt.Errorf("GET %s: reading the body: %w", target, err)
 	}
