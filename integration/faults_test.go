@@ -25,26 +25,67 @@ func envInt(name string, def int) int {
 
 // collectAnswers waits until every "load N" command has an answer and
 // returns how often each was answered; a sentinel then proves no late
-// duplicate is still coming.
+// duplicate is still coming. It reads the room's history rather than
+// /sync: with hundreds of events at once, /sync returns a limited timeline
+// and a count through it misses answers that are in the room.
 func collectAnswers(t *testing.T, u *harness.User, room string, n int, timeout time.Duration) map[string]int {
 	t.Helper()
-	answers := map[string]int{}
 	deadline := time.Now().Add(timeout)
-	for len(answers) < n {
+	for {
+		answers := botAnswers(t, u, room, "load ")
+		if len(answers) >= n {
+			break
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d of %d commands answered within %v", len(answers), n, timeout)
 		}
-		ev := u.WaitForMessage(t, room, time.Until(deadline), harness.From(botID))
-		if strings.HasPrefix(ev.Body(), "load ") {
-			answers[ev.Body()]++
-		}
+		time.Sleep(time.Second)
 	}
-	for _, ev := range sentinel(t, u, room, botID) {
-		if strings.HasPrefix(ev.Body(), "load ") {
-			answers[ev.Body()]++
+	// The bot answers a room's events in order: once the sentinel is
+	// answered, every answer to an earlier command has been sent.
+	tag := fmt.Sprintf("sentinel-%d", time.Now().UnixNano())
+	u.SendText(t, room, "!echo "+tag)
+	for len(botAnswers(t, u, room, tag)) == 0 {
+		if time.Now().After(deadline.Add(wait)) {
+			t.Fatalf("no answer to the sentinel %s", tag)
 		}
+		time.Sleep(time.Second)
 	}
-	return answers
+	return botAnswers(t, u, room, "load ")
+}
+
+// botAnswers pages through the room's whole history (newest first) and
+// counts the bot's messages whose body starts with prefix, by body.
+func botAnswers(t *testing.T, u *harness.User, room, prefix string) map[string]int {
+	t.Helper()
+	answers := map[string]int{}
+	from := ""
+	for {
+		q := url.Values{"dir": {"b"}, "limit": {"1000"}}
+		if from != "" {
+			q.Set("from", from)
+		}
+		var page struct {
+			Chunk []struct {
+				Type    string `json:"type"`
+				Sender  string `json:"sender"`
+				Content struct {
+					Body string `json:"body"`
+				} `json:"content"`
+			} `json:"chunk"`
+			End string `json:"end"`
+		}
+		u.Get(t, "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/messages?"+q.Encode(), &page)
+		for _, ev := range page.Chunk {
+			if ev.Type == "m.room.message" && ev.Sender == botID && strings.HasPrefix(ev.Content.Body, prefix) {
+				answers[ev.Content.Body]++
+			}
+		}
+		if len(page.Chunk) == 0 || page.End == "" || page.End == from {
+			return answers
+		}
+		from = page.End
+	}
 }
 
 func checkExactlyOnce(t *testing.T, answers map[string]int, n int) {
