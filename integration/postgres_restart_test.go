@@ -102,5 +102,5 @@ func TestPostgresRestart(t *testing.T) {
 	}
 	w.Bot.Stop() // reap the exited process
 	w.Bot.Start()
-	checkExactlyOnce(t, collectAnswers(t, alice, room, n, 3*time.Minute), n)
+	checkExactlyOnce(t, collectAnswers(t, w.HS, alice, room, n, 3*time.Minute), n)
 }

@@ -40,5 +40,5 @@ func TestKillUnderLoad(t *testing.T) {
 		w.Bot.Start()
 	}
 	<-done
-	checkExactlyOnce(t, collectAnswers(t, alice, room, n, 10*time.Minute), n)
+	checkExactlyOnce(t, collectAnswers(t, w.HS, alice, room, n, 10*time.Minute), n)
 }
