@@ -67,6 +67,9 @@ func testEncryptedConversation(t *testing.T, dbType string) {
 	if v := w.Bot.Metric(t, `opsbot_bot_cross_signed{bot="`+botID+`"}`); v != 0 {
 		t.Errorf("opsbot_bot_cross_signed = %v without an admin token, want 0", v)
 	}
+	if strings.Contains(w.Bot.Log(), "account_data/m.secret_storage") {
+		t.Error("a refused cross-signing upload left secret storage behind")
+	}
 
 	alice := w.HS.RegisterUser(t, "alice") // raw view of alice's account, for ciphertext checks
 	bob := w.HS.RegisterUser(t, "bob")

@@ -185,24 +185,28 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 
 // create makes new cross-signing keys and a new secret storage key, uploads
 // them, signs the device, and stores the recovery key.
+//
+// The cross-signing keys go to the server first: a homeserver that wants
+// auth opsbot cannot give refuses them before anything is stored anywhere,
+// so every start of a bot that cannot cross-sign costs one request and
+// leaves nothing behind. Once they are published the recovery key is stored
+// before anything else can fail; should secret storage then fail to take
+// the private keys, the log says so and `recovery-key reset` starts over.
 func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logger) (*ssss.Key, error) {
 	mach := dev.Machine
-	var uiaErr error
-	uia := func(resp *mautrix.RespUserInteractive) any {
-		auth, err := m.passwordAuth(ctx, dev, resp)
-		uiaErr = err
-		return auth
-	}
-	key, err := mach.SSSS.GenerateAndUploadKey(ctx, "")
+	key, err := ssss.NewKey("")
 	if err != nil {
-		return nil, fmt.Errorf("creating the secret storage key: %w", err)
+		return nil, err
 	}
 	keys, err := mach.GenerateCrossSigningKeys()
 	if err != nil {
 		return nil, err
 	}
-	if err := mach.UploadCrossSigningKeysToSSSS(ctx, key, keys); err != nil {
-		return nil, fmt.Errorf("storing the cross-signing keys in secret storage: %w", err)
+	var uiaErr error
+	uia := func(resp *mautrix.RespUserInteractive) any {
+		auth, err := m.passwordAuth(ctx, dev, resp)
+		uiaErr = err
+		return auth
 	}
 	if err := mach.PublishCrossSigningKeys(ctx, keys, uia); err != nil {
 		if uiaErr != nil {
@@ -210,13 +214,17 @@ func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logg
 		}
 		return nil, fmt.Errorf("uploading the cross-signing keys: %w", err)
 	}
-	if err := mach.SSSS.SetDefaultKeyID(ctx, key.ID); err != nil {
-		return nil, fmt.Errorf("marking the secret storage key as default: %w", err)
-	}
-	// From here the keys are on the server: keep the recovery key before
-	// anything else can fail.
 	if err := mach.CryptoStore.PutSecret(ctx, SecretRecoveryKey, key.RecoveryKey()); err != nil {
 		return nil, fmt.Errorf("storing the recovery key: %w", err)
+	}
+	if err := mach.SSSS.SetKeyData(ctx, key.ID, key.Metadata); err != nil {
+		return nil, fmt.Errorf("creating the secret storage key: %w", err)
+	}
+	if err := mach.UploadCrossSigningKeysToSSSS(ctx, key, keys); err != nil {
+		return nil, fmt.Errorf("storing the cross-signing keys in secret storage: %w", err)
+	}
+	if err := mach.SSSS.SetDefaultKeyID(ctx, key.ID); err != nil {
+		return nil, fmt.Errorf("marking the secret storage key as default: %w", err)
 	}
 	if err := signDevice(ctx, mach); err != nil {
 		return nil, err
