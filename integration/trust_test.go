@@ -150,6 +150,20 @@ func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	noPendingVerification(t, w.Bot)
 }
 
+// threePeople logs alice, bob and carol in with matrix-js-sdk; alice and
+// carol set up cross-signing, bob does not.
+func threePeople(t *testing.T, w *world) (alice, bob, carol *harness.User, a, b, c *peers.Peer) {
+	t.Helper()
+	alice, bob, carol = w.HS.RegisterUser(t, "alice"), w.HS.RegisterUser(t, "bob"), w.HS.RegisterUser(t, "carol")
+	a, b, c = peers.StartJS(t), peers.StartJS(t), peers.StartJS(t)
+	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
+	b.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
+	c.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
+	a.BootstrapCrossSigning(alice.Password)
+	c.BootstrapCrossSigning(carol.Password)
+	return alice, bob, carol, a, b, c
+}
+
 // knowsDevice waits until the person's client knows the bot's device: it
 // learns of it from /sync after the bot joined a room they share.
 func knowsDevice(t *testing.T, p *peers.Peer, dev string) {
@@ -189,15 +203,7 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	}
 	dev := botDevice(t, w.Bot, botID)
 
-	alice := w.HS.RegisterUser(t, "alice")
-	bob := w.HS.RegisterUser(t, "bob")
-	carol := w.HS.RegisterUser(t, "carol")
-	a, b, c := peers.StartJS(t), peers.StartJS(t), peers.StartJS(t)
-	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
-	b.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
-	c.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
-	a.BootstrapCrossSigning(alice.Password)
-	c.BootstrapCrossSigning(carol.Password)
+	alice, bob, carol, a, b, c := threePeople(t, w)
 	// People see the devices of those they share rooms with.
 	room := a.CreateRoom(true, botID)
 	botJoined(t, alice, room, botID)
@@ -560,13 +566,7 @@ func TestKeySharingPolicy(t *testing.T) {
 	w := newWorld(t, "postgres", trustBots, trustConfig("  trust: all\n"))
 	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed", `"bot":"`+botID+`"`)
 	dev := botDevice(t, w.Bot, botID)
-	alice, bob, carol := w.HS.RegisterUser(t, "alice"), w.HS.RegisterUser(t, "bob"), w.HS.RegisterUser(t, "carol")
-	a, b, c := peers.StartJS(t), peers.StartJS(t), peers.StartJS(t)
-	a.Login(w.HS.URL, alice.ID, alice.Password, "ALICEJS")
-	b.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
-	c.Login(w.HS.URL, carol.ID, carol.Password, "CAROLJS")
-	a.BootstrapCrossSigning(alice.Password)
-	c.BootstrapCrossSigning(carol.Password)
+	alice, bob, carol, a, b, c := threePeople(t, w)
 	dm := a.CreateRoom(true, botID)
 	botJoined(t, alice, dm, botID)
 	verifyBot(t, w, a, dev, "")
