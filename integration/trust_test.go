@@ -235,6 +235,14 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	dm := c.CreateRoom(true, botID)
 	botJoined(t, carol, dm, botID)
 	verifyBot(t, w, c, dev, dm)
+	// The bot's side of it went into the encrypted DM encrypted.
+	if strings.Contains(w.Bot.Log(), "/send/m.key.verification.") {
+		t.Fatal("the bot sent a verification event into the encrypted DM in plaintext")
+	}
+	dmLocal := strings.TrimPrefix(strings.SplitN(dm, ":", 2)[0], "!")
+	if w.Bot.CountLog(`"method":"PUT"`, dmLocal, "/send/m.room.encrypted/") == 0 {
+		t.Fatal("no encrypted sends into the DM in the bot's log")
+	}
 	// The bot still answers in the DM: the verification events did not
 	// reach the skills, and the DM stays encrypted both ways.
 	c.Send(dm, "!echo after verification")
