@@ -290,17 +290,17 @@ func TestBotIdentityAndVerification(t *testing.T) {
 	// The person cancels after seeing the emoji.
 	a.VerifyRequestDevice(botID, dev)
 	a.VerifySAS(true, wait)
-	pendingVerification(t, w.Bot)
+	txn, _ = pendingVerification(t, w.Bot)
 	a.VerifyCancel()
-	w.Bot.WaitForLog(t, wait, "Verification cancelled", `"code":"m.user"`)
+	w.Bot.WaitForLog(t, wait, "Verification cancelled", txn, `"code":"m.user"`)
 	noPendingVerification(t, w.Bot)
 
 	// The person says the emoji differ.
 	a.VerifyRequestDevice(botID, dev)
 	a.VerifySAS(true, wait)
-	pendingVerification(t, w.Bot)
+	txn, _ = pendingVerification(t, w.Bot)
 	a.VerifyMismatch()
-	w.Bot.WaitForLog(t, wait, "Verification cancelled", `"code":"m.mismatched_sas"`)
+	w.Bot.WaitForLog(t, wait, "Verification cancelled", txn, `"code":"m.mismatched_sas"`)
 	noPendingVerification(t, w.Bot)
 
 	// A MAC that does not match (a device that is not who it claims).
