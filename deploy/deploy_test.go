@@ -838,7 +838,7 @@ var helmCases = []struct {
 		// Postgres, three replicas, secrets as values, Job on.
 		name: "postgres", release: "ops", namespace: "bots", args: []string{"-f", "testdata/values-postgres.yaml"},
 		want: want{database: "postgres", replicas: 3, secretName: "ops-opsbot-secrets", chartSecret: true, job: true, pdb: true,
-			secretKeys: []string{"OPSBOT_AS_TOKEN", "OPSBOT_DATABASE_URI", "OPSBOT_HS_TOKEN", "OPSBOT_PICKLE_KEY"}},
+			secretKeys: []string{"OPSBOT_AS_TOKEN", "OPSBOT_DATABASE_URI", "OPSBOT_DENDRITE_ADMIN_TOKEN", "OPSBOT_HS_TOKEN", "OPSBOT_PICKLE_KEY"}},
 	},
 	{
 		// SQLite on a claim, the chart's default listen address, and no PDB
@@ -884,6 +884,7 @@ func TestHelmTemplateRefuses(t *testing.T) {
 		{"sqlite with two replicas", []string{"config.database.type=sqlite", "replicas=2"}, "SQLite allows one"},
 		{"token in the ConfigMap", []string{"config.appservice.as_token=0123456789abcdef0"}, "keep secrets out of the ConfigMap"},
 		{"pickle key in the ConfigMap", []string{"config.encryption.pickle_key=0123456789abcdef0"}, "keep secrets out of the ConfigMap"},
+		{"admin token in the ConfigMap", []string{"config.encryption.dendrite_admin_token=0123456789abcdef0"}, "config.encryption.dendrite_admin_token: keep secrets out"},
 		{"password in the ConfigMap", []string{"config.database.uri=postgres://opsbot:pw@db/opsbot"}, "holds a password"},
 		{"ServiceMonitor without metrics", []string{"config.metrics.listen=", "serviceMonitor.enabled=true"}, "needs config.metrics.listen"},
 	} {

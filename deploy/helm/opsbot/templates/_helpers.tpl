@@ -89,6 +89,9 @@ app.kubernetes.io/part-of: opsbot
 {{- if hasKey (dig "encryption" dict $cfg) "pickle_key" }}
 {{- fail "config.encryption.pickle_key: keep secrets out of the ConfigMap; set secret.pickleKey or existingSecret" }}
 {{- end }}
+{{- if hasKey (dig "encryption" dict $cfg) "dendrite_admin_token" }}
+{{- fail "config.encryption.dendrite_admin_token: keep secrets out of the ConfigMap; set secret.dendriteAdminToken or existingSecret" }}
+{{- end }}
 {{- if regexMatch "://[^/@]*:[^/@]*@" (toString ($db.uri | default "")) }}
 {{- fail "config.database.uri holds a password: set secret.databaseUri (OPSBOT_DATABASE_URI) or existingSecret instead" }}
 {{- end }}
