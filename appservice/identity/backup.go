@@ -45,15 +45,15 @@ type uploader struct {
 // and a backup version on the server that uses it. When restoring (a device
 // created at this start, with a recovery key already in the database), the
 // backup's room keys are imported first.
-func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ssss.Key, restoring bool, log zerolog.Logger) (*uploader, int, error) {
+func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ssss.Key, restoring bool, log zerolog.Logger) (*uploader, error) {
 	mach := dev.Machine
 	sqlStore, ok := mach.CryptoStore.(*crypto.SQLCryptoStore)
 	if !ok {
-		return nil, 0, errors.New("the crypto store is not the SQL store")
+		return nil, errors.New("the crypto store is not the SQL store")
 	}
 	key, err := backupKey(ctx, mach, ssssKey)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	pub := id.Ed25519(base64.RawStdEncoding.EncodeToString(key.PublicKey().Bytes()))
 	var version id.KeyBackupVersion
@@ -61,7 +61,7 @@ func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ss
 	switch {
 	case errors.Is(err, mautrix.MNotFound):
 	case err != nil:
-		return nil, 0, fmt.Errorf("reading the latest backup version: %w", err)
+		return nil, fmt.Errorf("reading the latest backup version: %w", err)
 	case latest.Algorithm == id.KeyBackupAlgorithmMegolmBackupV1 && latest.AuthData.PublicKey == pub:
 		version = latest.Version
 	default:
@@ -69,23 +69,22 @@ func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ss
 	}
 	if version == "" {
 		if version, err = createVersion(ctx, mach, pub); err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		log.Info().Stringer("version", version).Msg("Created a server-side key backup")
 	}
-	restored := 0
-	if restoring && version != "" {
+	if restoring {
 		before := countSessions(ctx, sqlStore)
 		if err := mach.GetAndStoreKeyBackup(ctx, version, key); err != nil {
-			return nil, 0, fmt.Errorf("restoring room keys from backup version %s: %w", version, err)
+			return nil, fmt.Errorf("restoring room keys from backup version %s: %w", version, err)
 		}
-		restored = countSessions(ctx, sqlStore) - before
-		log.Info().Int("room_keys", restored).Stringer("version", version).Msg("Restored room keys from the server-side backup")
+		log.Info().Int("room_keys", countSessions(ctx, sqlStore)-before).Stringer("version", version).
+			Msg("Restored room keys from the server-side backup")
 	}
 	up := &uploader{bot: dev.UserID, mach: mach, store: sqlStore, key: key, version: version,
 		kick: make(chan struct{}, 1), log: log.With().Str("component", "key-backup").Logger(), onDone: m.opts.OnBackedUp}
 	mach.SessionReceived = up.sessionReceived(mach.SessionReceived)
-	return up, restored, nil
+	return up, nil
 }
 
 // backupKey reads the backup key from secret storage, creating it there the
@@ -256,15 +255,4 @@ func (u *uploader) encrypt(s *crypto.InboundGroupSession) (mautrix.ReqKeyBackupD
 		ForwardedCount:    len(s.ForwardingChains),
 		SessionData:       raw,
 	}, nil
-}
-
-// BackUpNow uploads a bot's pending room keys at once (tests and shutdown).
-func (m *Manager) BackUpNow(ctx context.Context, bot id.UserID) (int, error) {
-	m.mu.Lock()
-	up := m.backups[bot]
-	m.mu.Unlock()
-	if up == nil {
-		return 0, fmt.Errorf("bot %s has no key backup", bot)
-	}
-	return up.upload(ctx)
 }

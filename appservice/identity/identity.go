@@ -63,22 +63,19 @@ type Status struct {
 	CrossSigned   bool
 	MasterKey     id.Ed25519
 	BackupVersion id.KeyBackupVersion
-	Restored      int // room keys imported from the backup at start
-	Err           error
 }
 
 // Manager sets up and keeps the identities of the bots.
 type Manager struct {
 	opts Options
 
-	mu      sync.Mutex
-	status  map[id.UserID]*Status
-	backups map[id.UserID]*uploader
+	mu     sync.Mutex
+	status map[id.UserID]*Status
 }
 
 // New returns a Manager.
 func New(opts Options) *Manager {
-	return &Manager{opts: opts, status: map[id.UserID]*Status{}, backups: map[id.UserID]*uploader{}}
+	return &Manager{opts: opts, status: map[id.UserID]*Status{}}
 }
 
 // Status returns a bot's identity status (zero if it was never set up).
@@ -98,7 +95,6 @@ func (m *Manager) Status(bot id.UserID) Status {
 func (m *Manager) Setup(ctx context.Context, dev *e2ee.Device) error {
 	st := &Status{}
 	err := m.setup(ctx, dev, st)
-	st.Err = err
 	m.mu.Lock()
 	m.status[dev.UserID] = st
 	m.mu.Unlock()
@@ -166,7 +162,7 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	if err != nil {
 		return fmt.Errorf("reading the restore flag: %w", err)
 	}
-	up, restored, err := m.setupBackup(ctx, dev, key, restore != "", log)
+	up, err := m.setupBackup(ctx, dev, key, restore != "", log)
 	if err != nil {
 		return fmt.Errorf("key backup: %w", err)
 	}
@@ -175,10 +171,7 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 			return fmt.Errorf("clearing the restore flag: %w", err)
 		}
 	}
-	st.BackupVersion, st.Restored = up.version, restored
-	m.mu.Lock()
-	m.backups[dev.UserID] = up
-	m.mu.Unlock()
+	st.BackupVersion = up.version
 	go up.run(ctx)
 	return nil
 }
