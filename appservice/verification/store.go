@@ -2,7 +2,6 @@ package verification
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -142,9 +141,6 @@ func (s *Store) SetDecision(ctx context.Context, txn id.VerificationTransactionI
 // Delete removes a verification.
 func (s *Store) Delete(ctx context.Context, txn id.VerificationTransactionID) error {
 	_, err := s.DB.Exec(ctx, `DELETE FROM opsbot_verification_pending WHERE transaction_id = $1`, txn)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil
-	}
 	return err
 }
 

@@ -137,12 +137,12 @@ func (m *Manager) HandleRoomEvent(ctx context.Context, evt *event.Event) bool {
 		if evt.Content.Parsed == nil {
 			_ = evt.Content.ParseRaw(evt.Type)
 		}
-		rel, ok := evt.Content.Parsed.(event.Relatable)
-		if !ok || rel.OptionalGetRelatesTo() == nil {
+		txn := transactionOf(evt)
+		if txn == "" {
 			return true
 		}
 		m.mu.Lock()
-		bot = m.txnBots[id.VerificationTransactionID(rel.OptionalGetRelatesTo().EventID)]
+		bot = m.txnBots[txn]
 		m.mu.Unlock()
 	default:
 		return false
