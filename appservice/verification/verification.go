@@ -177,6 +177,15 @@ func (m *Manager) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		// Rows are only written for verifications this process took on
+		// (Init cleared older ones): with none going on there is nothing
+		// to read.
+		m.mu.Lock()
+		busy := len(m.txnBots) > 0
+		m.mu.Unlock()
+		if !busy {
+			continue
+		}
 		pending, err := m.store.List(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
