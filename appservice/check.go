@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"opsbot/appservice/config"
 	"opsbot/appservice/discovery"
+	"opsbot/appservice/e2ee"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/store"
 )
@@ -50,6 +52,7 @@ func Check(ctx context.Context, cfg *config.Config, path string, out io.Writer) 
 	} else {
 		report(checkASToken(ctx, client, cfg))
 		report(checkPing(ctx, client, cfg))
+		report(checkKeyDelivery(ctx, client, cfg))
 	}
 	if failed {
 		return errors.New("some checks failed")
@@ -143,4 +146,43 @@ func checkPing(ctx context.Context, client *mautrix.Client, cfg *config.Config) 
 		return CheckResult{"appservice", "FAIL", fmt.Sprintf("the homeserver could not reach %s: %v", cfg.AppService.PublicURL, err)}
 	}
 	return CheckResult{"appservice", "ok", fmt.Sprintf("the homeserver reached %s in %d ms", cfg.AppService.PublicURL, resp.DurationMS)}
+}
+
+// checkKeyDelivery says how the bots' devices will get their encryption
+// keys, and what is wrong when one of them cannot get any: the appservice's
+// sender user is a bot, the homeserver refuses it /sync (Synapse does), and
+// it has never been seen pushing keys in transactions.
+func checkKeyDelivery(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {
+	const name = "encryption"
+	if !cfg.Encryption.Enabled {
+		return CheckResult{name, "skip", "encryption.enabled is false"}
+	}
+	if cfg.Encryption.Mode != "auto" {
+		return CheckResult{name, "ok", fmt.Sprintf("key delivery %s (set in encryption.mode)", cfg.Encryption.Mode)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	versions, err := client.Versions(ctx)
+	if err != nil {
+		return CheckResult{name, "FAIL", fmt.Sprintf("reading the homeserver's features: %v", err)}
+	}
+	if e2ee.Advertises(versions) {
+		return CheckResult{name, "ok", "key delivery appservice: " + e2ee.AdvertisedWhy}
+	}
+	if st, err := store.Open(cfg.Database, zerolog.Nop()); err == nil {
+		since, _ := e2ee.SeenBefore(ctx, st)
+		st.Close()
+		if !since.IsZero() {
+			return CheckResult{name, "ok", "key delivery appservice: " + e2ee.SeenBeforeWhy(since)}
+		}
+	}
+	sender := id.NewUserID(cfg.AppService.SenderLocalpart, cfg.Homeserver.Domain)
+	client.SetAppServiceUserID = true
+	client.UserID = sender
+	_, err = client.FullSyncRequest(ctx, mautrix.ReqSync{FilterID: `{"room":{"rooms":[]},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`})
+	var httpErr mautrix.HTTPError
+	if errors.As(err, &httpErr) && httpErr.IsStatus(http.StatusInternalServerError) && slices.Contains(cfg.BotIDs(), sender.String()) {
+		return CheckResult{name, "FAIL", e2ee.SenderSyncRefused(sender) + " (opsbot also probes at each start whether keys come in transactions)"}
+	}
+	return CheckResult{name, "ok", "key delivery sync, unless opsbot finds at start that the homeserver pushes keys in transactions (MSC2409, MSC3202); then appservice"}
 }

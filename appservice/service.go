@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,10 +63,15 @@ type Service struct {
 	Metrics      *metrics.Metrics
 
 	warnEncrypted sync.Once
-	// active is set while this process is the leader and handling events.
-	active  atomic.Bool
-	started time.Time
-	version string
+	// accepting is set while this process is the leader and records
+	// transactions (it is then ready); running once everything is started
+	// and events are handled.
+	accepting atomic.Bool
+	running   atomic.Bool
+	started   time.Time
+	version   string
+	// versions is the homeserver's /versions answer at start-up.
+	versions *mautrix.RespVersions
 
 	// engine is swapped by Reload; handlers in flight finish on the old one.
 	engine    atomic.Pointer[skills.Engine]
@@ -139,6 +145,9 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 			ASToken:       cfg.AppService.ASToken,
 			PickleKey:     []byte(cfg.Encryption.PickleKey),
 			Bots:          s.Bots.IDs(),
+			Mode:          cfg.Encryption.Mode,
+			Sender:        s.BotID(cfg.AppService.SenderLocalpart),
+			Features:      s.Store,
 			Trust:         cfg.Encryption.Trust,
 			MSC4190:       cfg.Encryption.MSC4190,
 			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
@@ -266,8 +275,14 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 	s.Metrics.ObserveCrypto("decrypt", reason)
 	if err != nil {
 		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
-		if *s.Cfg.Encryption.ReplyOnFailure && reason == "no_session" {
-			s.Engine().Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+		if *s.Cfg.Encryption.ReplyOnFailure {
+			switch reason {
+			case "no_session":
+				s.Engine().Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+			case "no_key_delivery":
+				s.Engine().Notify(ctx, roomBots[0], evt, "I cannot read encrypted messages on this homeserver yet: it does not deliver my encryption keys. "+
+					"Its admin can fix that (opsbot-appservice check says how).")
+			}
 		}
 		return nil, false
 	}
@@ -319,7 +334,7 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	if err := s.start(ctx, workCtx); err != nil {
 		return err
 	}
-	s.active.Store(true)
+	s.running.Store(true)
 	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
 
 	select {
@@ -330,14 +345,16 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		// Another replica may already be the leader: stop at once rather than
 		// drain, so that two processes never handle events or write crypto
 		// state together. Unhandled events stay in the inbox for it.
-		s.active.Store(false)
+		s.accepting.Store(false)
+		s.running.Store(false)
 		s.Metrics.Leader.Set(0)
 		s.Log.Error().Err(err).Msg("Lost leadership; stopping")
 		stopWork()
 		return fmt.Errorf("lost leadership: %w", err)
 	}
 	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")
-	s.active.Store(false)
+	s.accepting.Store(false)
+	s.running.Store(false)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = server.Shutdown(shutdownCtx)
@@ -362,8 +379,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	return nil
 }
 
-// start brings the leader up: schema, homeserver, bots, encryption devices,
-// then the pipeline (which first resumes what an earlier leader left).
+// start brings the leader up: schema, homeserver, bots; then it records
+// transactions (and says it is ready) while the encryption devices start,
+// and then the pipeline handles events, first what an earlier leader left.
 func (s *Service) start(ctx, workCtx context.Context) error {
 	if err := s.Store.Upgrade(ctx); err != nil {
 		return err
@@ -378,14 +396,18 @@ func (s *Service) start(ctx, workCtx context.Context) error {
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
+	if err := s.Pipeline.Start(workCtx); err != nil {
+		return fmt.Errorf("resuming unhandled events: %w", err)
+	}
+	// Transactions are recorded from now on, but handled only once the
+	// devices are up: key delivery is found out from what they carry.
+	s.accepting.Store(true)
 	if s.E2EE != nil {
 		if err := s.startEncryption(ctx, workCtx); err != nil {
 			return err
 		}
 	}
-	if err := s.Pipeline.Start(workCtx); err != nil {
-		return fmt.Errorf("resuming unhandled events: %w", err)
-	}
+	s.Pipeline.Open()
 	go s.pruneLoop(workCtx)
 	s.workCtx = workCtx
 	s.reloadMu.Lock()
@@ -414,18 +436,19 @@ func (s *Service) Handler() http.Handler {
 		Deliver:      s.Pipeline.Deliver,
 		IsOurUser:    s.Bots.IsBot,
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
-		Standby:      func() bool { return !s.active.Load() },
+		Standby:      func() bool { return !s.accepting.Load() },
 		DeviceInfo:   s.deviceInfoHandler(),
+		KeysSeen:     s.keysSeen(),
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
 	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Engine().WebhookHandler(s.active.Load).ServeHTTP(w, r)
+		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
 	}))
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {
-			if !s.active.Load() {
+			if !s.accepting.Load() {
 				return errors.New("standing by: another opsbot is the leader, or start-up is not finished")
 			}
 			return nil
@@ -450,6 +473,7 @@ func (s *Service) waitForHomeserver(ctx context.Context) error {
 		versions, err := s.AS.BotClient().Versions(cctx)
 		cancel()
 		if err == nil {
+			s.versions = versions
 			s.Log.Info().Str("homeserver", s.Cfg.Homeserver.Address).Strs("versions", versionStrings(versions)).Msg("Homeserver reachable")
 			return nil
 		}
@@ -541,29 +565,25 @@ func (s *Service) BotID(localpart string) id.UserID {
 	return id.NewUserID(localpart, s.Cfg.Homeserver.Domain)
 }
 
-// startEncryption picks the key-delivery mode and starts the bots' devices.
+// startEncryption starts the bots' devices and their key delivery.
 // setupCtx bounds the start-up; the devices' loops run until runCtx ends.
 func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
-	mode, why := s.Cfg.Encryption.Mode, "set in encryption.mode"
-	if mode == "auto" {
-		mode, why = s.detectKeyDelivery(setupCtx)
-	}
-	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
-	if s.Cfg.Encryption.MSC4190 && mode != e2ee.ModeAppservice {
-		return fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
-	}
-	s.E2EE.SetMode(mode)
 	ctx, cancel := context.WithCancel(runCtx)
 	stop := context.AfterFunc(setupCtx, cancel) // abandon start-up if asked to stop
 	defer stop()
 	if err := s.Verification.Init(setupCtx); err != nil {
 		return err
 	}
-	if err := s.E2EE.Start(ctx); err != nil {
+	mode, why, err := s.E2EE.Start(ctx, s.versions)
+	if err != nil {
 		return fmt.Errorf("encryption: %w", err)
 	}
+	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
 	go s.Verification.Run(ctx)
 	s.Metrics.BotDevices.Set(float64(len(s.E2EE.Bots())))
+	for bot, how := range s.E2EE.KeyDelivery() {
+		s.Metrics.KeyDelivery.WithLabelValues(bot.String()).Set(map[bool]float64{true: 1}[!strings.HasPrefix(how, "none")])
+	}
 	return nil
 }
 
@@ -585,32 +605,26 @@ func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
 	return s.Verification.Attach(ctx, dev)
 }
 
-// detectKeyDelivery implements encryption.mode auto: appservice mode when
-// the homeserver says it pushes device lists and one-time-key counts to
-// appservices (MSC3202) and to-device events (MSC2409), else sync mode.
-func (s *Service) detectKeyDelivery(ctx context.Context) (mode, why string) {
-	versions, err := s.AS.BotClient().Versions(ctx)
-	if err != nil {
-		return e2ee.ModeSync, fmt.Sprintf("could not read the homeserver's features (%v); sync mode works everywhere", err)
-	}
-	msc3202 := versions.UnstableFeatures["org.matrix.msc3202"]
-	msc2409 := versions.UnstableFeatures["org.matrix.msc2409"] || versions.UnstableFeatures["org.matrix.msc2409.to_device"]
-	if msc3202 && msc2409 {
-		return e2ee.ModeAppservice, "the homeserver advertises MSC2409 and MSC3202 (keys arrive in transactions)"
-	}
-	return e2ee.ModeSync, "the homeserver does not advertise both MSC2409 and MSC3202 (org.matrix.msc2409, org.matrix.msc3202), so each bot device runs its own /sync"
-}
-
 // deviceInfoHandler routes MSC3202 fields to encryption in appservice mode.
 func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
 	if s.E2EE == nil {
 		return nil
 	}
 	return func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
-		if s.E2EE.Mode() == e2ee.ModeAppservice {
+		// Queued while mode auto is being resolved too: they are applied
+		// if it resolves to appservice.
+		if s.E2EE.Mode() != e2ee.ModeSync {
 			s.E2EE.HandleDeviceInfo(lists, otks)
 		}
 	}
+}
+
+// keysSeen tells encryption what each transaction carried.
+func (s *Service) keysSeen() func(toDevice, deviceInfo bool) {
+	if s.E2EE == nil {
+		return nil
+	}
+	return s.E2EE.Transactions.Observe
 }
 
 // handleSyncedEphemeral takes typing notifications and receipts from a bot

@@ -26,6 +26,9 @@ func (m *Manager) HandleToDevice(ctx context.Context, evt *event.Event) {
 		return
 	}
 	evt.Type.Class = event.ToDeviceEventType
+	if isProbe(evt) {
+		return // opsbot's own key delivery probe (delivery.go)
+	}
 	dev.Machine.HandleToDeviceEvent(ctx, evt)
 	dev.Machine.MarkOlmHashSavePoint(ctx)
 	dev.verificationEvent(ctx, evt)

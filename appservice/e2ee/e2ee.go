@@ -41,8 +41,14 @@ type Options struct {
 	ASToken       string
 	PickleKey     []byte
 	Bots          []id.UserID
-	// Mode is ModeSync or ModeAppservice (auto is resolved by the caller).
+	// Mode is ModeSync, ModeAppservice or "auto" (resolved by Start from
+	// what the homeserver advertises and does; see delivery.go).
 	Mode string
+	// Sender is the appservice's sender user, which Synapse does not let
+	// use /sync.
+	Sender id.UserID
+	// Features remembers what the homeserver pushed in transactions.
+	Features FeatureStore
 	// MSC4190 creates devices through the appservice API (PUT /devices)
 	// and acts for them with the appservice token and the device ID,
 	// instead of logging in with m.login.application_service.
@@ -88,6 +94,8 @@ type Device struct {
 	OnVerification func(ctx context.Context, evt *event.Event)
 	store          *crypto.SQLCryptoStore
 	log            zerolog.Logger
+	// noKeys says why the device cannot receive keys ("" if it can).
+	noKeys string
 }
 
 // Manager holds the devices of all bots.
@@ -99,6 +107,9 @@ type Manager struct {
 	encryptLocks sync.Map
 	deviceInfo   chan deviceInfo
 	wg           sync.WaitGroup
+	// Transactions is told what each transaction carries (intake calls
+	// its Observe); key delivery is chosen from it.
+	Transactions *Transactions
 }
 
 // New prepares a manager; Start logs the devices in.
@@ -106,12 +117,59 @@ func New(opts Options) *Manager {
 	if opts.DecryptWait == 0 {
 		opts.DecryptWait = 30 * time.Second
 	}
-	return &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256)}
+	return &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256),
+		Transactions: newTransactions(opts.Features, opts.Log)}
 }
 
 // Start creates or reuses each bot's device, makes sure its keys are on the
-// server, and (in sync mode) starts its /sync loop until ctx ends.
-func (m *Manager) Start(ctx context.Context) error {
+// server, resolves key delivery (versions is the homeserver's /versions
+// answer, for mode auto) and starts the devices' loops until ctx ends. It
+// returns the key delivery mode and why it was chosen.
+func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mode, why string, err error) {
+	if err := m.open(ctx); err != nil {
+		return "", "", err
+	}
+	mode, why = m.opts.Mode, "set in encryption.mode"
+	chosen := make(chan struct{})
+	if mode == "auto" {
+		// The probe's answer is awaited while the devices are set up.
+		go func() {
+			defer close(chosen)
+			mode, why = m.chooseMode(ctx, versions)
+		}()
+	} else {
+		close(chosen)
+	}
+	if m.opts.OnDevice != nil {
+		for _, bot := range m.order {
+			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
+				<-chosen
+				return "", "", fmt.Errorf("encryption device of %s: %w", bot, err)
+			}
+		}
+	}
+	<-chosen
+	if m.opts.MSC4190 && mode != ModeAppservice {
+		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
+	}
+	m.opts.Mode = mode
+	m.Transactions.setMode(mode)
+	if mode == ModeSync {
+		for _, bot := range m.order {
+			dev := m.devices[bot]
+			if err := m.checkSync(ctx, dev); err != nil {
+				dev.noKeys = err.Error()
+				dev.log.Error().Err(err).Msg("This bot's device cannot receive encryption keys")
+			}
+		}
+	}
+	m.run(ctx)
+	return mode, why, nil
+}
+
+// open creates or reuses each bot's device and makes sure its keys are on
+// the server.
+func (m *Manager) open(ctx context.Context) error {
 	// The crypto tables are shared by every bot (one account row each).
 	store := crypto.NewSQLCryptoStore(m.opts.DB, dbutil.ZeroLogger(m.opts.Log.With().Str("db_section", "crypto").Logger()), "", "", m.opts.PickleKey)
 	if err := store.DB.Upgrade(ctx); err != nil {
@@ -125,13 +183,12 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.devices[bot] = dev
 		m.order = append(m.order, bot)
 	}
-	if m.opts.OnDevice != nil {
-		for _, bot := range m.order {
-			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
-				return fmt.Errorf("encryption device of %s: %w", bot, err)
-			}
-		}
-	}
+	return nil
+}
+
+// run starts the devices' loops: device lists and one-time-key counts from
+// transactions, or each device's /sync; expired-session cleanup.
+func (m *Manager) run(ctx context.Context) {
 	if m.opts.Mode == ModeAppservice {
 		m.wg.Add(1)
 		go func() {
@@ -141,7 +198,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	for _, bot := range m.order {
 		dev := m.devices[bot]
-		if m.opts.Mode == ModeSync {
+		if m.opts.Mode == ModeSync && dev.noKeys == "" {
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
@@ -154,11 +211,7 @@ func (m *Manager) Start(ctx context.Context) error {
 			dev.Machine.ExpiredKeyDeleteLoop(ctx)
 		}()
 	}
-	return nil
 }
-
-// SetMode sets the key delivery mode (before Start).
-func (m *Manager) SetMode(mode string) { m.opts.Mode = mode }
 
 // Mode returns the key delivery mode.
 func (m *Manager) Mode() string { return m.opts.Mode }
