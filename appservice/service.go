@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +157,9 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 				s.Metrics.OneTimeKeys.WithLabelValues(bot.String()).Set(float64(n))
 			},
 			OnDevice: s.setUpDevice,
+			OnKeyDelivery: func(bot id.UserID, ok bool) {
+				s.Metrics.KeyDelivery.WithLabelValues(bot.String()).Set(map[bool]float64{true: 1}[ok])
+			},
 		})
 		if *cfg.Encryption.CrossSigning {
 			s.Identity = identity.New(identity.Options{
@@ -204,8 +206,8 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 // opsbot's own handling of the types in opsbotHandles, then the skills.
 func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	if evt.Type.Class == event.ToDeviceEventType {
-		if s.E2EE != nil && s.E2EE.Mode() == e2ee.ModeAppservice {
-			s.E2EE.HandleToDevice(ctx, evt)
+		if s.E2EE != nil {
+			s.E2EE.HandleToDevice(ctx, evt) // for devices that get their keys in transactions
 		}
 		return
 	}
@@ -581,9 +583,6 @@ func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
 	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
 	go s.Verification.Run(ctx)
 	s.Metrics.BotDevices.Set(float64(len(s.E2EE.Bots())))
-	for bot, how := range s.E2EE.KeyDelivery() {
-		s.Metrics.KeyDelivery.WithLabelValues(bot.String()).Set(map[bool]float64{true: 1}[!strings.HasPrefix(how, "none")])
-	}
 	return nil
 }
 
@@ -611,11 +610,9 @@ func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]m
 		return nil
 	}
 	return func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
-		// Queued while mode auto is being resolved too: they are applied
-		// if it resolves to appservice.
-		if s.E2EE.Mode() != e2ee.ModeSync {
-			s.E2EE.HandleDeviceInfo(lists, otks)
-		}
+		// Queued while mode auto is being resolved too: applied for the
+		// devices that get their keys in transactions.
+		s.E2EE.HandleDeviceInfo(lists, otks)
 	}
 }
 

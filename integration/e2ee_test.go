@@ -76,15 +76,11 @@ func testEncryptedConversation(t *testing.T, hs homeserver, dbType string) {
 		// No admin token needed: the first cross-signing upload needs no UIA (MSC3967).
 		w.Bot.WaitForLogs(t, wait, 2, "Bot identity is cross-signed")
 		for _, b := range []string{botID, echobotID} {
-			if v := w.Bot.Metric(t, `opsbot_bot_cross_signed{bot="`+b+`"}`); v != 1 {
-				t.Errorf("opsbot_bot_cross_signed{bot=%q} = %v on Synapse, want 1", b, v)
-			}
+			w.Bot.WaitMetric(t, `opsbot_bot_cross_signed{bot="`+b+`"}`, 1)
 		}
 	}
 	for _, b := range []string{botID, echobotID} {
-		if v := w.Bot.Metric(t, `opsbot_bot_key_delivery{bot="`+b+`"}`); v != 1 {
-			t.Errorf("opsbot_bot_key_delivery{bot=%q} = %v, want 1", b, v)
-		}
+		w.Bot.WaitMetric(t, `opsbot_bot_key_delivery{bot="`+b+`"}`, 1)
 	}
 
 	alice := w.HS.RegisterUser(t, "alice") // raw view of alice's account, for ciphertext checks

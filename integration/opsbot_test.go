@@ -102,6 +102,13 @@ func onEachWorld(t *testing.T, test func(t *testing.T, hs homeserver, dbType str
 	t.Run(synapseHS.Name+"/sqlite", func(t *testing.T) { test(t, synapseHS, "sqlite") })
 }
 
+// onHomeservers runs test on each homeserver of the main suites.
+func onHomeservers(t *testing.T, test func(t *testing.T, hs homeserver)) {
+	for _, hs := range homeservers {
+		t.Run(hs.Name, func(t *testing.T) { test(t, hs) })
+	}
+}
+
 // botSetup describes the bots of a test config, as YAML list items.
 const defaultBots = `
   - localpart: opsbot
@@ -420,6 +427,23 @@ func (o *Opsbot) Metric(t testing.TB, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// WaitMetric waits until a sample has the wanted value: metrics are set
+// just after the log line that tells of the same change.
+func (o *Opsbot) WaitMetric(t testing.TB, series string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		got := o.Metric(t, series)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v after %v, want %v", series, got, wait, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Run runs an opsbot subcommand with the test config.

@@ -25,13 +25,15 @@ func (m *Manager) Decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 	var devs []*Device
 	noKeys := ""
 	for _, b := range roomBots {
-		switch d := m.devices[b]; {
-		case d == nil:
-		case d.noKeys != "":
-			noKeys = d.noKeys
-		default:
-			devs = append(devs, d)
+		d := m.devices[b]
+		if d == nil {
+			continue
 		}
+		if problem := d.keyProblem(); problem != "" {
+			noKeys = problem
+			continue
+		}
+		devs = append(devs, d)
 	}
 	if len(devs) == 0 && noKeys != "" {
 		return nil, "no_key_delivery", fmt.Errorf("%w: %s", ErrNoKeyDelivery, noKeys)

@@ -36,9 +36,9 @@ type FeatureStore interface {
 	ForgetFeatures(ctx context.Context) error
 }
 
-// probeType is the to-device event a bot device sends itself to find out
+// ProbeType is the to-device event a bot device sends itself to find out
 // whether the homeserver pushes to-device events in transactions.
-const probeType = "org.opsbot.key_delivery_probe"
+const ProbeType = "org.opsbot.key_delivery_probe"
 
 // ProbeTimeout bounds the wait for the probe to come back in a transaction.
 // A homeserver that pushes to-device events does so within milliseconds;
@@ -62,6 +62,8 @@ type Transactions struct {
 	// changed is closed and replaced whenever a feature is first seen.
 	changed chan struct{}
 	mode    string
+	// onKeys is called once both features have been seen, after start.
+	onKeys func()
 	// without counts transactions in a row without MSC3202 fields in
 	// appservice mode; warned is set once that was reported.
 	without int
@@ -92,6 +94,10 @@ func (t *Transactions) Observe(toDevice, deviceInfo bool) {
 		t.changed = make(chan struct{})
 	}
 	mode := t.mode
+	var onKeys func()
+	if len(fresh) > 0 && t.seen[FeatureToDevice] && t.seen[FeatureDeviceInfo] {
+		onKeys = t.onKeys
+	}
 	report := false
 	if mode == ModeAppservice {
 		if deviceInfo {
@@ -111,8 +117,11 @@ func (t *Transactions) Observe(toDevice, deviceInfo bool) {
 			}
 		}()
 	}
-	if mode == ModeSync && len(fresh) > 0 && t.has(FeatureToDevice, FeatureDeviceInfo) {
-		t.log.Warn().Msg("The homeserver now pushes keys in transactions (MSC2409, MSC3202); opsbot uses them from its next start")
+	if onKeys != nil {
+		if mode == ModeSync {
+			t.log.Info().Msg("The homeserver pushes keys in transactions (MSC2409, MSC3202) after all; bots with a working /sync keep it until the next start, which uses transactions")
+		}
+		onKeys()
 	}
 	if report {
 		t.log.Error().Int("transactions", withoutDeviceInfoLimit).
@@ -138,10 +147,17 @@ func (t *Transactions) has(features ...string) bool {
 	return true
 }
 
-func (t *Transactions) setMode(mode string) {
+// start records the chosen mode, and what to call once keys are seen in
+// transactions (at once if they already were).
+func (t *Transactions) start(mode string, onKeys func()) {
 	t.mu.Lock()
 	t.mode = mode
+	t.onKeys = onKeys
+	both := t.seen[FeatureToDevice] && t.seen[FeatureDeviceInfo]
 	t.mu.Unlock()
+	if both && mode == ModeSync {
+		onKeys()
+	}
 }
 
 // waitFor waits until every feature was seen this run, or ctx ends.
@@ -244,7 +260,7 @@ func SenderSyncRefused(sender id.UserID) string {
 // probe sends a to-device event from a bot device to itself: a homeserver
 // that pushes to-device events to appservices puts it in a transaction.
 func (m *Manager) probe(ctx context.Context, d *Device) error {
-	_, err := d.Client.SendToDevice(ctx, event.Type{Type: probeType, Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
+	_, err := d.Client.SendToDevice(ctx, event.Type{Type: ProbeType, Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
 		Messages: map[id.UserID]map[id.DeviceID]*event.Content{
 			d.UserID: {d.DeviceID: {Raw: map[string]any{"sent_at": time.Now().UnixMilli()}}},
 		},
@@ -282,7 +298,7 @@ var ErrNoKeyDelivery = errors.New("no bot in this room can receive room keys")
 func (m *Manager) KeyDelivery() map[id.UserID]string {
 	out := make(map[id.UserID]string, len(m.order))
 	for _, bot := range m.order {
-		if why := m.devices[bot].noKeys; why != "" {
+		if why := m.devices[bot].keyProblem(); why != "" {
 			out[bot] = "none: " + why
 		} else {
 			out[bot] = m.opts.Mode
@@ -292,4 +308,4 @@ func (m *Manager) KeyDelivery() map[id.UserID]string {
 }
 
 // isProbe reports whether a to-device event is opsbot's own key delivery probe.
-func isProbe(evt *event.Event) bool { return strings.EqualFold(evt.Type.Type, probeType) }
+func isProbe(evt *event.Event) bool { return strings.EqualFold(evt.Type.Type, ProbeType) }

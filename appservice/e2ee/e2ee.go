@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -64,6 +65,9 @@ type Options struct {
 	// OnOTKCount, if set, is told each bot device's one-time-key count as
 	// the homeserver reports it.
 	OnOTKCount func(bot id.UserID, count int)
+	// OnKeyDelivery, if set, is told for each bot device whether it
+	// receives keys: at start, and when that changes.
+	OnKeyDelivery func(bot id.UserID, ok bool)
 	// OnDevice, if set, is called for every bot device once it is logged in
 	// and its keys are on the server, before its loops start: the place to
 	// hook more onto the device (cross-signing, verification handlers).
@@ -94,8 +98,19 @@ type Device struct {
 	OnVerification func(ctx context.Context, evt *event.Event)
 	store          *crypto.SQLCryptoStore
 	log            zerolog.Logger
-	// noKeys says why the device cannot receive keys ("" if it can).
-	noKeys string
+	// viaTransactions: the device's to-device events, one-time-key counts
+	// and device lists come from transactions, not its own /sync.
+	viaTransactions bool
+	// noKeys, if set, says why nothing has brought the device keys yet.
+	noKeys atomic.Pointer[string]
+}
+
+// keyProblem says why the device gets no keys, or "".
+func (d *Device) keyProblem() string {
+	if p := d.noKeys.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Manager holds the devices of all bots.
@@ -110,6 +125,10 @@ type Manager struct {
 	// Transactions is told what each transaction carries (intake calls
 	// its Observe); key delivery is chosen from it.
 	Transactions *Transactions
+	// deviceInfoWanted is 1 while device lists and one-time-key counts
+	// from transactions are of use (until Start decides, then if any
+	// device gets its keys there), 0 otherwise.
+	deviceInfoWanted atomic.Bool
 }
 
 // New prepares a manager; Start logs the devices in.
@@ -117,8 +136,10 @@ func New(opts Options) *Manager {
 	if opts.DecryptWait == 0 {
 		opts.DecryptWait = 30 * time.Second
 	}
-	return &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256),
+	m := &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256),
 		Transactions: newTransactions(opts.Features, opts.Log)}
+	m.deviceInfoWanted.Store(opts.Mode != ModeSync)
+	return m
 }
 
 // Start creates or reuses each bot's device, makes sure its keys are on the
@@ -153,18 +174,50 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
 	}
 	m.opts.Mode = mode
-	m.Transactions.setMode(mode)
-	if mode == ModeSync {
-		for _, bot := range m.order {
-			dev := m.devices[bot]
-			if err := m.checkSync(ctx, dev); err != nil {
-				dev.noKeys = err.Error()
+	for _, bot := range m.order {
+		dev := m.devices[bot]
+		dev.viaTransactions = mode == ModeAppservice
+		if mode != ModeSync {
+			continue
+		}
+		if err := m.checkSync(ctx, dev); err != nil {
+			// Keys can still come in transactions: if the homeserver
+			// pushes them after all (a late probe), they are taken.
+			dev.viaTransactions = true
+			if !m.Transactions.has(FeatureToDevice, FeatureDeviceInfo) {
+				problem := err.Error()
+				dev.noKeys.Store(&problem)
 				dev.log.Error().Err(err).Msg("This bot's device cannot receive encryption keys")
 			}
 		}
 	}
+	m.deviceInfoWanted.Store(m.anyViaTransactions())
+	m.Transactions.start(mode, m.keysInTransactions)
+	for _, bot := range m.order {
+		m.reportKeyDelivery(m.devices[bot])
+	}
 	m.run(ctx)
 	return mode, why, nil
+}
+
+// keysInTransactions is called once transactions have carried both
+// to-device events and device information: devices waiting for their keys
+// in transactions have them from now on.
+func (m *Manager) keysInTransactions() {
+	for _, bot := range m.order {
+		dev := m.devices[bot]
+		if dev.viaTransactions && dev.keyProblem() != "" {
+			dev.noKeys.Store(nil)
+			dev.log.Info().Msg("The homeserver pushes this bot's keys in transactions after all: it receives them from now on")
+			m.reportKeyDelivery(dev)
+		}
+	}
+}
+
+func (m *Manager) reportKeyDelivery(dev *Device) {
+	if m.opts.OnKeyDelivery != nil {
+		m.opts.OnKeyDelivery(dev.UserID, dev.keyProblem() == "")
+	}
 }
 
 // open creates or reuses each bot's device and makes sure its keys are on
@@ -189,7 +242,7 @@ func (m *Manager) open(ctx context.Context) error {
 // run starts the devices' loops: device lists and one-time-key counts from
 // transactions, or each device's /sync; expired-session cleanup.
 func (m *Manager) run(ctx context.Context) {
-	if m.opts.Mode == ModeAppservice {
+	if m.anyViaTransactions() {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -198,7 +251,7 @@ func (m *Manager) run(ctx context.Context) {
 	}
 	for _, bot := range m.order {
 		dev := m.devices[bot]
-		if m.opts.Mode == ModeSync && dev.noKeys == "" {
+		if !dev.viaTransactions {
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
@@ -213,8 +266,17 @@ func (m *Manager) run(ctx context.Context) {
 	}
 }
 
-// Mode returns the key delivery mode.
+// Mode returns the key delivery mode ("auto" until Start resolved it).
 func (m *Manager) Mode() string { return m.opts.Mode }
+
+func (m *Manager) anyViaTransactions() bool {
+	for _, bot := range m.order {
+		if m.devices[bot].viaTransactions {
+			return true
+		}
+	}
+	return false
+}
 
 // Wait blocks until the background loops have stopped (after ctx ends).
 func (m *Manager) Wait() { m.wg.Wait() }

@@ -50,7 +50,11 @@ type Handler struct {
 	// Overloaded, if set, makes intake refuse new transactions with a
 	// retryable error while the pipeline is too far behind.
 	Overloaded func() bool
-	Log        zerolog.Logger
+	// Refuse, if set, makes intake read each transaction only to tell
+	// KeysSeen what it carried, then refuse it with a retryable error
+	// saying this: what `check` listens with while opsbot is not running.
+	Refuse string
+	Log    zerolog.Logger
 	// Observe, if set, is told the outcome of every transaction ("ok",
 	// "duplicate", "duplicate_grown", "unauthorized", "forbidden", "too_large", "not_json",
 	// "overloaded", "store_error") and the number of events recorded.
@@ -176,6 +180,14 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		otks = txn.MSC3202OTKCounts
 	}
 	deviceInfo := (lists != nil && !lists.IsZero()) || len(otks) > 0
+	if h.Refuse != "" {
+		if h.KeysSeen != nil {
+			h.KeysSeen(toDevice, deviceInfo)
+		}
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", h.Refuse)
+		return
+	}
 	// Recording must finish even if the homeserver hangs up: it will retry,
 	// and the retry must then find the transaction already recorded.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)

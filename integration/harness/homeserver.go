@@ -44,8 +44,8 @@ type Options struct {
 	AppServiceRegistrations []string
 	// KeysInTransactions turns on what lets an appservice's devices get their
 	// keys in transactions: on Synapse the experimental features
-	// msc2409_to_device_messages_enabled, msc3202_transaction_extensions and
-	// msc3202_device_masquerading. Dendrite has no such features (an error).
+	// msc2409_to_device_messages_enabled and msc3202_transaction_extensions.
+	// Dendrite has no such features (an error).
 	KeysInTransactions bool
 	// Postgres puts all of the homeserver's data in a fresh Postgres database
 	// (created with psql on the server named by $OPSBOT_TEST_POSTGRES, default

@@ -206,10 +206,12 @@ func (s *synapse) writeConfig(hs *Homeserver, opts Options, dbURL string) error 
 		"rc_reports":                  unlimited,
 	}
 	if opts.KeysInTransactions {
+		// Exactly what docs/homeservers.md tells admins to set. (Acting
+		// for a device with ?device_id=, which MSC4190 devices need, is no
+		// longer behind msc3202_device_masquerading in Synapse 1.160.)
 		cfg["experimental_features"] = map[string]any{
 			"msc2409_to_device_messages_enabled": true, // to-device events in transactions
 			"msc3202_transaction_extensions":     true, // device lists and one-time-key counts in transactions
-			"msc3202_device_masquerading":        true, // the appservice acts for a device (MSC4190 devices)
 		}
 	}
 	if opts.Config != nil {
