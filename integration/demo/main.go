@@ -58,9 +58,9 @@ type options struct {
 	Dir string // where everything is kept; "" = <repo>/.build/demo
 	// Homeserver is harness.Dendrite (the default) or harness.Synapse.
 	Homeserver harness.Server
-	Port       int // the homeserver's client API port on 127.0.0.1
-	BotPort int    // opsbot's listener port on 127.0.0.1
-	Opsbot  string // the opsbot-appservice binary
+	Port       int    // the homeserver's client API port on 127.0.0.1
+	BotPort    int    // opsbot's listener port on 127.0.0.1
+	Opsbot     string // the opsbot-appservice binary
 	// Out receives the progress notes, opsbot's log ("opsbot | " lines) and
 	// the welcome text. Default os.Stdout.
 	Out io.Writer
