@@ -334,6 +334,10 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	s.Log.Info().Msg("This opsbot is the leader")
 
 	if err := s.start(ctx, workCtx); err != nil {
+		if ctx.Err() != nil {
+			s.Log.Info().Err(err).Msg("Stopped during start-up")
+			return nil
+		}
 		return err
 	}
 	s.running.Store(true)
@@ -594,6 +598,8 @@ func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
 		err := s.Identity.Setup(ctx, dev)
 		signed := s.Identity.Status(dev.UserID).CrossSigned
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err() // stopping: the next start finishes the setup
 		case err != nil && signed:
 			s.Log.Error().Err(err).Stringer("bot", dev.UserID).Msg("The bot's room keys are not backed up")
 		case err != nil:

@@ -198,3 +198,31 @@ func testEncryptedConversation(t *testing.T, hs homeserver, dbType string) {
 		t.Fatalf("mirrored file: %+v", f)
 	}
 }
+
+// A stop at any moment of start-up (SIGTERM or SIGKILL, while devices,
+// keys and cross-signing are being set up) leaves nothing that keeps the
+// next start from finishing the job: same device, cross-signed, answering.
+func TestStopDuringStartUp(t *testing.T) {
+	w := newWorldWith(t, worldOptions{HS: synapseHS, DB: "sqlite", Bots: defaultBots})
+	alice := w.HS.RegisterUser(t, "alice")
+	// Ready comes before the devices are up: stop at once, or a little
+	// later, each time somewhere else in the set-up.
+	for i, delay := range []time.Duration{0, 0, 40, 80, 120, 160, 220, 300} {
+		time.Sleep(delay * time.Millisecond)
+		if i%2 == 0 {
+			w.Bot.Kill()
+		} else {
+			w.Bot.Stop()
+		}
+		w.Bot.Start()
+	}
+	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed")
+	w.Bot.WaitMetric(t, `opsbot_bot_cross_signed{bot="`+botID+`"}`, 1)
+	if n := w.Bot.CountLog("Created the bot's encryption device"); n != 1 {
+		t.Errorf("the bot's device was created %d times, want once", n)
+	}
+	room := joinedRoom(t, alice, botID)
+	if pong := ask(t, alice, room, "!ping", botID); pong.Body() != "pong" {
+		t.Fatalf("!ping answered %s", pong)
+	}
+}

@@ -170,6 +170,9 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 		}
 	}
 	<-chosen
+	if err := ctx.Err(); err != nil {
+		return "", "", err // stopped while starting: nothing was decided
+	}
 	if m.opts.MSC4190 && mode != ModeAppservice {
 		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
 	}
@@ -181,6 +184,9 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 			continue
 		}
 		if err := m.checkSync(ctx, dev); err != nil {
+			if ctx.Err() != nil {
+				return "", "", ctx.Err()
+			}
 			// Keys can still come in transactions: if the homeserver
 			// pushes them after all (a late probe), they are taken.
 			dev.viaTransactions = true
@@ -380,6 +386,13 @@ func (d *Device) ensureKeysOnServer(ctx context.Context) error {
 		}
 		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
 			return fmt.Errorf("uploading device keys: %w", err)
+		}
+		return nil
+	case !shared && keys.Keys.GetEd25519(d.DeviceID) == own.SigningKey:
+		// Our own upload, which reached the server before a crash let us
+		// note it: upload again (the same keys) and note it this time.
+		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
+			return fmt.Errorf("uploading device keys again: %w", err)
 		}
 		return nil
 	case !shared:
