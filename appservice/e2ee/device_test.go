@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 
@@ -104,5 +105,22 @@ func TestOpenDeviceWrongID(t *testing.T) {
 	err := New(Options{}).openDevice(context.Background(), client, "OPSBOTABCDEFGHIJ", "opsbot (bot)")
 	if err == nil || err.Error() != "the homeserver gave device OTHER, not the requested OPSBOTABCDEFGHIJ" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A homeserver with next-generation auth (MAS) refuses appservice login and
+// wants MSC4190: the error says which setting fixes it.
+func TestOpenDeviceMSC4190Required(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `{"errcode":"IO.ELEMENT.MSC4190.M_APPSERVICE_LOGIN_UNSUPPORTED","error":"This appservice has MSC4190 enabled, so appservice login cannot be used."}`)
+	}))
+	t.Cleanup(srv.Close)
+	client, _ := mautrix.NewClient(srv.URL, "@bot:example.org", "as-token")
+	client.DefaultHTTPRetries = 0
+	err := New(Options{}).openDevice(context.Background(), client, "OPSBOTABCDEFGHIJ", "opsbot (bot)")
+	if err == nil || !strings.Contains(err.Error(), "set encryption.msc4190: true") {
+		t.Fatalf("err = %v, want it to name encryption.msc4190", err)
 	}
 }

@@ -360,6 +360,11 @@ func (m *Manager) openDevice(ctx context.Context, client *mautrix.Client, device
 		InitialDeviceDisplayName: name,
 		StoreCredentials:         true,
 	})
+	var httpErr mautrix.HTTPError
+	if errors.As(err, &httpErr) && httpErr.RespError != nil && httpErr.RespError.ErrCode == "IO.ELEMENT.MSC4190.M_APPSERVICE_LOGIN_UNSUPPORTED" {
+		return fmt.Errorf("the homeserver refuses appservice login for %s and wants MSC4190 (Synapse with next-generation auth, MAS, does): "+
+			"set encryption.msc4190: true and install the registration generate-registration writes then (docs/homeservers.md): %w", client.UserID, err)
+	}
 	if err != nil {
 		return fmt.Errorf("appservice login (m.login.application_service) as %s: %w", client.UserID, err)
 	}
