@@ -97,6 +97,7 @@ func New(version string, backlog func() int64) *Metrics {
 }
 
 // knownTypes bounds the type label: any other event type counts as "other".
+// Types with an unstable name count under the stable one (typeAliases).
 var knownTypes = map[string]bool{
 	"m.room.message": true, "m.room.encrypted": true, "m.room.member": true, "m.reaction": true,
 	"m.room.redaction": true, "m.room.name": true, "m.room.topic": true, "m.room.avatar": true,
@@ -106,8 +107,19 @@ var knownTypes = map[string]bool{
 	"m.room_key": true, "m.room_key_request": true, "m.forwarded_room_key": true, "m.key.verification.request": true,
 }
 
+// typeAliases are the unstable names clients send for types in knownTypes:
+// Element sends polls as MSC3381's org.matrix.msc3381.poll.*.
+var typeAliases = map[string]string{
+	"org.matrix.msc3381.poll.start":    "m.poll.start",
+	"org.matrix.msc3381.poll.response": "m.poll.response",
+	"org.matrix.msc3381.poll.end":      "m.poll.end",
+}
+
 // EventType maps an event type to a bounded label value.
 func EventType(t string) string {
+	if stable, ok := typeAliases[t]; ok {
+		return stable
+	}
 	if knownTypes[t] {
 		return t
 	}
