@@ -22,7 +22,8 @@ func TestDashboardUsesExistingMetrics(t *testing.T) {
 	m.ObserveEvent("m.room.message", time.Millisecond)
 	m.ObserveSend("send", nil, time.Millisecond)
 	m.ObserveSkill("ping", "ok", time.Millisecond)
-	for _, op := range []string{"decrypt", "encrypt", "to_device"} {
+	m.ObserveDecrypt("@bot:x", "ok")
+	for _, op := range []string{"encrypt", "to_device"} {
 		m.ObserveCrypto(op, "ok")
 	}
 	m.Transactions.WithLabelValues("ok").Inc()
