@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit rules-test integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
+.PHONY: all build build-cgo dendrite demo test lint unit rules-test rules-update integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
 
 all: build
 
@@ -46,6 +46,11 @@ unit:
 rules-test:
 	promtool check rules deploy/prometheus/opsbot-alerts.yaml
 	promtool test rules deploy/prometheus/tests/*.yaml
+
+# Regenerate the Helm chart's and kustomize's copies of the alert rules
+# after editing deploy/prometheus/opsbot-alerts.yaml.
+rules-update:
+	cd deploy && $(GO) test -count=1 -run TestPrometheusRuleCopies . -update
 
 integration:
 	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...
