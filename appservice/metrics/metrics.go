@@ -153,7 +153,7 @@ func (m *Metrics) ReadyFrom(ready func() bool) {
 	m.readySource.Store(&ready)
 }
 
-// InitBots creates the per-bot encryption series at 0 for the configured
+// InitBots creates the per-bot encryption counters at 0 for the configured
 // bots (the only values the bot label takes).
 func (m *Metrics) InitBots(bots []id.UserID) {
 	for _, b := range bots {
@@ -163,6 +163,7 @@ func (m *Metrics) InitBots(bots []id.UserID) {
 		for _, st := range backupStages {
 			m.BackupFailures.WithLabelValues(b.String(), st)
 		}
+		m.KeysBackedUp.WithLabelValues(b.String())
 	}
 }
 

@@ -56,6 +56,7 @@ func TestFailureSeriesStartAtZero(t *testing.T) {
 		{"opsbot_decryptions_total", map[string]string{"bot": b, "outcome": "error"}},
 		{"opsbot_key_backup_failures_total", map[string]string{"bot": b, "stage": "setup"}},
 		{"opsbot_key_backup_failures_total", map[string]string{"bot": b, "stage": "upload"}},
+		{"opsbot_key_backup_uploaded_total", map[string]string{"bot": b}},
 		{"opsbot_skill_invocations_total", map[string]string{"skill": "ping", "outcome": "error"}},
 		{"opsbot_skill_invocations_total", map[string]string{"skill": "ping", "outcome": "panic"}},
 		{"opsbot_homeserver_requests_total", map[string]string{"op": "send", "outcome": "failed"}},
