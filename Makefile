@@ -5,11 +5,14 @@ GO        ?= go
 BIN       := .build/bin
 OPSBOT    := $(BIN)/opsbot-appservice
 DENDRITE  := $(BIN)/dendrite
+SYNAPSE   := .build/synapse-root
+# The homeserver make demo runs: dendrite (quick to start) or synapse.
+HOMESERVER ?= dendrite
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite demo test lint unit rules-test rules-update integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
+.PHONY: all build build-cgo dendrite synapse demo test lint unit rules-test rules-update integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
 
 all: build
 
@@ -24,14 +27,20 @@ build-cgo:
 dendrite:
 	cd integration/tools && GOWORK=off $(GO) build -o ../../$(DENDRITE) github.com/matrix-org/dendrite/cmd/dendrite
 
-# A local Dendrite and opsbot on SQLite, a demo user and room; Ctrl-C stops it.
-demo: build dendrite
-	$(GO) run ./integration/demo -opsbot $(OPSBOT)
+# Synapse from Debian's unstable suite in a chroot (integration/tools/synapse-root.sh;
+# about a minute, 550 MB, needs root), for the tests and make demo HOMESERVER=synapse.
+synapse:
+	integration/tools/synapse-root.sh $(SYNAPSE)
+
+# A local homeserver (Dendrite, or HOMESERVER=synapse) and opsbot on SQLite,
+# a demo user and room; Ctrl-C stops it.
+demo: build $(HOMESERVER)
+	$(GO) run ./integration/demo -opsbot $(OPSBOT) -homeserver $(HOMESERVER)
 
 # The whole suite: formatting, vet, unit tests with the race detector on both
 # databases, the alert rules' tests, and the integration tests against a real
-# Dendrite, Postgres and Prometheus.
-test: lint build build-cgo dendrite unit rules-test fuzz-short integration deploy-test
+# Dendrite, a real Synapse, Postgres and Prometheus.
+test: lint build build-cgo dendrite synapse unit rules-test fuzz-short integration deploy-test
 
 lint:
 	@out=$$(gofmt -l appservice skills cmd integration deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -53,7 +62,7 @@ rules-update:
 	cd deploy && $(GO) test -count=1 -run TestPrometheusRuleCopies . -update
 
 integration:
-	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...
 
 # The deployment files in deploy/ (their own Go module: Helm chart,
 # kustomize, Dockerfile, systemd unit, Grafana dashboard). The first run
@@ -83,14 +92,14 @@ fuzz-short:
 # commands, then every command must be answered exactly once
 # (OPSBOT_SOAK_COMMANDS and OPSBOT_SOAK_KILLS change the load), and a 60 s
 # homeserver outage. Not part of make test.
-soak: build dendrite
-	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) OPSBOT_OUTAGE_SECONDS=60 $(GO) test -count=1 -timeout 60m -tags goolm,soak \
+soak: build dendrite synapse
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) OPSBOT_OUTAGE_SECONDS=60 $(GO) test -count=1 -timeout 60m -tags goolm,soak \
 		-run 'TestKillUnderLoad|TestHomeserverOutage' -v ./integration/
 
 # End-to-end latency through Dendrite and memory footprint
 # (integration/bench_test.go; about five minutes).
-bench-e2e: build dendrite
-	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) $(GO) test -count=1 -timeout 30m -tags goolm,bench -run 'TestBench' -v ./integration/ | grep -E 'RESULT|^(ok|FAIL|---)'
+bench-e2e: build dendrite synapse
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) $(GO) test -count=1 -timeout 30m -tags goolm,bench -run 'TestBench' -v ./integration/ | grep -E 'RESULT|^(ok|FAIL|---)'
 
 bench:
 	@mkdir -p .build

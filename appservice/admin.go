@@ -128,7 +128,7 @@ func restartNeeded(old, new *config.Config) string {
 func (s *Service) Status(ctx context.Context) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s, up %s\n", s.version, time.Since(s.started).Round(time.Second))
-	fmt.Fprintf(&b, "leader: %v, inbox backlog: %d\n", s.active.Load(), s.Pipeline.Backlog())
+	fmt.Fprintf(&b, "leader: %v, inbox backlog: %d\n", s.accepting.Load(), s.Pipeline.Backlog())
 	if s.E2EE != nil {
 		fmt.Fprintf(&b, "encryption: on, key delivery %s, %d bot devices\n", s.E2EE.Mode(), len(s.E2EE.Bots()))
 	} else {
@@ -139,9 +139,17 @@ func (s *Service) Status(ctx context.Context) string {
 		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
 			rooms = len(resp.JoinedRooms)
 		}
-		fmt.Fprintf(&b, "%s: %d rooms%s\n", bot, rooms, s.identityStatus(bot))
+		fmt.Fprintf(&b, "%s: %d rooms%s%s\n", bot, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot))
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// keyDeliveryStatus says when a bot's device receives no keys.
+func (s *Service) keyDeliveryStatus(bot id.UserID) string {
+	if s.E2EE == nil || !strings.HasPrefix(s.E2EE.KeyDelivery()[bot], "none") {
+		return ""
+	}
+	return ", receives no encryption keys (opsbot-appservice check says why)"
 }
 
 // identityStatus is a bot's cross-signing and key backup state for !status.

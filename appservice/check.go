@@ -7,15 +7,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"opsbot/appservice/config"
 	"opsbot/appservice/discovery"
+	"opsbot/appservice/e2ee"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/store"
 )
@@ -48,8 +52,11 @@ func Check(ctx context.Context, cfg *config.Config, path string, out io.Writer) 
 		report(CheckResult{"as_token", "skip", "homeserver not reachable"})
 		report(CheckResult{"appservice", "skip", "homeserver not reachable"})
 	} else {
+		seen := listenWhileChecking(cfg)
+		defer seen.close()
 		report(checkASToken(ctx, client, cfg))
 		report(checkPing(ctx, client, cfg))
+		report(checkKeyDelivery(ctx, client, cfg, seen))
 	}
 	if failed {
 		return errors.New("some checks failed")
@@ -121,16 +128,9 @@ func checkASToken(ctx context.Context, client *mautrix.Client, cfg *config.Confi
 	return CheckResult{"as_token", "ok", fmt.Sprintf("the homeserver accepts the registration; acting as %s", resp.UserID)}
 }
 
-// checkPing asks the homeserver to ping the appservice (MSC2659). If opsbot
-// is not running, a temporary listener on appservice.listen answers it.
+// checkPing asks the homeserver to ping the appservice (MSC2659): opsbot,
+// or the listener of listenWhileChecking, answers it.
 func checkPing(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {
-	if l, err := net.Listen("tcp", cfg.AppService.Listen); err == nil {
-		mux := http.NewServeMux()
-		(&intake.Handler{HSToken: cfg.AppService.HSToken, MaxBodyBytes: 1 << 16, Log: zerolog.Nop(), IsOurUser: func(id.UserID) bool { return false }}).Register(mux)
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(l)
-		defer srv.Close()
-	}
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	client.SetAppServiceUserID = false
@@ -143,4 +143,136 @@ func checkPing(ctx context.Context, client *mautrix.Client, cfg *config.Config) 
 		return CheckResult{"appservice", "FAIL", fmt.Sprintf("the homeserver could not reach %s: %v", cfg.AppService.PublicURL, err)}
 	}
 	return CheckResult{"appservice", "ok", fmt.Sprintf("the homeserver reached %s in %d ms", cfg.AppService.PublicURL, resp.DurationMS)}
+}
+
+// checkListener stands in for opsbot on appservice.listen while check runs
+// and opsbot does not: it answers the ping, and reads transactions only to
+// see whether they carry keys, refusing them so that the homeserver keeps
+// them for opsbot.
+type checkListener struct {
+	srv      *http.Server
+	mu       sync.Mutex
+	toDevice bool
+	devInfo  bool
+}
+
+func listenWhileChecking(cfg *config.Config) *checkListener {
+	c := &checkListener{}
+	l, err := net.Listen("tcp", cfg.AppService.Listen)
+	if err != nil {
+		return c // opsbot runs there: it records what transactions carry
+	}
+	mux := http.NewServeMux()
+	(&intake.Handler{HSToken: cfg.AppService.HSToken, MaxBodyBytes: cfg.AppService.MaxBodyBytes, Log: zerolog.Nop(),
+		IsOurUser: func(id.UserID) bool { return false },
+		Refuse:    "opsbot is not running (its check command is listening); retry later",
+		KeysSeen: func(toDevice, deviceInfo bool) {
+			c.mu.Lock()
+			c.toDevice, c.devInfo = c.toDevice || toDevice, c.devInfo || deviceInfo
+			c.mu.Unlock()
+		}}).Register(mux)
+	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go c.srv.Serve(l)
+	return c
+}
+
+func (c *checkListener) sawKeys() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.toDevice && c.devInfo
+}
+
+func (c *checkListener) close() {
+	if c.srv != nil {
+		c.srv.Close()
+	}
+}
+
+// checkKeyDelivery says how the bots' devices will get their encryption
+// keys, and what is wrong when one of them cannot get any: the appservice's
+// sender user is a bot, the homeserver refuses it /sync (Synapse does), and
+// it has never been seen pushing keys in transactions.
+func checkKeyDelivery(ctx context.Context, client *mautrix.Client, cfg *config.Config, seen *checkListener) CheckResult {
+	const name = "encryption"
+	if !cfg.Encryption.Enabled {
+		return CheckResult{name, "skip", "encryption.enabled is false"}
+	}
+	if cfg.Encryption.Mode != "auto" {
+		return CheckResult{name, "ok", fmt.Sprintf("key delivery %s (set in encryption.mode)", cfg.Encryption.Mode)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	versions, err := client.Versions(ctx)
+	if err != nil {
+		return CheckResult{name, "FAIL", fmt.Sprintf("reading the homeserver's features: %v", err)}
+	}
+	if e2ee.Advertises(versions) {
+		return CheckResult{name, "ok", "key delivery appservice: " + e2ee.AdvertisedWhy}
+	}
+	seenBefore := func() time.Time {
+		st, err := store.Open(cfg.Database, zerolog.Nop())
+		if err != nil {
+			return time.Time{}
+		}
+		defer st.Close()
+		since, _ := e2ee.SeenBefore(ctx, st)
+		return since
+	}
+	if since := seenBefore(); !since.IsZero() {
+		return CheckResult{name, "ok", "key delivery appservice: " + e2ee.SeenBeforeWhy(since)}
+	}
+	sender := id.NewUserID(cfg.AppService.SenderLocalpart, cfg.Homeserver.Domain)
+	// Ask the homeserver the way opsbot does at start: a to-device event
+	// to a device of the sender, which comes back in a transaction if it
+	// pushes keys (seen by opsbot if it runs, else by our listener).
+	probeErr := probeKeyDelivery(ctx, client, cfg, sender)
+	deadline := time.Now().Add(2 * e2ee.ProbeTimeout)
+	for probeErr == nil && time.Now().Before(deadline) {
+		if seen.sawKeys() || !seenBefore().IsZero() {
+			return CheckResult{name, "ok", "key delivery appservice: the homeserver pushes to-device events, device lists and one-time-key counts in transactions (MSC2409, MSC3202), though it does not advertise them"}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	client.SetAppServiceUserID = true
+	client.UserID = sender
+	_, err = client.FullSyncRequest(ctx, mautrix.ReqSync{FilterID: `{"room":{"rooms":[]},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`})
+	var httpErr mautrix.HTTPError
+	if errors.As(err, &httpErr) && httpErr.IsStatus(http.StatusInternalServerError) && slices.Contains(cfg.BotIDs(), sender.String()) {
+		return CheckResult{name, "FAIL", e2ee.SenderSyncRefused(sender)}
+	}
+	why := "the homeserver does not push keys in transactions, so each bot device runs its own /sync"
+	if probeErr != nil {
+		why = fmt.Sprintf("could not ask the homeserver whether it pushes keys in transactions (%v); opsbot asks again at start, else each bot device runs its own /sync", probeErr)
+	}
+	return CheckResult{name, "ok", "key delivery sync: " + why}
+}
+
+// probeKeyDelivery sends a to-device event to a throwaway device of the
+// sender, then removes the device: appservice login, or with
+// encryption.msc4190 the appservice device API.
+func probeKeyDelivery(ctx context.Context, client *mautrix.Client, cfg *config.Config, sender id.UserID) error {
+	dev := id.DeviceID("OPSBOTCHECK" + strings.ToUpper(config.RandomToken()[:6]))
+	probe, err := mautrix.NewClient(client.HomeserverURL.String(), sender, cfg.AppService.ASToken)
+	if err != nil {
+		return err
+	}
+	probe.DefaultHTTPRetries = 0
+	if cfg.Encryption.MSC4190 {
+		probe.SetAppServiceUserID = true
+		if err := probe.CreateDeviceMSC4190(ctx, dev, "opsbot check"); err != nil {
+			return fmt.Errorf("creating a device for the probe: %w", err)
+		}
+		defer probe.DeleteDevice(context.WithoutCancel(ctx), dev, nil)
+	} else {
+		_, err := probe.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypeAppservice, DeviceID: dev, StoreCredentials: true,
+			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: cfg.AppService.SenderLocalpart}})
+		if err != nil {
+			return fmt.Errorf("logging in a device for the probe: %w", err)
+		}
+		defer probe.Logout(context.WithoutCancel(ctx))
+	}
+	_, err = probe.SendToDevice(ctx, event.Type{Type: e2ee.ProbeType, Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
+		Messages: map[id.UserID]map[id.DeviceID]*event.Content{sender: {dev: {Raw: map[string]any{"from": "check"}}}},
+	})
+	return err
 }

@@ -62,10 +62,15 @@ type Service struct {
 	Metrics      *metrics.Metrics
 
 	warnEncrypted sync.Once
-	// active is set while this process is the leader and handling events.
-	active  atomic.Bool
-	started time.Time
-	version string
+	// accepting is set while this process is the leader and records
+	// transactions (it is then ready); running once everything is started
+	// and events are handled.
+	accepting atomic.Bool
+	running   atomic.Bool
+	started   time.Time
+	version   string
+	// versions is the homeserver's /versions answer at start-up.
+	versions *mautrix.RespVersions
 
 	// engine is swapped by Reload; handlers in flight finish on the old one.
 	engine    atomic.Pointer[skills.Engine]
@@ -93,7 +98,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 		}
 		return s.Pipeline.Backlog()
 	})
-	s.Metrics.ReadyFrom(s.active.Load)
+	s.Metrics.ReadyFrom(s.accepting.Load)
 	var err error
 	s.Store, err = store.Open(cfg.Database, log)
 	if err != nil {
@@ -141,6 +146,9 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 			ASToken:       cfg.AppService.ASToken,
 			PickleKey:     []byte(cfg.Encryption.PickleKey),
 			Bots:          s.Bots.IDs(),
+			Mode:          cfg.Encryption.Mode,
+			Sender:        s.BotID(cfg.AppService.SenderLocalpart),
+			Features:      s.Store,
 			Trust:         cfg.Encryption.Trust,
 			MSC4190:       cfg.Encryption.MSC4190,
 			DecryptWait:   time.Duration(cfg.Encryption.DecryptWait),
@@ -151,6 +159,9 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 				s.Metrics.OneTimeKeys.WithLabelValues(bot.String()).Set(float64(n))
 			},
 			OnDevice: s.setUpDevice,
+			OnKeyDelivery: func(bot id.UserID, ok bool) {
+				s.Metrics.KeyDelivery.WithLabelValues(bot.String()).Set(map[bool]float64{true: 1}[ok])
+			},
 		})
 		if *cfg.Encryption.CrossSigning {
 			s.Identity = identity.New(identity.Options{
@@ -199,8 +210,8 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 // opsbot's own handling of the types in opsbotHandles, then the skills.
 func (s *Service) HandleEvent(ctx context.Context, evt *event.Event) {
 	if evt.Type.Class == event.ToDeviceEventType {
-		if s.E2EE != nil && s.E2EE.Mode() == e2ee.ModeAppservice {
-			s.E2EE.HandleToDevice(ctx, evt)
+		if s.E2EE != nil {
+			s.E2EE.HandleToDevice(ctx, evt) // for devices that get their keys in transactions
 		}
 		return
 	}
@@ -270,8 +281,14 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 	s.Metrics.ObserveDecrypt(roomBots[0], reason)
 	if err != nil {
 		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
-		if *s.Cfg.Encryption.ReplyOnFailure && reason == "no_session" {
-			s.Engine().Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+		if *s.Cfg.Encryption.ReplyOnFailure {
+			switch reason {
+			case "no_session":
+				s.Engine().Notify(ctx, roomBots[0], evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+			case "no_key_delivery":
+				s.Engine().Notify(ctx, roomBots[0], evt, "I cannot read encrypted messages on this homeserver yet: it does not deliver my encryption keys. "+
+					"Its admin can fix that (opsbot-appservice check says how).")
+			}
 		}
 		return nil, false
 	}
@@ -321,9 +338,13 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	s.Log.Info().Msg("This opsbot is the leader")
 
 	if err := s.start(ctx, workCtx); err != nil {
+		if ctx.Err() != nil {
+			s.Log.Info().Err(err).Msg("Stopped during start-up")
+			return nil
+		}
 		return err
 	}
-	s.active.Store(true)
+	s.running.Store(true)
 	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
 
 	select {
@@ -334,14 +355,16 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		// Another replica may already be the leader: stop at once rather than
 		// drain, so that two processes never handle events or write crypto
 		// state together. Unhandled events stay in the inbox for it.
-		s.active.Store(false)
+		s.accepting.Store(false)
+		s.running.Store(false)
 		s.Metrics.Leader.Set(0)
 		s.Log.Error().Err(err).Msg("Lost leadership; stopping")
 		stopWork()
 		return fmt.Errorf("lost leadership: %w", err)
 	}
 	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")
-	s.active.Store(false)
+	s.accepting.Store(false)
+	s.running.Store(false)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = server.Shutdown(shutdownCtx)
@@ -366,8 +389,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	return nil
 }
 
-// start brings the leader up: schema, homeserver, bots, encryption devices,
-// then the pipeline (which first resumes what an earlier leader left).
+// start brings the leader up: schema, homeserver, bots; then it records
+// transactions (and says it is ready) while the encryption devices start,
+// and then the pipeline handles events, first what an earlier leader left.
 func (s *Service) start(ctx, workCtx context.Context) error {
 	if err := s.Store.Upgrade(ctx); err != nil {
 		return err
@@ -382,14 +406,18 @@ func (s *Service) start(ctx, workCtx context.Context) error {
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
+	if err := s.Pipeline.Start(workCtx); err != nil {
+		return fmt.Errorf("resuming unhandled events: %w", err)
+	}
+	// Transactions are recorded from now on, but handled only once the
+	// devices are up: key delivery is found out from what they carry.
+	s.accepting.Store(true)
 	if s.E2EE != nil {
 		if err := s.startEncryption(ctx, workCtx); err != nil {
 			return err
 		}
 	}
-	if err := s.Pipeline.Start(workCtx); err != nil {
-		return fmt.Errorf("resuming unhandled events: %w", err)
-	}
+	s.Pipeline.Open()
 	go s.pruneLoop(workCtx)
 	s.workCtx = workCtx
 	s.reloadMu.Lock()
@@ -418,18 +446,19 @@ func (s *Service) Handler() http.Handler {
 		Deliver:      s.Pipeline.Deliver,
 		IsOurUser:    s.Bots.IsBot,
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
-		Standby:      func() bool { return !s.active.Load() },
+		Standby:      func() bool { return !s.accepting.Load() },
 		DeviceInfo:   s.deviceInfoHandler(),
+		KeysSeen:     s.keysSeen(),
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
 	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Engine().WebhookHandler(s.active.Load).ServeHTTP(w, r)
+		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
 	}))
 	(&health.Checker{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {
-			if !s.active.Load() {
+			if !s.accepting.Load() {
 				return errors.New("standing by: another opsbot is the leader, or start-up is not finished")
 			}
 			return nil
@@ -454,6 +483,7 @@ func (s *Service) waitForHomeserver(ctx context.Context) error {
 		versions, err := s.AS.BotClient().Versions(cctx)
 		cancel()
 		if err == nil {
+			s.versions = versions
 			s.Log.Info().Str("homeserver", s.Cfg.Homeserver.Address).Strs("versions", versionStrings(versions)).Msg("Homeserver reachable")
 			return nil
 		}
@@ -545,27 +575,20 @@ func (s *Service) BotID(localpart string) id.UserID {
 	return id.NewUserID(localpart, s.Cfg.Homeserver.Domain)
 }
 
-// startEncryption picks the key-delivery mode and starts the bots' devices.
+// startEncryption starts the bots' devices and their key delivery.
 // setupCtx bounds the start-up; the devices' loops run until runCtx ends.
 func (s *Service) startEncryption(setupCtx, runCtx context.Context) error {
-	mode, why := s.Cfg.Encryption.Mode, "set in encryption.mode"
-	if mode == "auto" {
-		mode, why = s.detectKeyDelivery(setupCtx)
-	}
-	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
-	if s.Cfg.Encryption.MSC4190 && mode != e2ee.ModeAppservice {
-		return fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
-	}
-	s.E2EE.SetMode(mode)
 	ctx, cancel := context.WithCancel(runCtx)
 	stop := context.AfterFunc(setupCtx, cancel) // abandon start-up if asked to stop
 	defer stop()
 	if err := s.Verification.Init(setupCtx); err != nil {
 		return err
 	}
-	if err := s.E2EE.Start(ctx); err != nil {
+	mode, why, err := s.E2EE.Start(ctx, s.versions)
+	if err != nil {
 		return fmt.Errorf("encryption: %w", err)
 	}
+	s.Log.Info().Str("mode", mode).Str("why", why).Msg("Encryption key delivery mode")
 	go s.Verification.Run(ctx)
 	s.Metrics.BotDevices.Set(float64(len(s.E2EE.Bots())))
 	return nil
@@ -579,6 +602,8 @@ func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
 		err := s.Identity.Setup(ctx, dev)
 		signed := s.Identity.Status(dev.UserID).CrossSigned
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err() // stopping: the next start finishes the setup
 		case err != nil && signed:
 			s.Log.Error().Err(err).Stringer("bot", dev.UserID).Msg("The bot's room keys are not backed up")
 		case err != nil:
@@ -589,32 +614,24 @@ func (s *Service) setUpDevice(ctx context.Context, dev *e2ee.Device) error {
 	return s.Verification.Attach(ctx, dev)
 }
 
-// detectKeyDelivery implements encryption.mode auto: appservice mode when
-// the homeserver says it pushes device lists and one-time-key counts to
-// appservices (MSC3202) and to-device events (MSC2409), else sync mode.
-func (s *Service) detectKeyDelivery(ctx context.Context) (mode, why string) {
-	versions, err := s.AS.BotClient().Versions(ctx)
-	if err != nil {
-		return e2ee.ModeSync, fmt.Sprintf("could not read the homeserver's features (%v); sync mode works everywhere", err)
-	}
-	msc3202 := versions.UnstableFeatures["org.matrix.msc3202"]
-	msc2409 := versions.UnstableFeatures["org.matrix.msc2409"] || versions.UnstableFeatures["org.matrix.msc2409.to_device"]
-	if msc3202 && msc2409 {
-		return e2ee.ModeAppservice, "the homeserver advertises MSC2409 and MSC3202 (keys arrive in transactions)"
-	}
-	return e2ee.ModeSync, "the homeserver does not advertise both MSC2409 and MSC3202 (org.matrix.msc2409, org.matrix.msc3202), so each bot device runs its own /sync"
-}
-
 // deviceInfoHandler routes MSC3202 fields to encryption in appservice mode.
 func (s *Service) deviceInfoHandler() func(*mautrix.DeviceLists, map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
 	if s.E2EE == nil {
 		return nil
 	}
 	return func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
-		if s.E2EE.Mode() == e2ee.ModeAppservice {
-			s.E2EE.HandleDeviceInfo(lists, otks)
-		}
+		// Queued while mode auto is being resolved too: applied for the
+		// devices that get their keys in transactions.
+		s.E2EE.HandleDeviceInfo(lists, otks)
 	}
+}
+
+// keysSeen tells encryption what each transaction carried.
+func (s *Service) keysSeen() func(toDevice, deviceInfo bool) {
+	if s.E2EE == nil {
+		return nil
+	}
+	return s.E2EE.Transactions.Observe
 }
 
 // handleSyncedEphemeral takes typing notifications and receipts from a bot

@@ -39,7 +39,9 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Two opsbot processes on one Postgres database: one leads, one stands by.
 // The leader is killed with SIGKILL mid-conversation; the standby takes over
 // within 10 s and every command is answered exactly once.
-func TestFailover(t *testing.T) {
+func TestFailover(t *testing.T) { onHomeservers(t, testFailover) }
+
+func testFailover(t *testing.T, hs homeserver) {
 	svc := &service{}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,7 +51,7 @@ func TestFailover(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 
-	w := newWorldWith(t, worldOptions{DB: "postgres", Bots: defaultBots, PublicURL: "http://" + l.Addr().String()})
+	w := newWorldWith(t, worldOptions{HS: hs, DB: "postgres", Bots: defaultBots, PublicURL: "http://" + l.Addr().String()})
 	a := w.Bot
 	b := a.Replica(t)
 	svc.mu.Lock()

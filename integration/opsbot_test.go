@@ -72,6 +72,43 @@ type world struct {
 	Bot *Opsbot
 }
 
+// homeserver is a homeserver a test world runs.
+type homeserver struct {
+	Name string // for subtest names
+	harness.Server
+	// KeysInTransactions: Synapse with the experimental appservice
+	// features that docs/homeservers.md tells admins to switch on.
+	KeysInTransactions bool
+}
+
+var (
+	dendriteHS = homeserver{Name: "dendrite", Server: harness.Dendrite}
+	// synapseHS is Synapse as docs/homeservers.md sets it up.
+	synapseHS = homeserver{Name: "synapse", Server: harness.Synapse, KeysInTransactions: true}
+	// synapseDefaultHS is Synapse without the experimental features.
+	synapseDefaultHS = homeserver{Name: "synapse-default", Server: harness.Synapse}
+	// homeservers are those the main suites run on.
+	homeservers = []homeserver{dendriteHS, synapseHS}
+)
+
+// onEachWorld runs test on Dendrite with each database, and on Synapse
+// (set up as docs/homeservers.md says) with SQLite: the databases are
+// opsbot's own and behave the same whatever the homeserver, so the cross
+// product would only double the time.
+func onEachWorld(t *testing.T, test func(t *testing.T, hs homeserver, dbType string)) {
+	for _, d := range storetest.Dialects {
+		t.Run(dendriteHS.Name+"/"+d, func(t *testing.T) { test(t, dendriteHS, d) })
+	}
+	t.Run(synapseHS.Name+"/sqlite", func(t *testing.T) { test(t, synapseHS, "sqlite") })
+}
+
+// onHomeservers runs test on each homeserver of the main suites.
+func onHomeservers(t *testing.T, test func(t *testing.T, hs homeserver)) {
+	for _, hs := range homeservers {
+		t.Run(hs.Name, func(t *testing.T) { test(t, hs) })
+	}
+}
+
 // botSetup describes the bots of a test config, as YAML list items.
 const defaultBots = `
   - localpart: opsbot
@@ -100,6 +137,8 @@ const adminTokenPlaceholder = "@DENDRITE_ADMIN_TOKEN@"
 // worldOptions shape a test world.
 type worldOptions struct {
 	DB, Bots, Extra string
+	// HS is the homeserver; the zero value is Dendrite.
+	HS homeserver
 	// Via, if set, gives the homeserver address opsbot uses (a relay).
 	Via func(hs *harness.Homeserver) string
 	// PublicURL, if set, is where the homeserver pushes transactions (a
@@ -162,16 +201,21 @@ logging:
 	if err := os.WriteFile(regPath, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hs := harness.Start(t, harness.Options{ServerName: "localhost", AppServiceRegistrations: []string{regPath}})
+	hs := harness.Start(t, harness.Options{ServerName: "localhost", AppServiceRegistrations: []string{regPath},
+		Server: opts.HS.Server, KeysInTransactions: opts.HS.KeysInTransactions})
 	address := hs.URL
 	if via != nil {
 		address = via(hs)
 	}
 	text = strings.Replace(text, "http://127.0.0.1:1\n", address+"\n", 1)
 	if strings.Contains(text, adminTokenPlaceholder) {
-		// A Dendrite admin's token, for the bots' cross-signing uploads.
-		admin := hs.RegisterAdmin(t, "opsbot-admin")
-		text = strings.ReplaceAll(text, adminTokenPlaceholder, admin.AccessToken)
+		// A Dendrite admin's token, for the bots' cross-signing uploads;
+		// Synapse needs none (MSC3967), and the line goes.
+		token := ""
+		if hs.Server == harness.Dendrite {
+			token = hs.RegisterAdmin(t, "opsbot-admin").AccessToken
+		}
+		text = strings.ReplaceAll(text, adminTokenPlaceholder, token)
 	}
 	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
@@ -383,6 +427,23 @@ func (o *Opsbot) Metric(t testing.TB, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// WaitMetric waits until a sample has the wanted value: metrics are set
+// just after the log line that tells of the same change.
+func (o *Opsbot) WaitMetric(t testing.TB, series string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		got := o.Metric(t, series)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v after %v, want %v", series, got, wait, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Run runs an opsbot subcommand with the test config.

@@ -26,8 +26,10 @@ func botLeft(t *testing.T, u *harness.User, room, bot string) {
 
 // A public room is upgraded: the bot follows the tombstone into the new
 // room by itself, its notes come along, and it leaves the old room.
-func TestRoomUpgradePlain(t *testing.T) {
-	w := newWorld(t, "sqlite", notesBots, "")
+func TestRoomUpgradePlain(t *testing.T) { onHomeservers(t, testRoomUpgradePlain) }
+
+func testRoomUpgradePlain(t *testing.T, hs homeserver) {
+	w := newWorldWith(t, worldOptions{HS: hs, DB: "sqlite", Bots: notesBots})
 	alice := w.HS.RegisterUser(t, "alice")
 	room := alice.CreateRoom(t, harness.RoomOptions{Preset: "public_chat", Invite: []string{botID}})
 	botJoined(t, alice, room, botID)
@@ -48,8 +50,10 @@ func TestRoomUpgradePlain(t *testing.T) {
 // An encrypted, invite-only room is upgraded: the bot cannot join the new
 // room until invited, then accepts the invite, takes its notes along, and
 // answers encrypted there.
-func TestRoomUpgradeEncrypted(t *testing.T) {
-	w := newWorld(t, "sqlite", notesBots, "")
+func TestRoomUpgradeEncrypted(t *testing.T) { onHomeservers(t, testRoomUpgradeEncrypted) }
+
+func testRoomUpgradeEncrypted(t *testing.T, hs homeserver) {
+	w := newWorldWith(t, worldOptions{HS: hs, DB: "sqlite", Bots: notesBots})
 	alice := w.HS.RegisterUser(t, "alice")
 	nio := peers.StartNio(t)
 	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")

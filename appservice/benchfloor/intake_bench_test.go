@@ -305,6 +305,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	if err := p.Start(workCtx); err != nil {
 		b.Fatal(err)
 	}
+	p.Open()
 	b.Cleanup(func() { stop(); p.Wait() })
 	f.URL, _ = benchfloor.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) {
 		for _, ev := range evs {

@@ -17,7 +17,13 @@ import (
 // of the bot device it was sent to. Events for devices opsbot does not run
 // are logged and dropped: a machine must never see another device's messages.
 func (m *Manager) HandleToDevice(ctx context.Context, evt *event.Event) {
+	if isProbe(evt) {
+		return // a key delivery probe (delivery.go), from opsbot or its check
+	}
 	dev := m.devices[evt.ToUserID]
+	if dev != nil && dev.DeviceID == evt.ToDeviceID && !dev.viaTransactions {
+		return // the device's own /sync brings it
+	}
 	if dev == nil || dev.DeviceID != evt.ToDeviceID {
 		m.opts.Log.Warn().Stringer("to_user_id", evt.ToUserID).Stringer("to_device_id", evt.ToDeviceID).
 			Str("type", evt.Type.Type).Stringer("sender", evt.Sender).
@@ -42,6 +48,9 @@ type deviceInfo struct {
 // the update is dropped (the next transaction carries fresh counts, and a
 // missed device change is caught by the next key query).
 func (m *Manager) HandleDeviceInfo(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
+	if !m.deviceInfoWanted.Load() {
+		return // every device has its own /sync
+	}
 	select {
 	case m.deviceInfo <- deviceInfo{lists, otks}:
 	default:
@@ -55,14 +64,16 @@ func (m *Manager) deviceInfoLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case info := <-m.deviceInfo:
-			if info.lists != nil && len(info.lists.Changed) > 0 && len(m.order) > 0 {
+			// (Bots with their own /sync see them there too: telling the
+			// machines twice costs a key query, missing one a wrong session.)
+			if info.lists != nil && len(info.lists.Changed) > 0 && m.anyViaTransactions() {
 				m.devicesChanged(ctx, info.lists.Changed)
 				m.devices[m.order[0]].Machine.HandleDeviceLists(ctx, info.lists, "")
 			}
 			for user, devices := range info.otks {
 				for deviceID, count := range devices {
 					dev := m.devices[user]
-					if dev == nil || dev.DeviceID != deviceID {
+					if dev == nil || dev.DeviceID != deviceID || !dev.viaTransactions {
 						continue
 					}
 					count.UserID, count.DeviceID = user, deviceID

@@ -23,10 +23,20 @@ var ErrNoBotDevice = errors.New("no bot in this room has an encryption device")
 // reason is for logs and metrics: ok, late_key, no_session or error.
 func (m *Manager) Decrypt(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, string, error) {
 	var devs []*Device
+	noKeys := ""
 	for _, b := range roomBots {
-		if d := m.devices[b]; d != nil {
-			devs = append(devs, d)
+		d := m.devices[b]
+		if d == nil {
+			continue
 		}
+		if problem := d.keyProblem(); problem != "" {
+			noKeys = problem
+			continue
+		}
+		devs = append(devs, d)
+	}
+	if len(devs) == 0 && noKeys != "" {
+		return nil, "no_key_delivery", fmt.Errorf("%w: %s", ErrNoKeyDelivery, noKeys)
 	}
 	if len(devs) == 0 {
 		return nil, "error", ErrNoBotDevice

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -41,8 +42,14 @@ type Options struct {
 	ASToken       string
 	PickleKey     []byte
 	Bots          []id.UserID
-	// Mode is ModeSync or ModeAppservice (auto is resolved by the caller).
+	// Mode is ModeSync, ModeAppservice or "auto" (resolved by Start from
+	// what the homeserver advertises and does; see delivery.go).
 	Mode string
+	// Sender is the appservice's sender user, which Synapse does not let
+	// use /sync.
+	Sender id.UserID
+	// Features remembers what the homeserver pushed in transactions.
+	Features FeatureStore
 	// MSC4190 creates devices through the appservice API (PUT /devices)
 	// and acts for them with the appservice token and the device ID,
 	// instead of logging in with m.login.application_service.
@@ -58,6 +65,9 @@ type Options struct {
 	// OnOTKCount, if set, is told each bot device's one-time-key count as
 	// the homeserver reports it.
 	OnOTKCount func(bot id.UserID, count int)
+	// OnKeyDelivery, if set, is told for each bot device whether it
+	// receives keys: at start, and when that changes.
+	OnKeyDelivery func(bot id.UserID, ok bool)
 	// OnDevice, if set, is called for every bot device once it is logged in
 	// and its keys are on the server, before its loops start: the place to
 	// hook more onto the device (cross-signing, verification handlers).
@@ -88,6 +98,19 @@ type Device struct {
 	OnVerification func(ctx context.Context, evt *event.Event)
 	store          *crypto.SQLCryptoStore
 	log            zerolog.Logger
+	// viaTransactions: the device's to-device events, one-time-key counts
+	// and device lists come from transactions, not its own /sync.
+	viaTransactions bool
+	// noKeys, if set, says why nothing has brought the device keys yet.
+	noKeys atomic.Pointer[string]
+}
+
+// keyProblem says why the device gets no keys, or "".
+func (d *Device) keyProblem() string {
+	if p := d.noKeys.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Manager holds the devices of all bots.
@@ -99,6 +122,13 @@ type Manager struct {
 	encryptLocks sync.Map
 	deviceInfo   chan deviceInfo
 	wg           sync.WaitGroup
+	// Transactions is told what each transaction carries (intake calls
+	// its Observe); key delivery is chosen from it.
+	Transactions *Transactions
+	// deviceInfoWanted is 1 while device lists and one-time-key counts
+	// from transactions are of use (until Start decides, then if any
+	// device gets its keys there), 0 otherwise.
+	deviceInfoWanted atomic.Bool
 }
 
 // New prepares a manager; Start logs the devices in.
@@ -106,12 +136,99 @@ func New(opts Options) *Manager {
 	if opts.DecryptWait == 0 {
 		opts.DecryptWait = 30 * time.Second
 	}
-	return &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256)}
+	m := &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256),
+		Transactions: newTransactions(opts.Features, opts.Log)}
+	m.deviceInfoWanted.Store(opts.Mode != ModeSync)
+	return m
 }
 
 // Start creates or reuses each bot's device, makes sure its keys are on the
-// server, and (in sync mode) starts its /sync loop until ctx ends.
-func (m *Manager) Start(ctx context.Context) error {
+// server, resolves key delivery (versions is the homeserver's /versions
+// answer, for mode auto) and starts the devices' loops until ctx ends. It
+// returns the key delivery mode and why it was chosen.
+func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mode, why string, err error) {
+	if err := m.open(ctx); err != nil {
+		return "", "", err
+	}
+	mode, why = m.opts.Mode, "set in encryption.mode"
+	chosen := make(chan struct{})
+	if mode == "auto" {
+		// The probe's answer is awaited while the devices are set up.
+		go func() {
+			defer close(chosen)
+			mode, why = m.chooseMode(ctx, versions)
+		}()
+	} else {
+		close(chosen)
+	}
+	if m.opts.OnDevice != nil {
+		for _, bot := range m.order {
+			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
+				<-chosen
+				return "", "", fmt.Errorf("encryption device of %s: %w", bot, err)
+			}
+		}
+	}
+	<-chosen
+	if err := ctx.Err(); err != nil {
+		return "", "", err // stopped while starting: nothing was decided
+	}
+	if m.opts.MSC4190 && mode != ModeAppservice {
+		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
+	}
+	m.opts.Mode = mode
+	for _, bot := range m.order {
+		dev := m.devices[bot]
+		dev.viaTransactions = mode == ModeAppservice
+		if mode != ModeSync {
+			continue
+		}
+		if err := m.checkSync(ctx, dev); err != nil {
+			if ctx.Err() != nil {
+				return "", "", ctx.Err()
+			}
+			// Keys can still come in transactions: if the homeserver
+			// pushes them after all (a late probe), they are taken.
+			dev.viaTransactions = true
+			if !m.Transactions.has(FeatureToDevice, FeatureDeviceInfo) {
+				problem := err.Error()
+				dev.noKeys.Store(&problem)
+				dev.log.Error().Err(err).Msg("This bot's device cannot receive encryption keys")
+			}
+		}
+	}
+	m.deviceInfoWanted.Store(m.anyViaTransactions())
+	m.Transactions.start(mode, m.keysInTransactions)
+	for _, bot := range m.order {
+		m.reportKeyDelivery(m.devices[bot])
+	}
+	m.run(ctx)
+	return mode, why, nil
+}
+
+// keysInTransactions is called once transactions have carried both
+// to-device events and device information: devices waiting for their keys
+// in transactions have them from now on.
+func (m *Manager) keysInTransactions() {
+	for _, bot := range m.order {
+		dev := m.devices[bot]
+		if dev.viaTransactions && dev.keyProblem() != "" {
+			dev.noKeys.Store(nil)
+			dev.log.Info().Msg("The homeserver pushes this bot's keys in transactions after all: it receives them from now on")
+			m.reportKeyDelivery(dev)
+		}
+	}
+}
+
+func (m *Manager) reportKeyDelivery(dev *Device) {
+	if m.opts.OnKeyDelivery != nil {
+		m.opts.OnKeyDelivery(dev.UserID, dev.keyProblem() == "")
+	}
+}
+
+// open creates or reuses each bot's device and makes sure its keys are on
+// the server.
+func (m *Manager) open(ctx context.Context) error {
 	// The crypto tables are shared by every bot (one account row each).
 	store := crypto.NewSQLCryptoStore(m.opts.DB, dbutil.ZeroLogger(m.opts.Log.With().Str("db_section", "crypto").Logger()), "", "", m.opts.PickleKey)
 	if err := store.DB.Upgrade(ctx); err != nil {
@@ -125,14 +242,13 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.devices[bot] = dev
 		m.order = append(m.order, bot)
 	}
-	if m.opts.OnDevice != nil {
-		for _, bot := range m.order {
-			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
-				return fmt.Errorf("encryption device of %s: %w", bot, err)
-			}
-		}
-	}
-	if m.opts.Mode == ModeAppservice {
+	return nil
+}
+
+// run starts the devices' loops: device lists and one-time-key counts from
+// transactions, or each device's /sync; expired-session cleanup.
+func (m *Manager) run(ctx context.Context) {
+	if m.anyViaTransactions() {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -141,7 +257,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	for _, bot := range m.order {
 		dev := m.devices[bot]
-		if m.opts.Mode == ModeSync {
+		if !dev.viaTransactions {
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
@@ -154,14 +270,19 @@ func (m *Manager) Start(ctx context.Context) error {
 			dev.Machine.ExpiredKeyDeleteLoop(ctx)
 		}()
 	}
-	return nil
 }
 
-// SetMode sets the key delivery mode (before Start).
-func (m *Manager) SetMode(mode string) { m.opts.Mode = mode }
-
-// Mode returns the key delivery mode.
+// Mode returns the key delivery mode ("auto" until Start resolved it).
 func (m *Manager) Mode() string { return m.opts.Mode }
+
+func (m *Manager) anyViaTransactions() bool {
+	for _, bot := range m.order {
+		if m.devices[bot].viaTransactions {
+			return true
+		}
+	}
+	return false
+}
 
 // Wait blocks until the background loops have stopped (after ctx ends).
 func (m *Manager) Wait() { m.wg.Wait() }
@@ -265,6 +386,13 @@ func (d *Device) ensureKeysOnServer(ctx context.Context) error {
 		}
 		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
 			return fmt.Errorf("uploading device keys: %w", err)
+		}
+		return nil
+	case !shared && keys.Keys.GetEd25519(d.DeviceID) == own.SigningKey:
+		// Our own upload, which reached the server before a crash let us
+		// note it: upload again (the same keys) and note it this time.
+		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
+			return fmt.Errorf("uploading device keys again: %w", err)
 		}
 		return nil
 	case !shared:

@@ -11,6 +11,7 @@ package identity
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -37,6 +38,13 @@ const (
 	// SecretRestore asks the next start to restore the bot's room keys from
 	// its backup (set by `opsbot-appservice recovery-key restore`).
 	SecretRestore id.Secret = "org.opsbot.restore_room_keys"
+	// SecretSeeds caches the bot's private cross-signing keys, so a start
+	// need not fetch them from secret storage.
+	SecretSeeds id.Secret = "org.opsbot.cross_signing_seeds"
+	// SecretPending holds new keys (cross-signing and secret storage)
+	// from before they are published until the identity is complete: a
+	// start that finds it finishes the job, whatever stopped the last one.
+	SecretPending id.Secret = "org.opsbot.pending_identity"
 )
 
 // ErrRecoveryKeyMissing means the homeserver has cross-signing keys for the
@@ -109,13 +117,24 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	log := m.opts.Log.With().Stringer("bot", dev.UserID).Logger()
 	mach := dev.Machine
 	store := mach.CryptoStore
-	recoveryKey, err := store.GetSecret(ctx, SecretRecoveryKey)
-	if err != nil {
-		return fmt.Errorf("reading the recovery key: %w", err)
+	secret := func(name id.Secret) (string, error) {
+		v, err := store.GetSecret(ctx, name)
+		if err != nil {
+			return "", fmt.Errorf("reading %s: %w", name, err)
+		}
+		return v, nil
 	}
-	reset, err := store.GetSecret(ctx, SecretReset)
+	recoveryKey, err := secret(SecretRecoveryKey)
 	if err != nil {
-		return fmt.Errorf("reading the reset flag: %w", err)
+		return err
+	}
+	reset, err := secret(SecretReset)
+	if err != nil {
+		return err
+	}
+	pendingJSON, err := secret(SecretPending)
+	if err != nil {
+		return err
 	}
 	server, err := queryOwnKeys(ctx, dev)
 	if err != nil {
@@ -123,29 +142,29 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	}
 	var key *ssss.Key
 	switch {
+	case pendingJSON != "":
+		var p pendingIdentity
+		if err := json.Unmarshal([]byte(pendingJSON), &p); err != nil {
+			return fmt.Errorf("reading the unfinished identity: %w", err)
+		}
+		if key, err = m.finish(ctx, dev, &p, server, log); err != nil {
+			return err
+		}
 	case recoveryKey == "" && server.master != "" && reset == "":
 		return fmt.Errorf("%w: restore it with `opsbot-appservice recovery-key restore %s` (reads the key on stdin), "+
 			"or replace the keys with `opsbot-appservice recovery-key reset %s` (people must verify the bot again)",
 			ErrRecoveryKeyMissing, dev.UserID, dev.UserID)
 	case recoveryKey == "" || reset != "":
-		if key, err = m.create(ctx, dev, log); err != nil {
+		p, err := newPending(ctx, mach)
+		if err != nil {
 			return err
 		}
-		if reset != "" {
-			if err := store.DeleteSecret(ctx, SecretReset); err != nil {
-				return fmt.Errorf("clearing the reset flag: %w", err)
-			}
+		if key, err = m.finish(ctx, dev, p, server, log); err != nil {
+			return err
 		}
 	default:
-		if key, err = unlock(ctx, mach, recoveryKey); err != nil {
+		if key, err = m.open(ctx, mach, recoveryKey, server); err != nil {
 			return err
-		}
-		if err := mach.FetchCrossSigningKeysFromSSSS(ctx, key); err != nil {
-			return fmt.Errorf("fetching the cross-signing keys from secret storage: %w", err)
-		}
-		ours := mach.CrossSigningKeys.MasterKey.PublicKey()
-		if server.master != ours {
-			return fmt.Errorf("the homeserver's master key %s is not the one in secret storage (%s): the keys were replaced by another client; reset them with `opsbot-appservice recovery-key reset %s`", server.master, ours, dev.UserID)
 		}
 		if !server.deviceSigned {
 			// A new device (the database was restored from the recovery
@@ -183,17 +202,20 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	return nil
 }
 
-// create makes new cross-signing keys and a new secret storage key, uploads
-// them, signs the device, and stores the recovery key.
-//
-// The cross-signing keys go to the server first: a homeserver that wants
-// auth opsbot cannot give refuses them before anything is stored anywhere,
-// so every start of a bot that cannot cross-sign costs one request and
-// leaves nothing behind. Once they are published the recovery key is stored
-// before anything else can fail; should secret storage then fail to take
-// the private keys, the log says so and `recovery-key reset` starts over.
-func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logger) (*ssss.Key, error) {
-	mach := dev.Machine
+// pendingIdentity is a new identity from its creation until it is
+// complete: cross-signing keys and the secret storage key that keeps them.
+type pendingIdentity struct {
+	Seeds    crypto.CrossSigningSeeds `json:"seeds"`
+	KeyID    string                   `json:"key_id"`
+	Key      []byte                   `json:"key"`
+	Metadata *ssss.KeyMetadata        `json:"metadata"`
+}
+
+// newPending makes new cross-signing keys and a new secret storage key and
+// stores them (pickled with the other secrets) before anything is sent:
+// a crash after the homeserver took them must not leave keys on the
+// server that the database cannot unlock.
+func newPending(ctx context.Context, mach *crypto.OlmMachine) (*pendingIdentity, error) {
 	key, err := ssss.NewKey("")
 	if err != nil {
 		return nil, err
@@ -202,25 +224,62 @@ func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logg
 	if err != nil {
 		return nil, err
 	}
-	var uiaErr error
-	uia := func(resp *mautrix.RespUserInteractive) any {
-		auth, err := m.passwordAuth(ctx, dev, resp)
-		uiaErr = err
-		return auth
+	p := &pendingIdentity{Seeds: keys.Seeds(), KeyID: key.ID, Key: key.Key, Metadata: key.Metadata}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
 	}
-	if err := mach.PublishCrossSigningKeys(ctx, keys, uia); err != nil {
-		if uiaErr != nil {
-			return nil, uiaErr
+	if err := mach.CryptoStore.PutSecret(ctx, SecretPending, string(data)); err != nil {
+		return nil, fmt.Errorf("storing the new keys: %w", err)
+	}
+	return p, nil
+}
+
+// finish publishes a pending identity (unless the homeserver already has
+// it), stores its private keys in secret storage, signs the device, and
+// only then makes it the bot's identity in the database. Each step may be
+// done again, so a start that finds the identity pending finishes it.
+//
+// A homeserver that wants auth opsbot cannot give refuses the keys before
+// anything else happens; the pending keys are dropped then, so every start
+// of a bot that cannot cross-sign costs one request and leaves nothing.
+func (m *Manager) finish(ctx context.Context, dev *e2ee.Device, p *pendingIdentity, server ownKeys, log zerolog.Logger) (*ssss.Key, error) {
+	mach := dev.Machine
+	store := mach.CryptoStore
+	keys, err := p.Seeds.Decode()
+	if err != nil {
+		return nil, fmt.Errorf("decoding the new cross-signing keys: %w", err)
+	}
+	key := &ssss.Key{ID: p.KeyID, Key: p.Key, Metadata: p.Metadata}
+	if server.master != keys.MasterKey.PublicKey() {
+		var uiaErr error
+		uia := func(resp *mautrix.RespUserInteractive) any {
+			auth, err := m.passwordAuth(ctx, dev, resp)
+			uiaErr = err
+			return auth
 		}
-		return nil, fmt.Errorf("uploading the cross-signing keys: %w", err)
-	}
-	if err := mach.CryptoStore.PutSecret(ctx, SecretRecoveryKey, key.RecoveryKey()); err != nil {
-		return nil, fmt.Errorf("storing the recovery key: %w", err)
+		if err := mach.PublishCrossSigningKeys(ctx, &keys, uia); err != nil {
+			var httpErr mautrix.HTTPError
+			if uiaErr != nil || (errors.As(err, &httpErr) && httpErr.Response != nil && httpErr.Response.StatusCode < 500) {
+				if derr := store.DeleteSecret(ctx, SecretPending); derr != nil {
+					log.Warn().Err(derr).Msg("Could not drop the refused cross-signing keys")
+				}
+			}
+			if uiaErr != nil {
+				return nil, uiaErr
+			}
+			return nil, fmt.Errorf("uploading the cross-signing keys: %w", err)
+		}
+	} else {
+		if err := mach.ImportCrossSigningKeys(p.Seeds); err != nil {
+			return nil, err
+		}
+		log.Info().Msg("The homeserver has the bot's new cross-signing keys from an unfinished start; finishing the setup")
 	}
 	if err := mach.SSSS.SetKeyData(ctx, key.ID, key.Metadata); err != nil {
 		return nil, fmt.Errorf("creating the secret storage key: %w", err)
 	}
-	if err := mach.UploadCrossSigningKeysToSSSS(ctx, key, keys); err != nil {
+	if err := mach.UploadCrossSigningKeysToSSSS(ctx, key, &keys); err != nil {
 		return nil, fmt.Errorf("storing the cross-signing keys in secret storage: %w", err)
 	}
 	if err := mach.SSSS.SetDefaultKeyID(ctx, key.ID); err != nil {
@@ -229,8 +288,55 @@ func (m *Manager) create(ctx context.Context, dev *e2ee.Device, log zerolog.Logg
 	if err := signDevice(ctx, mach); err != nil {
 		return nil, err
 	}
+	seeds, err := json.Marshal(p.Seeds)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []struct {
+		name  id.Secret
+		value string
+	}{{SecretRecoveryKey, key.RecoveryKey()}, {SecretSeeds, string(seeds)}} {
+		if err := store.PutSecret(ctx, s.name, s.value); err != nil {
+			return nil, fmt.Errorf("storing %s: %w", s.name, err)
+		}
+	}
+	for _, s := range []id.Secret{SecretPending, SecretReset} {
+		if err := store.DeleteSecret(ctx, s); err != nil {
+			return nil, fmt.Errorf("clearing %s: %w", s, err)
+		}
+	}
 	log.Info().Stringer("master_key", keys.MasterKey.PublicKey()).
 		Msg("Created the bot's cross-signing keys; the recovery key is in the database (opsbot-appservice recovery-key show)")
+	return key, nil
+}
+
+// open unlocks a bot's identity with its recovery key: its private
+// cross-signing keys from the database's copy, or else from secret storage
+// (then copied into the database).
+func (m *Manager) open(ctx context.Context, mach *crypto.OlmMachine, recoveryKey string, server ownKeys) (*ssss.Key, error) {
+	key, err := unlock(ctx, mach, recoveryKey)
+	if err != nil {
+		return nil, err
+	}
+	cached, err := mach.CryptoStore.GetSecret(ctx, SecretSeeds)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", SecretSeeds, err)
+	}
+	var seeds crypto.CrossSigningSeeds
+	if cached == "" || json.Unmarshal([]byte(cached), &seeds) != nil || mach.ImportCrossSigningKeys(seeds) != nil ||
+		mach.CrossSigningKeys.MasterKey.PublicKey() != server.master {
+		if err := mach.FetchCrossSigningKeysFromSSSS(ctx, key); err != nil {
+			return nil, fmt.Errorf("fetching the cross-signing keys from secret storage: %w", err)
+		}
+		if data, err := json.Marshal(mach.ExportCrossSigningKeys()); err == nil {
+			if err := mach.CryptoStore.PutSecret(ctx, SecretSeeds, string(data)); err != nil {
+				return nil, fmt.Errorf("storing %s: %w", SecretSeeds, err)
+			}
+		}
+	}
+	if ours := mach.CrossSigningKeys.MasterKey.PublicKey(); server.master != ours {
+		return nil, fmt.Errorf("the homeserver's master key %s is not the one in secret storage (%s): the keys were replaced by another client; reset them with `opsbot-appservice recovery-key reset %s`", server.master, ours, mach.Client.UserID)
+	}
 	return key, nil
 }
 

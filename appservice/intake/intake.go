@@ -40,13 +40,21 @@ type Handler struct {
 	// one-time-key counts of each new transaction (appservice key delivery).
 	// They are not stored: a lost update costs a key refetch, not a message.
 	DeviceInfo func(lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount)
+	// KeysSeen, if set, is told for every recorded transaction whether it
+	// carried to-device events (MSC2409) and device lists or one-time-key
+	// counts (MSC3202): how opsbot learns what the homeserver pushes.
+	KeysSeen func(toDevice, deviceInfo bool)
 	// Standby, if set and true, makes intake refuse transactions with a
 	// retryable error: this replica is not the leader (or not started yet).
 	Standby func() bool
 	// Overloaded, if set, makes intake refuse new transactions with a
 	// retryable error while the pipeline is too far behind.
 	Overloaded func() bool
-	Log        zerolog.Logger
+	// Refuse, if set, makes intake read each transaction only to tell
+	// KeysSeen what it carried, then refuse it with a retryable error
+	// saying this: what `check` listens with while opsbot is not running.
+	Refuse string
+	Log    zerolog.Logger
 	// Observe, if set, is told the outcome of every transaction ("ok",
 	// "duplicate", "duplicate_grown", "unauthorized", "forbidden", "too_large", "not_json",
 	// "overloaded", "store_error") and the number of events recorded.
@@ -157,10 +165,28 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	}
 	// To-device events carry room keys: they are stored like room events,
 	// so that a crash cannot lose a key the homeserver will not send again.
+	roomEvents := len(events)
 	if txn.ToDevice != nil {
 		events = h.file(log, events, txn.ToDevice, store.KindToDevice)
 	} else {
 		events = h.file(log, events, txn.MSC2409ToDevice, store.KindToDevice)
+	}
+	toDevice := len(events) > roomEvents
+	lists, otks := txn.DeviceLists, txn.OTKCounts
+	if lists == nil {
+		lists = txn.MSC3202DeviceLists
+	}
+	if otks == nil {
+		otks = txn.MSC3202OTKCounts
+	}
+	deviceInfo := (lists != nil && !lists.IsZero()) || len(otks) > 0
+	if h.Refuse != "" {
+		if h.KeysSeen != nil {
+			h.KeysSeen(toDevice, deviceInfo)
+		}
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", h.Refuse)
+		return
 	}
 	// Recording must finish even if the homeserver hangs up: it will retry,
 	// and the retry must then find the transaction already recorded.
@@ -193,17 +219,11 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	if len(recorded) > 0 {
 		h.Deliver(recorded)
 	}
-	if h.DeviceInfo != nil {
-		lists, otks := txn.DeviceLists, txn.OTKCounts
-		if lists == nil {
-			lists = txn.MSC3202DeviceLists
-		}
-		if otks == nil {
-			otks = txn.MSC3202OTKCounts
-		}
-		if (lists != nil && !lists.IsZero()) || len(otks) > 0 {
-			h.DeviceInfo(lists, otks)
-		}
+	if h.DeviceInfo != nil && deviceInfo {
+		h.DeviceInfo(lists, otks)
+	}
+	if h.KeysSeen != nil {
+		h.KeysSeen(toDevice, deviceInfo)
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }

@@ -41,6 +41,7 @@ type Metrics struct {
 	Leader        prometheus.Gauge
 	OneTimeKeys   *prometheus.GaugeVec   // bot
 	CrossSigned   *prometheus.GaugeVec   // bot
+	KeyDelivery   *prometheus.GaugeVec   // bot
 	KeysBackedUp  *prometheus.CounterVec // bot
 	Verifications *prometheus.CounterVec // outcome
 	// VerificationsWaiting: verifications whose short authentication
@@ -102,6 +103,8 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "Bot encryption devices running."})
 	m.OneTimeKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_one_time_keys",
 		Help: "Signed curve25519 one-time keys the homeserver holds for each bot's device (opsbot tops them up when low)."}, []string{"bot"})
+	m.KeyDelivery = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_bot_key_delivery",
+		Help: "1 when the bot's device receives encryption keys (through /sync or transactions), 0 when the homeserver delivers it none (the log and check say why)."}, []string{"bot"})
 	m.CrossSigned = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_bot_cross_signed",
 		Help: "1 when the bot's device is signed by its cross-signing keys, 0 when setting them up failed (the log says why)."}, []string{"bot"})
 	m.KeysBackedUp = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_key_backup_uploaded_total",
@@ -115,7 +118,7 @@ func New(version string, backlog func() int64) *Metrics {
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
 		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
 	m.Ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_ready",
-		Help: "1 while this process is the leader and has finished starting: it takes transactions and handles events."}, func() float64 {
+		Help: "1 while this process is the leader and takes transactions: what /readyz reports, before its database and homeserver checks."}, func() float64 {
 		if f := m.readySource.Load(); f != nil && (*f)() {
 			return 1
 		}
@@ -123,7 +126,7 @@ func New(version string, backlog func() int64) *Metrics {
 	})
 	for _, c := range []prometheus.Collector{m.Leader, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
-		m.CrossSigned, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
+		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

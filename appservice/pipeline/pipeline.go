@@ -59,6 +59,7 @@ type Pipeline struct {
 	Observe func(evtType string, took time.Duration)
 
 	shards  []*shard
+	gate    chan struct{} // closed by Open
 	backlog atomic.Int64
 	wg      sync.WaitGroup // the workers
 	marker  sync.WaitGroup // the marker, which outlives the workers
@@ -84,13 +85,15 @@ type shard struct {
 }
 
 // Start recovers events left unhandled by an earlier run, then starts the
-// workers. Call it before intake starts delivering, so that recovered events
-// go first. Workers stop when ctx is cancelled; events not yet handled stay
-// in the inbox for the next start.
+// workers, which wait for Open before they handle anything. Call it before
+// intake starts delivering, so that recovered events go first. Workers stop
+// when ctx is cancelled; events not yet handled stay in the inbox for the
+// next start.
 func (p *Pipeline) Start(ctx context.Context) error {
 	if p.Workers <= 0 {
 		p.Workers = 8
 	}
+	p.gate = make(chan struct{})
 	p.marks.cond = sync.NewCond(&p.marks.mu)
 	p.shards = make([]*shard, p.Workers)
 	for i := range p.shards {
@@ -169,8 +172,16 @@ func shardOf(room string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
+// Open lets the workers handle events.
+func (p *Pipeline) Open() { close(p.gate) }
+
 func (p *Pipeline) work(ctx context.Context, s *shard) {
 	defer p.wg.Done()
+	select {
+	case <-p.gate:
+	case <-ctx.Done():
+		return
+	}
 	for {
 		s.mu.Lock()
 		for len(s.items) == 0 && !s.closed {

@@ -104,6 +104,7 @@ func TestMarksAreBatchedAndLowerTheBacklog(t *testing.T) {
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	p.Open()
 	p.Deliver(inboxEvents(1, 300))
 	waitFor(t, "all events handled", func() bool { return h.n.Load() == 300 })
 	// Handled is not done: the backlog falls only as marks are written.
@@ -142,6 +143,7 @@ func TestMarkBackPressure(t *testing.T) {
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	p.Open()
 	p.Deliver(inboxEvents(1, 500))
 	// The first mark is taken at once and blocks; then MaxPendingMarks
 	// queue, and each worker handles one more event that waits for room.
@@ -170,6 +172,7 @@ func TestStopFlushesMarks(t *testing.T) {
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	p.Open()
 	p.Deliver(inboxEvents(1, 200))
 	waitFor(t, "some events handled", func() bool { return h.n.Load() >= 50 })
 	cancel()
@@ -199,6 +202,7 @@ func TestStopGivesUpOnMarksWhenTheDatabaseIsDown(t *testing.T) {
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	p.Open()
 	p.Deliver(inboxEvents(1, 300))
 	waitFor(t, "a failed mark", func() bool { return attempts.Load() > 0 })
 	cancel()

@@ -81,9 +81,16 @@ func Open(cfg config.Database, log zerolog.Logger) (*Store, error) {
 // SQLiteDSN turns a file path (or file: URI) into a modernc.org/sqlite DSN
 // with the settings opsbot relies on: WAL so readers do not block the
 // writer, FULL sync so an acknowledged transaction survives a power cut,
-// immediate write transactions, a busy timeout, and foreign keys.
+// immediate write transactions, a busy timeout, and foreign keys. In a
+// plain path '#' and '%' are part of the file name (escaped: in a URI the
+// path would end at '#', and two paths would share one database); '?'
+// starts SQLite options, as in a file: URI.
 func SQLiteDSN(uri string) string {
-	path, query, _ := strings.Cut(strings.TrimPrefix(uri, "file:"), "?")
+	rest, isURI := strings.CutPrefix(uri, "file:")
+	path, query, _ := strings.Cut(rest, "?")
+	if !isURI {
+		path = strings.NewReplacer("%", "%25", "#", "%23").Replace(path)
+	}
 	q, _ := url.ParseQuery(query)
 	want := []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"}
 	have := strings.Join(q["_pragma"], ",")

@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -242,6 +244,29 @@ func TestSQLiteDSN(t *testing.T) {
 		if !strings.Contains(dsn, want) {
 			t.Errorf("DSN %q lacks %q", dsn, want)
 		}
+	}
+	// '#' and '%' in a plain path are part of the file name: two paths
+	// that differ after a '#' are two databases.
+	dir := t.TempDir()
+	for _, name := range []string{"a#1", "a#2", "c%41"} {
+		path := filepath.Join(dir, name, "opsbot.db")
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		st, err := store.Open(config.Database{Type: "sqlite", URI: path}, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Upgrade(context.Background()); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		st.Close()
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("no database at %s: %v", path, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a")); err == nil {
+		t.Errorf("a database was created at %s, the path cut at '#'", filepath.Join(dir, "a"))
 	}
 	// A pragma the admin set is kept, not doubled.
 	dsn = store.SQLiteDSN("file:x.db?_pragma=synchronous(NORMAL)")

@@ -18,13 +18,19 @@ import (
 )
 
 // TestDemo runs the demo twice on one directory, with a real opsbot binary
-// and a real Dendrite: the first run creates the config, the person and the
-// room and gets "pong" for "!ping"; the second reuses all three and gets
-// "pong" again.
+// and a real homeserver (Dendrite, the default, and Synapse): the first run
+// creates the config, the person and the room and gets "pong" for "!ping";
+// the second reuses all three and gets "pong" again.
 func TestDemo(t *testing.T) {
 	bin := buildOpsbot(t)
+	for _, hs := range []harness.Server{harness.Dendrite, harness.Synapse} {
+		t.Run(string(hs), func(t *testing.T) { testDemo(t, bin, hs) })
+	}
+}
+
+func testDemo(t *testing.T, bin string, hs harness.Server) {
 	dir := filepath.Join(t.TempDir(), "demo")
-	opts := options{Dir: dir, Port: freePort(t), BotPort: freePort(t), Opsbot: bin}
+	opts := options{Dir: dir, Homeserver: hs, Port: freePort(t), BotPort: freePort(t), Opsbot: bin}
 
 	first := runDemo(t, opts)
 	if !first.NewConfig || !first.NewUser || !first.NewRoom {
@@ -90,7 +96,8 @@ func runDemo(t *testing.T, opts options) ready {
 		t.Fatalf("demo did not stop within a minute of the cancel; output:\n%s", out)
 	}
 	text := out.String()
-	for _, want := range []string{"answered pong", "opsbot | ", "Bot identity is cross-signed", "Password:    " + r.Password, "Ctrl-C stops everything", "stopping Dendrite"} {
+	stopping := map[harness.Server]string{harness.Dendrite: "stopping Dendrite", harness.Synapse: "stopping Synapse"}[opts.Homeserver]
+	for _, want := range []string{"answered pong", "opsbot | ", "Bot identity is cross-signed", "Password:    " + r.Password, "Ctrl-C stops everything", stopping} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}

@@ -1,16 +1,17 @@
 // Command demo is what `make demo` runs: a complete opsbot to talk to on
 // this machine, in about a minute, with nothing to set up.
 //
-//	go run ./integration/demo -opsbot .build/bin/opsbot-appservice [-dir .build/demo] [-port 8008] [-bot-port 29333]
+//	go run ./integration/demo -opsbot .build/bin/opsbot-appservice [-homeserver dendrite|synapse] [-dir .build/demo] [-port 8008] [-bot-port 29333]
 //
 // It generates an opsbot config and registration (the steps a homeserver
-// admin takes), starts a Dendrite homeserver for server name "localhost"
+// admin takes), starts a Dendrite homeserver (or, with -homeserver synapse,
+// Synapse set up as docs/homeservers.md says) for server name "localhost"
 // with that registration (see integration/harness), starts opsbot, creates
 // the person @demo:localhost and a room "opsbot demo" with the bot in it,
 // checks that "!ping" gets "pong", and prints how to log in with a Matrix
 // client. Everything lives in -dir and is reused on the next run: the config
 // and its tokens, the homeserver's data, the person's password and the room.
-// Ctrl-C (SIGINT) or SIGTERM stops opsbot, then Dendrite.
+// Ctrl-C (SIGINT) or SIGTERM stops opsbot, then the homeserver.
 package main
 
 import (
@@ -54,10 +55,12 @@ const (
 
 // options configure run.
 type options struct {
-	Dir     string // where everything is kept; "" = <repo>/.build/demo
-	Port    int    // Dendrite's client API port on 127.0.0.1
-	BotPort int    // opsbot's listener port on 127.0.0.1
-	Opsbot  string // the opsbot-appservice binary
+	Dir string // where everything is kept; "" = <repo>/.build/demo
+	// Homeserver is harness.Dendrite (the default) or harness.Synapse.
+	Homeserver harness.Server
+	Port       int    // the homeserver's client API port on 127.0.0.1
+	BotPort    int    // opsbot's listener port on 127.0.0.1
+	Opsbot     string // the opsbot-appservice binary
 	// Out receives the progress notes, opsbot's log ("opsbot | " lines) and
 	// the welcome text. Default os.Stdout.
 	Out io.Writer
@@ -77,10 +80,11 @@ func main() {
 	var o options
 	flag.StringVar(&o.Dir, "dir", "", "directory for the config, registration and homeserver data, reused across runs (default .build/demo under the repo root)")
 	flag.IntVar(&o.Port, "port", 8008, "port of the homeserver's client API on 127.0.0.1")
+	flag.StringVar((*string)(&o.Homeserver), "homeserver", string(harness.Dendrite), "the homeserver to run: dendrite (quick to start) or synapse (from Debian sid in a chroot, built on first use; needs root)")
 	flag.IntVar(&o.BotPort, "bot-port", 29333, "port of opsbot's listener on 127.0.0.1")
 	flag.StringVar(&o.Opsbot, "opsbot", "", "path of the opsbot-appservice binary (required)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "Usage: go run ./integration/demo -opsbot PATH [flags]\n\nRuns opsbot with a local Dendrite homeserver to try it out.\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "Usage: go run ./integration/demo -opsbot PATH [flags]\n\nRuns opsbot with a local homeserver (Dendrite or Synapse) to try it out.\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -100,11 +104,18 @@ func main() {
 }
 
 // run sets everything up, then waits until ctx is done (a clean stop, nil)
-// or opsbot or Dendrite dies (an error).
+// or opsbot or the homeserver dies (an error).
 func run(ctx context.Context, o options) (err error) {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
+	if o.Homeserver == "" {
+		o.Homeserver = harness.Dendrite
+	}
+	if o.Homeserver != harness.Dendrite && o.Homeserver != harness.Synapse {
+		return fmt.Errorf("-homeserver %q: want dendrite or synapse", o.Homeserver)
+	}
+	hsName := map[harness.Server]string{harness.Dendrite: "Dendrite", harness.Synapse: "Synapse"}[o.Homeserver]
 	out := &lockedWriter{w: o.Out}
 	say := func(format string, args ...any) { out.printf("demo | "+format+"\n", args...) }
 
@@ -160,35 +171,45 @@ func run(ctx context.Context, o options) (err error) {
 	}
 
 	// 2. The homeserver, with the registration installed.
-	say("starting Dendrite on %s (server name %q; first run may build it, which takes a few minutes)", hsURL, serverName)
+	say("starting %s on %s (server name %q; first run may build it, which takes a few minutes)", hsName, hsURL, serverName)
 	began := time.Now()
 	hs, err := harness.Launch(harness.Options{
+		Server:                  o.Homeserver,
 		ServerName:              serverName,
-		Dir:                     filepath.Join(dir, "dendrite"),
+		Dir:                     filepath.Join(dir, string(o.Homeserver)),
 		Port:                    o.Port,
 		AppServiceRegistrations: []string{regPath},
+		// Synapse as docs/homeservers.md sets it up: keys in transactions.
+		KeysInTransactions: o.Homeserver == harness.Synapse,
 	}, func(format string, args ...any) { say(format, args...) })
 	if err != nil {
 		return err
 	}
 	cleanups = append(cleanups, func() {
-		say("stopping Dendrite")
+		say("stopping %s", hsName)
 		hs.Stop()
 	})
-	say("Dendrite is up after %s (log: %s)", time.Since(began).Round(100*time.Millisecond), hs.LogPath)
+	say("%s is up after %s (log: %s)", hsName, time.Since(began).Round(100*time.Millisecond), hs.LogPath)
 
-	// 3. opsbot, with a Dendrite admin's token for the bots' cross-signing.
-	admin, err := demoAdmin(ctx, hs, dir)
-	if err != nil {
-		return err
+	// 3. opsbot; on Dendrite with an admin's token for the bots'
+	// cross-signing (Synapse needs none).
+	var env []string
+	if o.Homeserver == harness.Dendrite {
+		admin, err := demoAdmin(ctx, hs, dir)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, func() {
+			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = admin.Logout(lctx)
+		})
+		say("starting opsbot -c %s (OPSBOT_DENDRITE_ADMIN_TOKEN: %s's token, for the bots' cross-signing)", cfgPath, admin.ID)
+		env = []string{"OPSBOT_DENDRITE_ADMIN_TOKEN=" + admin.AccessToken}
+	} else {
+		say("starting opsbot -c %s", cfgPath)
 	}
-	cleanups = append(cleanups, func() {
-		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = admin.Logout(lctx)
-	})
-	say("starting opsbot -c %s (OPSBOT_DENDRITE_ADMIN_TOKEN: %s's token, for the bots' cross-signing)", cfgPath, admin.ID)
-	bot, err := startChild(bin, dir, out, "opsbot | ", []string{"OPSBOT_DENDRITE_ADMIN_TOKEN=" + admin.AccessToken}, "-c", cfgPath)
+	bot, err := startChild(bin, dir, out, "opsbot | ", env, "-c", cfgPath)
 	if err != nil {
 		return err
 	}
@@ -237,11 +258,11 @@ func run(ctx context.Context, o options) (err error) {
 	say("%s is in the room", cfg.botID)
 	took, err := pingPong(ctx, user, r.RoomID, cfg.botID, cfg.prefix)
 	if err != nil {
-		return fmt.Errorf("%w\nlast lines of opsbot's log:\n%s\nDendrite's log: %s", err, bot.tail(), hs.LogPath)
+		return fmt.Errorf("%w\nlast lines of opsbot's log:\n%s\n%s's log: %s", err, bot.tail(), hsName, hs.LogPath)
 	}
 	say("sent %sping as %s, %s answered pong after %s: it works", cfg.prefix, r.UserID, cfg.botID, took.Round(time.Millisecond))
 
-	out.printf("%s", welcome(r, cfg.prefix, dir, hs.LogPath))
+	out.printf("%s", welcome(r, cfg.prefix, dir, string(o.Homeserver), hs.LogPath))
 	if o.OnReady != nil {
 		o.OnReady(r)
 	}
@@ -266,7 +287,7 @@ func run(ctx context.Context, o options) (err error) {
 					say("stopping (signal received)")
 					return nil
 				}
-				return fmt.Errorf("Dendrite exited unexpectedly; last lines of %s:\n%s", hs.LogPath, hs.LogTail(30))
+				return fmt.Errorf("%s exited unexpectedly; last lines of %s:\n%s", hsName, hs.LogPath, hs.LogTail(30))
 			}
 		}
 	}
@@ -627,7 +648,7 @@ func account(ctx context.Context, hs *harness.Homeserver, pwPath, localpart, dev
 		created = err == nil
 		if he := (*harness.HTTPError)(nil); errors.As(err, &he) && he.ErrCode == "M_USER_IN_USE" {
 			return nil, "", false, fmt.Errorf("%s exists but the password in %s does not work for it; remove %s to start afresh",
-				hs.UserID(localpart), pwPath, filepath.Join(filepath.Dir(pwPath), "dendrite"))
+				hs.UserID(localpart), pwPath, filepath.Join(filepath.Dir(pwPath), string(hs.Server)))
 		}
 	}
 	if err != nil {
@@ -746,7 +767,7 @@ func pingPong(ctx context.Context, u *harness.User, roomID, botID, prefix string
 	return time.Since(began), nil
 }
 
-func welcome(r ready, prefix, dir, dendriteLog string) string {
+func welcome(r ready, prefix, dir, hsDir, hsLog string) string {
 	line := strings.Repeat("-", 72)
 	return fmt.Sprintf(`
 %[1]s
@@ -769,13 +790,13 @@ func welcome(r ready, prefix, dir, dendriteLog string) string {
 
   Files: %[11]s
     opsbot.yaml, registration.yaml, opsbot.db, demo-password, demo-room;
-    the homeserver's data in dendrite/ (log: %[12]s).
+    the homeserver's data in %[12]s/ (log: %[13]s).
   Running this again reuses all of it; delete the folder to start afresh.
 
   Ctrl-C stops everything.
 %[1]s
 `, line, r.HomeserverURL, serverName, r.UserID, r.Password, roomName, r.RoomID, r.BotID,
-		demoLocalpart, prefix, dir, dendriteLog)
+		demoLocalpart, prefix, dir, hsDir, hsLog)
 }
 
 // child is a long-running process whose output goes to the terminal, each

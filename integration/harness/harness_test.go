@@ -15,8 +15,10 @@ import (
 	"opsbot/integration/harness"
 )
 
-func TestConversationSurvivesRestart(t *testing.T) {
-	hs := harness.Start(t, harness.Options{})
+func TestConversationSurvivesRestart(t *testing.T) { onEachServer(t, conversationSurvivesRestart) }
+
+func conversationSurvivesRestart(t *testing.T, server harness.Server) {
+	hs := harness.Start(t, harness.Options{Server: server})
 	alice := hs.RegisterUser(t, "alice")
 	bob := hs.RegisterUser(t, "bob")
 	if alice.ID != "@alice:localhost" {
@@ -59,8 +61,10 @@ func TestConversationSurvivesRestart(t *testing.T) {
 	bob.ExpectNoEvent(t, room, 500*time.Millisecond, harness.OfType("m.room.message"))
 }
 
-func TestCrashRestart(t *testing.T) {
-	hs := harness.Start(t, harness.Options{})
+func TestCrashRestart(t *testing.T) { onEachServer(t, crashRestart) }
+
+func crashRestart(t *testing.T, server harness.Server) {
+	hs := harness.Start(t, harness.Options{Server: server})
 	alice := hs.RegisterUser(t, "alice")
 	room := alice.CreateRoom(t, harness.RoomOptions{})
 	before := alice.SendText(t, room, "before crash")
@@ -89,7 +93,9 @@ func TestCrashRestart(t *testing.T) {
 	}
 }
 
-func TestAppServiceRegistration(t *testing.T) {
+func TestAppServiceRegistration(t *testing.T) { onEachServer(t, appServiceRegistration) }
+
+func appServiceRegistration(t *testing.T, server harness.Server) {
 	// A port nothing listens on: Dendrite must start although the
 	// appservice is not up yet.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -118,7 +124,7 @@ namespaces:
 		t.Fatal(err)
 	}
 
-	hs := harness.Start(t, harness.Options{AppServiceRegistrations: []string{reg}})
+	hs := harness.Start(t, harness.Options{Server: server, AppServiceRegistrations: []string{reg}})
 
 	sender := hs.AppServiceUser(asToken, hs.UserID("opsbot"))
 	if id, dev := sender.WhoAmI(t); id != "@opsbot:localhost" {
@@ -144,18 +150,22 @@ namespaces:
 	}
 }
 
-func TestPostgres(t *testing.T) {
+func TestPostgres(t *testing.T) { onEachServer(t, postgres) }
+
+func postgres(t *testing.T, server harness.Server) {
 	// Postgres is part of the test world: missing, it fails the test (in
 	// harness.Start), never skips it.
-	hs := harness.Start(t, harness.Options{Postgres: true})
+	hs := harness.Start(t, harness.Options{Server: server, Postgres: true})
 	alice := hs.RegisterUser(t, "alice")
 	room := alice.CreateRoom(t, harness.RoomOptions{})
 	alice.SendText(t, room, "on postgres")
 	alice.WaitForMessage(t, room, 10*time.Second, harness.BodyIs("on postgres"))
 }
 
-func TestRoomHelpers(t *testing.T) {
-	hs := harness.Start(t, harness.Options{})
+func TestRoomHelpers(t *testing.T) { onEachServer(t, roomHelpers) }
+
+func roomHelpers(t *testing.T, server harness.Server) {
+	hs := harness.Start(t, harness.Options{Server: server})
 	admin := hs.RegisterAdmin(t, "root")
 	alice := hs.RegisterUser(t, "alice")
 	alice.SetDisplayName(t, "Alice")
@@ -210,7 +220,9 @@ func TestRoomHelpers(t *testing.T) {
 	}
 }
 
-func TestLaunchReusesDir(t *testing.T) {
+func TestLaunchReusesDir(t *testing.T) { onEachServer(t, launchReusesDir) }
+
+func launchReusesDir(t *testing.T, server harness.Server) {
 	dir := filepath.Join(t.TempDir(), "hs")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -218,7 +230,7 @@ func TestLaunchReusesDir(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	opts := harness.Options{Dir: dir, Port: port}
+	opts := harness.Options{Server: server, Dir: dir, Port: port}
 
 	hs, err := harness.Launch(opts, t.Logf)
 	if err != nil {
@@ -280,7 +292,14 @@ func TestLaunchReusesDir(t *testing.T) {
 	}
 
 	// A fixed port that is taken is a clear error.
-	if _, err := harness.Launch(harness.Options{Dir: t.TempDir(), Port: port}, nil); err == nil || !strings.Contains(err.Error(), "not free") {
+	if _, err := harness.Launch(harness.Options{Server: server, Dir: t.TempDir(), Port: port}, nil); err == nil || !strings.Contains(err.Error(), "not free") {
 		t.Fatalf("Launch on a taken port: %v", err)
+	}
+}
+
+// onEachServer runs a test against Dendrite and against Synapse.
+func onEachServer(t *testing.T, test func(t *testing.T, server harness.Server)) {
+	for _, s := range []harness.Server{harness.Dendrite, harness.Synapse} {
+		t.Run(string(s), func(t *testing.T) { test(t, s) })
 	}
 }

@@ -3,11 +3,9 @@ package harness
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -22,23 +20,41 @@ import (
 	"time"
 )
 
+// Server names a homeserver implementation the harness can run.
+type Server string
+
+const (
+	// Dendrite v0.13.8, built from the module pinned in integration/tools.
+	Dendrite Server = "dendrite"
+	// Synapse from Debian's unstable suite, run in a chroot (see SynapseRoot).
+	Synapse Server = "synapse"
+)
+
 // Options configure a Homeserver. The zero value is a SQLite Dendrite for
 // server name "localhost" with no application services.
 type Options struct {
+	// Server is the implementation to run; default Dendrite.
+	Server Server
 	// ServerName is the homeserver's domain (global.server_name). Default "localhost".
 	ServerName string
-	// AppServiceRegistrations are paths of registration YAML files, given to
-	// Dendrite as app_service_api.config_files. Dendrite reads them only at
-	// start-up; the application service does not need to be listening yet.
+	// AppServiceRegistrations are paths of registration YAML files (Dendrite's
+	// app_service_api.config_files, Synapse's app_service_config_files). Both
+	// read them only at start-up; the application service does not need to be
+	// listening yet.
 	AppServiceRegistrations []string
-	// Postgres puts all of Dendrite's data in a fresh Postgres database
+	// KeysInTransactions turns on what lets an appservice's devices get their
+	// keys in transactions: on Synapse the experimental features
+	// msc2409_to_device_messages_enabled and msc3202_transaction_extensions.
+	// Dendrite has no such features (an error).
+	KeysInTransactions bool
+	// Postgres puts all of the homeserver's data in a fresh Postgres database
 	// (created with psql on the server named by $OPSBOT_TEST_POSTGRES, default
 	// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable, and dropped
 	// at cleanup) instead of SQLite files in Dir.
 	Postgres bool
-	// Config, if set, may change the generated Dendrite configuration (the
-	// YAML document as nested maps, e.g. cfg["global"].(map[string]any)) before
-	// it is written.
+	// Config, if set, may change the generated configuration (the YAML
+	// document as nested maps, e.g. cfg["global"].(map[string]any) for
+	// Dendrite) before it is written.
 	Config func(cfg map[string]any)
 	// StartTimeout bounds the wait for the client API to answer. Default 60s.
 	StartTimeout time.Duration
@@ -47,26 +63,41 @@ type Options struct {
 	// Dir is where the config, signing key, databases, media and log live.
 	// Default "": a new temporary directory. An existing Dir is reused: its
 	// signing key, registration shared secret and databases are kept (so
-	// accounts and rooms survive), and dendrite.yaml is written again from
-	// these Options.
+	// accounts and rooms survive), and the configuration is written again
+	// from these Options. Synapse keeps its data inside its root, in a
+	// directory tied to Dir (see SynapseRoot); Dir gets a symlink to it.
 	Dir string
 }
 
-// Homeserver is a running (or stopped) Dendrite process.
+// flavor is what differs between homeserver implementations.
+type flavor interface {
+	name() string
+	// writeConfig sets hs.ConfigPath and hs.LogPath and writes the signing
+	// key (unless hs.Dir has one) and the configuration.
+	writeConfig(hs *Homeserver, opts Options, dbURL string) error
+	// command is the command line that runs the server.
+	command(hs *Homeserver) []string
+	// skipLogLine says whether LogTail leaves a line out.
+	skipLogLine(line string) bool
+}
+
+// Homeserver is a running (or stopped) homeserver process.
 type Homeserver struct {
+	// Server is the implementation, Dendrite or Synapse.
+	Server Server
 	// URL is the client-server API base URL, http://127.0.0.1:PORT.
 	URL string
 	// ServerName is the homeserver's domain; user IDs are @local:ServerName.
 	ServerName string
 	// Dir holds the config, signing key, databases, media and the log.
 	Dir string
-	// ConfigPath is Dir/dendrite.yaml; LogPath is Dir/dendrite.log, where the
-	// output of every run of the process is appended.
+	// ConfigPath is the configuration file; LogPath is where the output of
+	// every run of the process is appended.
 	ConfigPath, LogPath string
-	// SharedSecret is client_api.registration_shared_secret.
+	// SharedSecret is the registration shared secret.
 	SharedSecret string
 
-	bin          string
+	flavor       flavor
 	addr         string
 	startTimeout time.Duration
 	client       *http.Client
@@ -79,20 +110,25 @@ type Homeserver struct {
 }
 
 // Start writes a configuration into a new temporary directory (or
-// Options.Dir), starts Dendrite on a free loopback port (or Options.Port) and
-// waits until its client API answers. The process is stopped by t.Cleanup; if
-// the test failed, the tail of the Dendrite log is printed first.
+// Options.Dir), starts the homeserver on a free loopback port (or
+// Options.Port) and waits until its client API answers. The process is
+// stopped by t.Cleanup; if the test failed, the tail of its log is printed
+// first.
 func Start(t testing.TB, opts Options) *Homeserver {
 	t.Helper()
-	bin := DendriteBinary(t)
-	if opts.Dir == "" {
+	fl, err := findFlavor(opts.Server, t.Logf)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	temporary := opts.Dir == ""
+	if temporary {
 		opts.Dir = t.TempDir()
 	}
 	var dbURL string
 	if opts.Postgres {
-		dbURL = createPostgresDatabase(t)
+		dbURL = createPostgresDatabase(t, opts.Server == Synapse)
 	}
-	hs, err := prepare(bin, opts, dbURL)
+	hs, err := prepare(fl, opts, dbURL)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
@@ -101,6 +137,9 @@ func Start(t testing.TB, opts Options) *Homeserver {
 			t.Logf("harness: last lines of %s:\n%s", hs.LogPath, hs.LogTail(80))
 		}
 		hs.Stop()
+		if s, ok := fl.(*synapse); ok && temporary {
+			s.removeData(hs)
+		}
 	})
 	if err := hs.startFirst(opts.Port); err != nil {
 		t.Fatalf("harness: %v", err)
@@ -109,26 +148,26 @@ func Start(t testing.TB, opts Options) *Homeserver {
 }
 
 // Launch is Start for programs that are not tests (such as integration/demo):
-// it finds or builds the binary with FindDendrite(logf), returns errors
-// instead of failing a test, and leaves stopping to the caller (Stop). With an
-// empty Options.Dir it uses a new directory under os.TempDir that it does not
-// remove. Options.Postgres is not supported here (the database is dropped at
-// test cleanup). logf, which may be nil, receives progress notes such as the
-// building of the binary.
+// it finds or builds the server (FindDendrite, FindSynapse) with logf,
+// returns errors instead of failing a test, and leaves stopping to the
+// caller (Stop). With an empty Options.Dir it uses a new directory under
+// os.TempDir that it does not remove. Options.Postgres is not supported here
+// (the database is dropped at test cleanup). logf, which may be nil,
+// receives progress notes such as the building of the binary.
 func Launch(opts Options, logf func(format string, args ...any)) (*Homeserver, error) {
 	if opts.Postgres {
 		return nil, errors.New("harness: Options.Postgres needs Start, not Launch")
 	}
-	bin, err := FindDendrite(logf)
+	fl, err := findFlavor(opts.Server, logf)
 	if err != nil {
-		return nil, fmt.Errorf("harness: no Dendrite binary: %w", err)
+		return nil, fmt.Errorf("harness: %w", err)
 	}
 	if opts.Dir == "" {
-		if opts.Dir, err = os.MkdirTemp("", "harness-dendrite-"); err != nil {
+		if opts.Dir, err = os.MkdirTemp("", "harness-"+string(opts.Server)+"-"); err != nil {
 			return nil, fmt.Errorf("harness: %w", err)
 		}
 	}
-	hs, err := prepare(bin, opts, "")
+	hs, err := prepare(fl, opts, "")
 	if err != nil {
 		return nil, fmt.Errorf("harness: %w", err)
 	}
@@ -138,9 +177,31 @@ func Launch(opts Options, logf func(format string, args ...any)) (*Homeserver, e
 	return hs, nil
 }
 
+// findFlavor finds (or builds) the server of an implementation.
+func findFlavor(server Server, logf func(format string, args ...any)) (flavor, error) {
+	switch server {
+	case "", Dendrite:
+		bin, err := FindDendrite(logf)
+		if err != nil {
+			return nil, fmt.Errorf("no Dendrite binary: %w", err)
+		}
+		return dendrite{bin: bin}, nil
+	case Synapse:
+		root, err := FindSynapse(logf)
+		if err != nil {
+			return nil, fmt.Errorf("no Synapse: %w", err)
+		}
+		return &synapse{root: root}, nil
+	}
+	return nil, fmt.Errorf("Options.Server: unknown homeserver %q (dendrite or synapse)", server)
+}
+
 // prepare fills in the defaults of opts and writes the signing key (unless
-// Dir has one) and the configuration into opts.Dir.
-func prepare(bin string, opts Options, dbURL string) (*Homeserver, error) {
+// Dir has one) and the configuration.
+func prepare(fl flavor, opts Options, dbURL string) (*Homeserver, error) {
+	if opts.Server == "" {
+		opts.Server = Dendrite
+	}
 	if opts.ServerName == "" {
 		opts.ServerName = "localhost"
 	}
@@ -155,49 +216,62 @@ func prepare(bin string, opts Options, dbURL string) (*Homeserver, error) {
 		return nil, err
 	}
 	hs := &Homeserver{
+		Server:       opts.Server,
 		ServerName:   opts.ServerName,
 		Dir:          dir,
-		ConfigPath:   filepath.Join(dir, "dendrite.yaml"),
-		LogPath:      filepath.Join(dir, "dendrite.log"),
-		bin:          bin,
+		flavor:       fl,
 		startTimeout: opts.StartTimeout,
 		client:       &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}},
 	}
-	// A reused Dir keeps its shared secret and signing key: the server's
-	// identity and its events' signatures stay valid.
-	hs.SharedSecret = existingSharedSecret(hs.ConfigPath)
-	if hs.SharedSecret == "" {
-		hs.SharedSecret = randomHex(16)
-	}
-	keyPath := filepath.Join(dir, "matrix_key.pem")
-	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-		if err := writeSigningKey(keyPath); err != nil {
-			return nil, err
-		}
-	} else if err != nil {
-		return nil, err
-	}
-	cfg, err := hs.config(opts, dbURL)
-	if err != nil {
-		return nil, err
-	}
-	if opts.Config != nil {
-		opts.Config(cfg)
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf) // JSON is YAML, and needs no YAML library here
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(cfg); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(hs.ConfigPath, buf.Bytes(), 0o600); err != nil {
+	if err := fl.writeConfig(hs, opts, dbURL); err != nil {
 		return nil, err
 	}
 	return hs, nil
 }
 
-// startFirst starts Dendrite for the first time: on port, or on a free
+// sharedSecretIn returns the registration shared secret of the configuration
+// written earlier at configPath, or a new one: a reused Dir keeps its secret
+// (and signing key), so the server's identity and accounts stay valid.
+func sharedSecretIn(configPath string) string {
+	if s := existingSharedSecret(configPath); s != "" {
+		return s
+	}
+	return randomHex(16)
+}
+
+// writeJSONConfig writes cfg, changed by edit if set, as JSON (which is
+// YAML, and needs no YAML library here).
+func writeJSONConfig(path string, cfg map[string]any, edit func(map[string]any)) error {
+	if edit != nil {
+		edit(cfg)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(cfg); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+// absPaths returns the absolute forms of paths, which must exist.
+func absPaths(paths []string) ([]string, error) {
+	out := make([]string, 0, len(paths))
+	for _, p := range paths {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("appservice registration: %w", err)
+		}
+		out = append(out, abs)
+	}
+	return out, nil
+}
+
+// startFirst starts the server for the first time: on port, or on a free
 // loopback port if port is 0.
 func (hs *Homeserver) startFirst(port int) error {
 	var lastErr error
@@ -216,7 +290,7 @@ func (hs *Homeserver) startFirst(port int) error {
 		}
 	} else {
 		// The free port is found by listening on :0 and closing; another
-		// process may grab it before Dendrite binds, so try a few ports.
+		// process may grab it before the server binds, so try a few ports.
 		for attempt := 0; attempt < 3; attempt++ {
 			port, err := freePort()
 			if err != nil {
@@ -231,7 +305,7 @@ func (hs *Homeserver) startFirst(port int) error {
 		}
 	}
 	if lastErr != nil {
-		return fmt.Errorf("Dendrite did not start: %v\nlast lines of %s:\n%s", lastErr, hs.LogPath, hs.LogTail(60))
+		return fmt.Errorf("%s did not start: %v\nlast lines of %s:\n%s", hs.flavor.name(), lastErr, hs.LogPath, hs.LogTail(60))
 	}
 	return nil
 }
@@ -258,7 +332,7 @@ func (hs *Homeserver) UserID(localpart string) string {
 	return "@" + localpart + ":" + hs.ServerName
 }
 
-// Running reports whether the Dendrite process is alive.
+// Running reports whether the homeserver process is alive.
 func (hs *Homeserver) Running() bool {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
@@ -277,7 +351,7 @@ func (hs *Homeserver) runningLocked() bool {
 	}
 }
 
-// Stop shuts Dendrite down with SIGTERM, and SIGKILL if it has not exited
+// Stop shuts the homeserver down with SIGTERM, and SIGKILL if it has not exited
 // after 15 s. Stopping a stopped server does nothing.
 func (hs *Homeserver) Stop() {
 	hs.mu.Lock()
@@ -289,14 +363,14 @@ func (hs *Homeserver) Stop() {
 	select {
 	case <-hs.exited:
 	case <-time.After(15 * time.Second):
-		hs.appendLog("harness: Dendrite ignored SIGTERM for 15s, killing it")
+		hs.appendLog("harness: " + hs.flavor.name() + " ignored SIGTERM for 15s, killing it")
 		_ = hs.cmd.Process.Kill()
 		<-hs.exited
 	}
-	hs.appendLog("harness: Dendrite stopped")
+	hs.appendLog("harness: " + hs.flavor.name() + " stopped")
 }
 
-// Kill ends Dendrite with SIGKILL, like a crash: nothing is flushed.
+// Kill ends the homeserver with SIGKILL, like a crash: nothing is flushed.
 //
 // Dendrite quirk: its embedded NATS JetStream may lose the newest stream
 // state on a kill, after which events sent after Restart can silently never
@@ -310,10 +384,10 @@ func (hs *Homeserver) Kill() {
 	}
 	_ = hs.cmd.Process.Kill()
 	<-hs.exited
-	hs.appendLog("harness: Dendrite killed")
+	hs.appendLog("harness: " + hs.flavor.name() + " killed")
 }
 
-// Restart stops Dendrite if it is running (use Kill first for a crash) and
+// Restart stops the homeserver if it is running (use Kill first for a crash) and
 // starts it again with the same directory, data and port, so URL, users'
 // access tokens and /sync positions stay valid.
 func (hs *Homeserver) Restart(t testing.TB) {
@@ -331,7 +405,7 @@ func (hs *Homeserver) Restart(t testing.TB) {
 		}
 		time.Sleep(time.Second)
 	}
-	t.Fatalf("harness: Dendrite did not restart: %v\nlast lines of %s:\n%s", err, hs.LogPath, hs.LogTail(60))
+	t.Fatalf("harness: %s did not restart: %v\nlast lines of %s:\n%s", hs.flavor.name(), err, hs.LogPath, hs.LogTail(60))
 }
 
 // start runs the process and waits until /_matrix/client/versions answers.
@@ -346,11 +420,9 @@ func (hs *Homeserver) start() error {
 		return err
 	}
 	hs.runs++
-	fmt.Fprintf(logFile, "harness: === start #%d of %s on %s ===\n", hs.runs, hs.bin, hs.addr)
-	cmd := exec.Command(hs.bin,
-		"-config", hs.ConfigPath,
-		"-http-bind-address", hs.addr,
-	)
+	argv := hs.flavor.command(hs)
+	fmt.Fprintf(logFile, "harness: === start #%d of %s on %s ===\n", hs.runs, strings.Join(argv, " "), hs.addr)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = hs.Dir
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
@@ -381,7 +453,7 @@ func (hs *Homeserver) start() error {
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("dendrite exited during start-up: %v", hs.waitErr)
+			return fmt.Errorf("%s exited during start-up: %v", hs.flavor.name(), hs.waitErr)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -392,8 +464,8 @@ func (hs *Homeserver) start() error {
 	}
 }
 
-// appendLog writes a harness note into the Dendrite log (opened with
-// O_APPEND, like Dendrite's own output, so lines do not overwrite each other).
+// appendLog writes a harness note into the homeserver's log (opened with
+// O_APPEND, like the server's own output, so lines do not overwrite each other).
 func (hs *Homeserver) appendLog(line string) {
 	f, err := os.OpenFile(hs.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -403,8 +475,9 @@ func (hs *Homeserver) appendLog(line string) {
 	fmt.Fprintln(f, line)
 }
 
-// LogTail returns the last n lines of the Dendrite log, leaving out the
-// info-level chatter of its embedded NATS server (the full log is at LogPath).
+// LogTail returns the last n lines of the homeserver's log, leaving out its
+// chatter (Dendrite's embedded NATS server at info level; the full log is at
+// LogPath).
 func (hs *Homeserver) LogTail(n int) string {
 	data, err := os.ReadFile(hs.LogPath)
 	if err != nil {
@@ -412,7 +485,7 @@ func (hs *Homeserver) LogTail(n int) string {
 	}
 	var lines []string
 	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
-		if strings.Contains(l, "level=info") && strings.Contains(l, "component=jetstream") {
+		if hs.flavor.skipLogLine(l) {
 			continue
 		}
 		lines = append(lines, l)
@@ -421,105 +494,6 @@ func (hs *Homeserver) LogTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// config builds the Dendrite v0.13 configuration (see dendrite-sample.yaml
-// in the Dendrite module for the schema).
-func (hs *Homeserver) config(opts Options, dbURL string) (map[string]any, error) {
-	regs := make([]string, 0, len(opts.AppServiceRegistrations))
-	for _, r := range opts.AppServiceRegistrations {
-		abs, err := filepath.Abs(r)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := os.Stat(abs); err != nil {
-			return nil, fmt.Errorf("appservice registration: %w", err)
-		}
-		regs = append(regs, abs)
-	}
-	db := func(name string) map[string]any {
-		if dbURL != "" {
-			return map[string]any{} // global.database is used
-		}
-		return map[string]any{"connection_string": "file:" + filepath.Join(hs.Dir, "dendrite_"+name+".db")}
-	}
-	global := map[string]any{
-		"server_name":                    opts.ServerName,
-		"private_key":                    filepath.Join(hs.Dir, "matrix_key.pem"),
-		"disable_federation":             true,
-		"trusted_third_party_id_servers": []string{},
-		"well_known_client_name":         "",
-		"presence":                       map[string]any{"enable_inbound": false, "enable_outbound": false},
-		"report_stats":                   map[string]any{"enabled": false},
-		"metrics":                        map[string]any{"enabled": false},
-		"dns_cache":                      map[string]any{"enabled": false},
-		"cache":                          map[string]any{"max_size_estimated": "64mb", "max_age": "1h"},
-		// On disk, not in_memory: Restart must not lose queued events.
-		"jetstream": map[string]any{
-			"storage_path": filepath.Join(hs.Dir, "jetstream"),
-			"topic_prefix": "Dendrite",
-		},
-	}
-	if dbURL != "" {
-		global["database"] = map[string]any{
-			"connection_string": dbURL,
-			"max_open_conns":    10,
-			"max_idle_conns":    2,
-			"conn_max_lifetime": -1,
-		}
-	}
-	return map[string]any{
-		"version": 2,
-		"global":  global,
-		"app_service_api": map[string]any{
-			"config_files":           regs,
-			"disable_tls_validation": true,
-		},
-		"client_api": map[string]any{
-			"registration_disabled":      true,
-			"guests_disabled":            true,
-			"registration_shared_secret": hs.SharedSecret,
-			"rate_limiting":              map[string]any{"enabled": false, "threshold": 20, "cooloff_ms": 500},
-		},
-		"federation_api": map[string]any{
-			"database":         db("federationapi"),
-			"key_perspectives": []any{},
-		},
-		"key_server": map[string]any{"database": db("keyserver")},
-		"media_api": map[string]any{
-			"database":  db("mediaapi"),
-			"base_path": filepath.Join(hs.Dir, "media"),
-		},
-		"mscs":        map[string]any{"database": db("mscs"), "mscs": []string{}},
-		"relay_api":   map[string]any{"database": db("relayapi")},
-		"room_server": map[string]any{"database": db("roomserver")},
-		"sync_api": map[string]any{
-			"database": db("syncapi"),
-			"search":   map[string]any{"enabled": false},
-		},
-		"user_api": map[string]any{
-			"account_database": db("userapi"),
-			"bcrypt_cost":      4, // the minimum: logins are on every test's path
-		},
-		"tracing": map[string]any{"enabled": false},
-		"logging": []any{map[string]any{"type": "std", "level": "info"}},
-	}, nil
-}
-
-// writeSigningKey writes a new ed25519 server signing key in the PEM form
-// Dendrite reads: a "MATRIX PRIVATE KEY" block holding the 32-byte seed, with
-// a Key-ID header.
-func writeSigningKey(path string) error {
-	seed := make([]byte, ed25519.SeedSize)
-	if _, err := rand.Read(seed); err != nil {
-		return err
-	}
-	data := pem.EncodeToMemory(&pem.Block{
-		Type:    "MATRIX PRIVATE KEY",
-		Headers: map[string]string{"Key-ID": "ed25519:" + randomHex(3)},
-		Bytes:   seed,
-	})
-	return os.WriteFile(path, data, 0o600)
 }
 
 func freePort() (int, error) {
@@ -541,7 +515,8 @@ func randomHex(n int) string {
 
 // createPostgresDatabase creates an empty database for one homeserver and
 // drops it at cleanup. It uses the psql command to stay free of a Go driver.
-func createPostgresDatabase(t testing.TB) string {
+// Synapse needs the C collation (it refuses other locales).
+func createPostgresDatabase(t testing.TB, cCollation bool) string {
 	t.Helper()
 	admin := os.Getenv("OPSBOT_TEST_POSTGRES")
 	if admin == "" {
@@ -551,7 +526,7 @@ func createPostgresDatabase(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("harness: Options.Postgres needs the psql command: %v", err)
 	}
-	name := "harness_dendrite_" + randomHex(6)
+	name := "harness_hs_" + randomHex(6)
 	run := func(sql string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -561,7 +536,11 @@ func createPostgresDatabase(t testing.TB) string {
 		}
 		return nil
 	}
-	if err := run("CREATE DATABASE " + name); err != nil {
+	create := "CREATE DATABASE " + name
+	if cCollation {
+		create += " ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+	}
+	if err := run(create); err != nil {
 		t.Fatalf("harness: %v (is Postgres running? pg_ctlcluster --skip-systemctl-redirect 15 main start; or set OPSBOT_TEST_POSTGRES)", err)
 	}
 	t.Cleanup(func() {

@@ -461,8 +461,12 @@ class Peer:
             raise Failure(f"file event {rec.event_id} has neither file nor url")
         resp = await client.download(url)
         if isinstance(resp, DownloadError):
-            raise Failure(f"download {url}: {resp.message}")
-        data = resp.body
+            # nio 0.20 predates authenticated media (MSC3916), which Synapse
+            # serves by default: fetch it from the client API as clients
+            # of today do.
+            data = await self.download_authenticated(client, url)
+        else:
+            data = resp.body
         if enc:
             try:
                 data = decrypt_attachment(data, enc["key"]["k"], enc["hashes"]["sha256"], enc["iv"])
@@ -479,6 +483,14 @@ class Peer:
             # Encrypted means the event came encrypted and so did the file.
             "encrypted": bool(rec.encrypted and enc),
         }
+
+    async def download_authenticated(self, client, url):
+        server, media_id = url.removeprefix("mxc://").split("/", 1)
+        endpoint = f"{client.homeserver}/_matrix/client/v1/media/download/{server}/{media_id}"
+        async with client.client_session.get(endpoint, headers={"Authorization": f"Bearer {client.access_token}"}) as r:
+            if r.status != 200:
+                raise Failure(f"download {url}: HTTP {r.status} from {endpoint}: {(await r.text())[:200]}")
+            return await r.read()
 
     async def cmd_is_encrypted(self, req):
         client = self.need_client()
