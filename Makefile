@@ -12,7 +12,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite synapse demo test lint unit integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
+.PHONY: all build build-cgo dendrite synapse demo test lint unit rules-test rules-update integration deploy-test bench bench-e2e fuzz fuzz-short soak clean
 
 all: build
 
@@ -38,9 +38,9 @@ demo: build $(HOMESERVER)
 	$(GO) run ./integration/demo -opsbot $(OPSBOT) -homeserver $(HOMESERVER)
 
 # The whole suite: formatting, vet, unit tests with the race detector on both
-# databases, and the integration tests against a real Dendrite, a real
-# Synapse and Postgres.
-test: lint build build-cgo dendrite synapse unit fuzz-short integration deploy-test
+# databases, the alert rules' tests, and the integration tests against a real
+# Dendrite, a real Synapse, Postgres and Prometheus.
+test: lint build build-cgo dendrite synapse unit rules-test fuzz-short integration deploy-test
 
 lint:
 	@out=$$(gofmt -l appservice skills cmd integration deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -49,6 +49,17 @@ lint:
 
 unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -tags goolm $(UNIT_PKGS)
+
+# The Prometheus alert rules in deploy/prometheus/ and their unit tests
+# (promtool, from Debian's prometheus package; deploy/prometheus/README.md).
+rules-test:
+	promtool check rules deploy/prometheus/opsbot-alerts.yaml
+	promtool test rules deploy/prometheus/tests/*.yaml
+
+# Regenerate the Helm chart's and kustomize's copies of the alert rules
+# after editing deploy/prometheus/opsbot-alerts.yaml.
+rules-update:
+	cd deploy && $(GO) test -count=1 -run TestPrometheusRuleCopies . -update
 
 integration:
 	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) $(GO) test -count=1 -timeout 25m -tags goolm ./integration/...

@@ -29,6 +29,7 @@ func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
 	specs := make([]skills.BotSpec, len(cfg.Bots))
 	for i, b := range cfg.Bots {
 		specs[i] = skills.BotSpec{ID: id.NewUserID(b.Localpart, cfg.Homeserver.Domain), Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
+		s.Metrics.InitSkills(b.Skills)
 	}
 	return skills.NewEngine(skills.Options{
 		Sender:    s.Outbox,

@@ -98,6 +98,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 		}
 		return s.Pipeline.Backlog()
 	})
+	s.Metrics.ReadyFrom(s.accepting.Load)
 	var err error
 	s.Store, err = store.Open(cfg.Database, log)
 	if err != nil {
@@ -137,6 +138,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 		}}}
 	s.Bots.MoveMemory = memory.move
 	if cfg.Encryption.Enabled {
+		s.Metrics.InitBots(s.Bots.IDs())
 		s.E2EE = e2ee.New(e2ee.Options{
 			DB:            s.Store.DB,
 			StateStore:    s.AS.StateStore.(*store.CachedStateStore),
@@ -170,6 +172,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 				OnBackedUp: func(bot id.UserID, n int) {
 					s.Metrics.KeysBackedUp.WithLabelValues(bot.String()).Add(float64(n))
 				},
+				OnBackupFailed: s.Metrics.ObserveBackupFailure,
 			})
 		}
 		s.Verification = verification.New(verification.Options{
@@ -180,6 +183,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 			Observe: func(outcome string) {
 				s.Metrics.Verifications.WithLabelValues(outcome).Inc()
 			},
+			OnWaiting: func(n int) { s.Metrics.VerificationsWaiting.Set(float64(n)) },
 		})
 		s.Outbox.Encryptor = s.E2EE
 	}
@@ -274,7 +278,7 @@ func (s *Service) decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 		return nil, false
 	}
 	decrypted, reason, err := s.E2EE.Decrypt(ctx, evt, roomBots)
-	s.Metrics.ObserveCrypto("decrypt", reason)
+	s.Metrics.ObserveDecrypt(roomBots[0], reason)
 	if err != nil {
 		log.Warn().Err(err).Str("reason", reason).Stringer("sender", evt.Sender).Msg("Could not decrypt event")
 		if *s.Cfg.Encryption.ReplyOnFailure {

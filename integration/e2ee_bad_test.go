@@ -78,10 +78,10 @@ func TestEncryptionBadInput(t *testing.T) {
 		t.Fatalf("undecryptable message answered with %+v", m)
 	}
 	w.Bot.WaitForLog(t, wait, "Could not decrypt event", `"reason":"no_session"`)
-	if n := w.Bot.Metric(t, `opsbot_decryptions_total{outcome="no_session"}`); n != 1 {
-		t.Errorf("opsbot_decryptions_total{outcome=\"no_session\"} = %v, want 1", n)
+	if n := w.Bot.Metric(t, `opsbot_decryptions_total{bot="`+botID+`",outcome="no_session"}`); n != 1 {
+		t.Errorf("opsbot_decryptions_total{bot=%q,outcome=\"no_session\"} = %v, want 1", botID, n)
 	}
-	if n := w.Bot.Metric(t, `opsbot_decryptions_total{outcome="ok"}`); n < 2 {
+	if n := w.Bot.Metric(t, `opsbot_decryptions_total{bot="`+botID+`",outcome="ok"}`); n < 2 {
 		t.Errorf("successful decryptions = %v", n)
 	}
 

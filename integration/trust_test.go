@@ -138,6 +138,8 @@ func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	sas := p.VerifySAS(true, wait)
 	txn, line := pendingVerification(t, w.Bot)
 	sasShown(t, line, sas)
+	// What the operator's alert (OpsbotVerificationWaiting) reads.
+	waitMetric(t, w.Bot, "opsbot_verifications_waiting", 1)
 	if out, err := w.Bot.Run("verification", "confirm", txn); err != nil {
 		t.Fatalf("verification confirm: %v\n%s", err, out)
 	}
@@ -148,6 +150,23 @@ func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	seesVerified(t, p, dev)
 	w.Bot.WaitForLog(t, wait, "Verification done", txn)
 	noPendingVerification(t, w.Bot)
+	waitMetric(t, w.Bot, "opsbot_verifications_waiting", 0)
+}
+
+// waitMetric waits until a series of opsbot's /metrics has the value want.
+func waitMetric(t *testing.T, o *Opsbot, series string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		v := o.Metric(t, series)
+		if v == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v after %v, want %v", series, v, wait, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // threePeople logs alice, bob and carol in with matrix-js-sdk; alice and

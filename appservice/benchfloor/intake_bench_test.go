@@ -190,11 +190,11 @@ func (h *handler) HandleEvent(ctx context.Context, evt *event.Event) {
 		}
 		decrypted, err := h.decrypt(ctx, evt)
 		if err != nil {
-			h.m.ObserveCrypto("decrypt", "error")
+			h.m.ObserveDecrypt(roomBots[0], "error")
 			h.tracker.Fail(fmt.Errorf("decrypting %s: %w", evt.ID, err))
 			return
 		}
-		h.m.ObserveCrypto("decrypt", "ok")
+		h.m.ObserveDecrypt(roomBots[0], "ok")
 		decrypted.Mautrix.EventSource |= event.SourceDecrypted
 		evt = decrypted
 	}

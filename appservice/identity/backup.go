@@ -39,6 +39,7 @@ type uploader struct {
 	kick    chan struct{}
 	log     zerolog.Logger
 	onDone  func(bot id.UserID, n int)
+	onFail  func(bot id.UserID, stage string)
 }
 
 // setupBackup finds or creates the bot's backup key (kept in secret storage)
@@ -82,7 +83,7 @@ func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ss
 			Msg("Restored room keys from the server-side backup")
 	}
 	up := &uploader{bot: dev.UserID, mach: mach, store: sqlStore, key: key, version: version,
-		kick: make(chan struct{}, 1), log: log.With().Str("component", "key-backup").Logger(), onDone: m.opts.OnBackedUp}
+		kick: make(chan struct{}, 1), log: log.With().Str("component", "key-backup").Logger(), onDone: m.opts.OnBackedUp, onFail: m.opts.OnBackupFailed}
 	mach.SessionReceived = up.sessionReceived(mach.SessionReceived)
 	return up, nil
 }
@@ -183,6 +184,9 @@ func (u *uploader) uploadLogged(ctx context.Context) {
 	n, err := u.upload(ctx)
 	if err != nil && ctx.Err() == nil {
 		u.log.Warn().Err(err).Msg("Uploading room keys to the backup failed; retrying later")
+		if u.onFail != nil {
+			u.onFail(u.bot, "upload")
+		}
 	}
 	if n > 0 {
 		u.log.Debug().Int("room_keys", n).Stringer("version", u.version).Msg("Backed up room keys")

@@ -64,6 +64,10 @@ type Options struct {
 	Log       zerolog.Logger
 	// OnBackedUp, if set, is told how many room keys were uploaded.
 	OnBackedUp func(bot id.UserID, n int)
+	// OnBackupFailed, if set, is told each failure of a bot's key backup:
+	// stage "setup" at start (the backup then stays off until a restart),
+	// "upload" for an upload that will be retried.
+	OnBackupFailed func(bot id.UserID, stage string)
 }
 
 // Status is one bot's identity as set up at start.
@@ -183,6 +187,9 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	}
 	up, err := m.setupBackup(ctx, dev, key, restore != "", log)
 	if err != nil {
+		if m.opts.OnBackupFailed != nil {
+			m.opts.OnBackupFailed(dev.UserID, "setup")
+		}
 		return fmt.Errorf("key backup: %w", err)
 	}
 	if restore != "" {

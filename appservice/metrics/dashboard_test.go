@@ -8,25 +8,29 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"maunium.net/go/mautrix/id"
 )
 
-// Every metric the Grafana dashboard in deploy/ queries must exist.
+// Every metric the Grafana dashboard and the alert rules in deploy/ query
+// must exist.
 func TestDashboardUsesExistingMetrics(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
-	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "grafana", "opsbot-dashboard.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	deploy := filepath.Join(filepath.Dir(file), "..", "..", "deploy")
 	m := New("test", func() int64 { return 0 })
 	// Touch every vector so that it shows up when gathered.
 	m.ObserveEvent("m.room.message", time.Millisecond)
 	m.ObserveSend("send", nil, time.Millisecond)
 	m.ObserveSkill("ping", "ok", time.Millisecond)
-	for _, op := range []string{"decrypt", "encrypt", "to_device"} {
+	m.ObserveDecrypt("@bot:x", "ok")
+	for _, op := range []string{"encrypt", "to_device"} {
 		m.ObserveCrypto(op, "ok")
 	}
 	m.Transactions.WithLabelValues("ok").Inc()
 	m.OneTimeKeys.WithLabelValues("@bot:x").Set(1)
+	m.CrossSigned.WithLabelValues("@bot:x").Set(1)
+	m.KeysBackedUp.WithLabelValues("@bot:x").Add(1)
+	m.InitBots([]id.UserID{"@bot:x"})
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -35,17 +39,23 @@ func TestDashboardUsesExistingMetrics(t *testing.T) {
 	for _, f := range families {
 		have[f.GetName()] = true
 	}
-	used := regexp.MustCompile(`opsbot_[a-z_]+`).FindAllString(string(data), -1)
-	if len(used) == 0 {
-		t.Fatal("the dashboard uses no opsbot metrics")
-	}
-	for _, name := range used {
-		base := name
-		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
-			base = strings.TrimSuffix(base, suffix)
+	for _, path := range []string{"grafana/opsbot-dashboard.json", "prometheus/opsbot-alerts.yaml"} {
+		data, err := os.ReadFile(filepath.Join(deploy, path))
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !have[name] && !have[base] {
-			t.Errorf("the dashboard queries %s, which opsbot does not export", name)
+		used := regexp.MustCompile(`opsbot_[a-z_]+`).FindAllString(string(data), -1)
+		if len(used) == 0 {
+			t.Fatalf("%s uses no opsbot metrics", path)
+		}
+		for _, name := range used {
+			base := name
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				base = strings.TrimSuffix(base, suffix)
+			}
+			if !have[name] && !have[base] {
+				t.Errorf("%s queries %s, which opsbot does not export", path, name)
+			}
 		}
 	}
 }

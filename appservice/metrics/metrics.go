@@ -10,6 +10,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // Metrics holds opsbot's collectors, registered on their own registry.
@@ -27,7 +29,7 @@ type Metrics struct {
 	Events        *prometheus.CounterVec   // type
 	EventSeconds  *prometheus.HistogramVec // type
 	Backlog       prometheus.GaugeFunc
-	Decryptions   *prometheus.CounterVec // outcome
+	Decryptions   *prometheus.CounterVec // bot, outcome
 	Encryptions   *prometheus.CounterVec // outcome
 	ToDevice      *prometheus.CounterVec // outcome
 	SkillRuns     *prometheus.CounterVec // skill, outcome
@@ -42,8 +44,30 @@ type Metrics struct {
 	KeyDelivery   *prometheus.GaugeVec   // bot
 	KeysBackedUp  *prometheus.CounterVec // bot
 	Verifications *prometheus.CounterVec // outcome
-	backlogSource func() int64
+	// VerificationsWaiting: verifications whose short authentication
+	// string waits for the operator's decision.
+	VerificationsWaiting prometheus.Gauge
+	BackupFailures       *prometheus.CounterVec // bot, stage
+	Ready                prometheus.GaugeFunc
+	backlogSource        func() int64
+	readySource          atomic.Pointer[func() bool]
 }
+
+// Label values known in advance. Their series are created at 0 when opsbot
+// starts, so that rate() and increase() see the first failure (a series
+// that appears with the value 1 shows no increase) and a dashboard panel of
+// failures shows 0 rather than nothing.
+var (
+	transactionOutcomes  = []string{"ok", "duplicate", "duplicate_grown", "standby", "unauthorized", "forbidden", "too_large", "not_json", "overloaded", "store_error"}
+	decryptionOutcomes   = []string{"ok", "late_key", "no_session", "error"}
+	encryptionOutcomes   = []string{"ok", "error"}
+	toDeviceOutcomes     = []string{"ok", "unknown_device"}
+	skillOutcomes        = []string{"ok", "error", "panic"}
+	homeserverOps        = []string{"send", "redact", "upload", "membership", "state", "typing", "receipt"}
+	homeserverOutcomes   = []string{"ok", "retryable", "failed"}
+	verificationOutcomes = []string{"done", "refused", "cancelled", "timeout"}
+	backupStages         = []string{"setup", "upload"}
+)
 
 // New creates and registers the metrics. backlog reports the pipeline's
 // unhandled events.
@@ -52,7 +76,7 @@ func New(version string, backlog func() int64) *Metrics {
 	m := &Metrics{Registry: reg, backlogSource: backlog}
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_transactions_total",
-		Help: "Transactions pushed by the homeserver, by outcome (ok, duplicate, duplicate_grown, unauthorized, forbidden, too_large, not_json, overloaded, store_error)."}, []string{"outcome"})
+		Help: "Transactions pushed by the homeserver, by outcome (ok, duplicate, duplicate_grown, standby, unauthorized, forbidden, too_large, not_json, overloaded, store_error)."}, []string{"outcome"})
 	m.Events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_events_total",
 		Help: "Events handled by the pipeline, by event type (unknown types count as other)."}, []string{"type"})
 	m.EventSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_event_handling_seconds",
@@ -60,7 +84,7 @@ func New(version string, backlog func() int64) *Metrics {
 	m.Backlog = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_inbox_backlog",
 		Help: "Events recorded but not yet handled."}, func() float64 { return float64(m.backlogSource()) })
 	m.Decryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_decryptions_total",
-		Help: "Encrypted room events, by outcome (ok, late_key, no_session, error)."}, []string{"outcome"})
+		Help: "Encrypted room events, by the room's first bot (in config order) and outcome (ok, late_key, no_session, error)."}, []string{"bot", "outcome"})
 	m.Encryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_encryptions_total",
 		Help: "Messages encrypted by the bots, by outcome."}, []string{"outcome"})
 	m.ToDevice = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_to_device_events_total",
@@ -70,7 +94,7 @@ func New(version string, backlog func() int64) *Metrics {
 	m.SkillSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_skill_duration_seconds",
 		Help: "Skill handler run time.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"skill"})
 	m.Sends = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_homeserver_requests_total",
-		Help: "Requests the outbox made to the homeserver, by operation (send, redact, upload) and outcome (ok, retryable, failed)."}, []string{"op", "outcome"})
+		Help: "Requests the outbox made to the homeserver, by operation (send, redact, upload, membership, state, typing, receipt) and outcome (ok, retryable, failed)."}, []string{"op", "outcome"})
 	m.SendSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_homeserver_request_seconds",
 		Help: "Latency of the outbox's homeserver requests, by operation.", Buckets: prometheus.ExponentialBuckets(0.002, 4, 8)}, []string{"op"})
 	m.BuildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsbot_build_info",
@@ -87,19 +111,76 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "Room keys uploaded to each bot's server-side key backup."}, []string{"bot"})
 	m.Verifications = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_verifications_total",
 		Help: "Interactive verifications with the bots, by how they ended (done, refused, cancelled, timeout)."}, []string{"outcome"})
+	m.VerificationsWaiting = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_verifications_waiting",
+		Help: "Verifications whose emoji or numbers wait for the operator's decision (opsbot-appservice verification list)."})
+	m.BackupFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_key_backup_failures_total",
+		Help: "Failures of each bot's server-side key backup, by stage: setup (at start; the backup stays off until a restart) or upload (retried)."}, []string{"bot", "stage"})
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
 		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
-	for _, c := range []prometheus.Collector{m.Leader, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+	m.Ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_ready",
+		Help: "1 while this process is the leader and takes transactions: what /readyz reports, before its database and homeserver checks."}, func() float64 {
+		if f := m.readySource.Load(); f != nil && (*f)() {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.Leader, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
-		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.Verifications,
+		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	m.BuildInfo.WithLabelValues(version).Set(1)
+	for _, o := range transactionOutcomes {
+		m.Transactions.WithLabelValues(o)
+	}
+	for _, o := range encryptionOutcomes {
+		m.Encryptions.WithLabelValues(o)
+	}
+	for _, o := range toDeviceOutcomes {
+		m.ToDevice.WithLabelValues(o)
+	}
+	for _, op := range homeserverOps {
+		for _, o := range homeserverOutcomes {
+			m.Sends.WithLabelValues(op, o)
+		}
+	}
+	for _, o := range verificationOutcomes {
+		m.Verifications.WithLabelValues(o)
+	}
 	return m
 }
 
+// ReadyFrom sets what opsbot_ready reports: ready is called at each scrape.
+func (m *Metrics) ReadyFrom(ready func() bool) {
+	m.readySource.Store(&ready)
+}
+
+// InitBots creates the per-bot encryption counters at 0 for the configured
+// bots (the only values the bot label takes).
+func (m *Metrics) InitBots(bots []id.UserID) {
+	for _, b := range bots {
+		for _, o := range decryptionOutcomes {
+			m.Decryptions.WithLabelValues(b.String(), o)
+		}
+		for _, st := range backupStages {
+			m.BackupFailures.WithLabelValues(b.String(), st)
+		}
+		m.KeysBackedUp.WithLabelValues(b.String())
+	}
+}
+
+// InitSkills creates the run counters of the configured skills at 0.
+func (m *Metrics) InitSkills(skills []string) {
+	for _, s := range skills {
+		for _, o := range skillOutcomes {
+			m.SkillRuns.WithLabelValues(s, o)
+		}
+	}
+}
+
 // knownTypes bounds the type label: any other event type counts as "other".
+// Types with an unstable name count under the stable one (typeAliases).
 var knownTypes = map[string]bool{
 	"m.room.message": true, "m.room.encrypted": true, "m.room.member": true, "m.reaction": true,
 	"m.room.redaction": true, "m.room.name": true, "m.room.topic": true, "m.room.avatar": true,
@@ -109,8 +190,19 @@ var knownTypes = map[string]bool{
 	"m.room_key": true, "m.room_key_request": true, "m.forwarded_room_key": true, "m.key.verification.request": true,
 }
 
+// typeAliases are the unstable names clients send for types in knownTypes:
+// Element sends polls as MSC3381's org.matrix.msc3381.poll.*.
+var typeAliases = map[string]string{
+	"org.matrix.msc3381.poll.start":    "m.poll.start",
+	"org.matrix.msc3381.poll.response": "m.poll.response",
+	"org.matrix.msc3381.poll.end":      "m.poll.end",
+}
+
 // EventType maps an event type to a bounded label value.
 func EventType(t string) string {
+	if stable, ok := typeAliases[t]; ok {
+		return stable
+	}
 	if knownTypes[t] {
 		return t
 	}
@@ -138,16 +230,27 @@ func (m *Metrics) ObserveSend(op string, err error, took time.Duration) {
 	m.SendSeconds.WithLabelValues(op).Observe(took.Seconds())
 }
 
-// ObserveCrypto records an encryption-side outcome.
+// ObserveCrypto records an encryption-side outcome (decryptions have their
+// own, ObserveDecrypt).
 func (m *Metrics) ObserveCrypto(op, outcome string) {
 	switch op {
-	case "decrypt":
-		m.Decryptions.WithLabelValues(outcome).Inc()
 	case "encrypt":
 		m.Encryptions.WithLabelValues(outcome).Inc()
 	case "to_device":
 		m.ToDevice.WithLabelValues(outcome).Inc()
 	}
+}
+
+// ObserveDecrypt records one decryption of an event in a room whose first
+// bot (in config order) is bot.
+func (m *Metrics) ObserveDecrypt(bot id.UserID, outcome string) {
+	m.Decryptions.WithLabelValues(bot.String(), outcome).Inc()
+}
+
+// ObserveBackupFailure records a failure of a bot's key backup at a stage
+// (setup or upload).
+func (m *Metrics) ObserveBackupFailure(bot id.UserID, stage string) {
+	m.BackupFailures.WithLabelValues(bot.String(), stage).Inc()
 }
 
 // ObserveSkill records one handler run.

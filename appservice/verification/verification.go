@@ -45,6 +45,9 @@ type Options struct {
 	// Observe, if set, is told each verification's end: done, cancelled,
 	// refused, timeout.
 	Observe func(outcome string)
+	// OnWaiting, if set, is told at every poll how many verifications wait
+	// for the operator's decision.
+	OnWaiting func(n int)
 	// Poll is how often the operator's decisions are read (default 500 ms).
 	Poll time.Duration
 }
@@ -184,6 +187,7 @@ func (m *Manager) Run(ctx context.Context) {
 		busy := len(m.txnBots) > 0
 		m.mu.Unlock()
 		if !busy {
+			m.waiting(nil, time.Now())
 			continue
 		}
 		pending, err := m.store.List(ctx)
@@ -194,6 +198,7 @@ func (m *Manager) Run(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
+		m.waiting(pending, now)
 		for _, p := range pending {
 			m.mu.Lock()
 			bv := m.bots[p.Bot]
@@ -212,6 +217,21 @@ func (m *Manager) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// waiting reports how many of the pending verifications wait for the
+// operator: no decision yet, and not expired.
+func (m *Manager) waiting(pending []Pending, now time.Time) {
+	if m.opts.OnWaiting == nil {
+		return
+	}
+	n := 0
+	for _, p := range pending {
+		if p.Decision == DecisionNone && !now.After(p.Expires) {
+			n++
+		}
+	}
+	m.opts.OnWaiting(n)
 }
 
 func (m *Manager) observe(outcome string) {

@@ -191,3 +191,64 @@ func TestMACHeldUntilConfirmed(t *testing.T) {
 		t.Fatalf("held after finish: %+v", bv.held)
 	}
 }
+
+// The operator learns from OnWaiting (opsbot_verifications_waiting) that a
+// person waits for them: a comparison without a decision counts while it
+// has not expired, and stops counting once decided.
+func TestWaitingForTheOperator(t *testing.T) {
+	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	reports := make(chan int, 100)
+	m := New(Options{DB: st.DB, Poll: 10 * time.Millisecond, OnWaiting: func(n int) {
+		select {
+		case reports <- n:
+		default:
+		}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := m.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The next report that is not stale: drain what came before, then wait.
+	expect := func(want int, why string) {
+		t.Helper()
+		for len(reports) > 0 {
+			<-reports
+		}
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case n := <-reports:
+				if n == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("%s: never reported %d waiting", why, want)
+			}
+		}
+	}
+	go m.Run(ctx)
+	expect(0, "nothing going on")
+
+	// No botVerifier is attached for @bot:x, so Run leaves the rows alone
+	// and only counts them.
+	now := time.Now()
+	m.track("txn1", "@bot:x")
+	if err := m.store.Add(ctx, Pending{TransactionID: "txn1", Bot: "@bot:x", User: "@alice:x", Device: "D", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.store.Add(ctx, Pending{TransactionID: "txn2", Bot: "@bot:x", User: "@alice:x", Device: "D", Created: now.Add(-time.Hour), Expires: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	expect(1, "one comparison waits, one expired")
+	if err := m.store.Decide(ctx, "txn1", DecisionCancel); err != nil {
+		t.Fatal(err)
+	}
+	expect(0, "after the operator's decision")
+	m.forget("txn1")
+	expect(0, "with no verification going on")
+}
