@@ -45,7 +45,7 @@ var Events = []EventInfo{
 	{Type: event.EventEncrypted, Arrives: arrivesRoom,
 		Match:     "none: skills get the decrypted event",
 		Send:      "automatic: every send into an encrypted room",
-		Encrypted: "decrypted with the device of a bot in the room; a late room key is waited for (`encryption.decrypt_wait`) and requested",
+		Encrypted: "decrypted with the device of a bot in the room; when its room key is not here yet, the room parks (its later events wait behind it, other rooms go on) until the key arrives, asking the sender's devices for it after 3 s, for up to `encryption.decrypt_wait`",
 		Opsbot:    "when the key never comes the bot answers \"I could not decrypt your message\" (`encryption.reply_on_failure`); replayed or forged ciphertext is refused and logged; with encryption off it is ignored and logged once"},
 	{Type: event.EventReaction, Arrives: arrivesRoom, Match: "`r.Event(event.EventReaction, ...)`", Send: "`ev.React`",
 		Encrypted: "reactions stay unencrypted, as Matrix requires, so relations work", Opsbot: "none"},
@@ -74,6 +74,10 @@ var Events = []EventInfo{
 		Encrypted: notEncrypted, Opsbot: "told to the bots' encryption machines, which decide who gets room keys for history"},
 	{Type: event.EphemeralEventTyping, Arrives: arrivesEphemeral, Match: "`r.Event(event.EphemeralEventTyping, ...)`", Send: "`ev.SetTyping`", Encrypted: notEncrypted, Opsbot: "none"},
 	{Type: event.EphemeralEventReceipt, Arrives: arrivesEphemeral, Match: "`r.Event(event.EphemeralEventReceipt, ...)`", Send: "`ev.MarkRead`", Encrypted: notEncrypted, Opsbot: "none"},
+	inRoomVerification(event.InRoomVerificationStart), inRoomVerification(event.InRoomVerificationReady),
+	inRoomVerification(event.InRoomVerificationAccept), inRoomVerification(event.InRoomVerificationKey),
+	inRoomVerification(event.InRoomVerificationMAC), inRoomVerification(event.InRoomVerificationCancel),
+	inRoomVerification(event.InRoomVerificationDone),
 	{Type: event.ToDeviceRoomKey, Arrives: "to-device event: in the transaction (MSC2409, appservice mode) or the bot device's `/sync` (sync mode)", Match: "none",
 		Send: "", Encrypted: "carries a room key, inside an Olm-encrypted to-device message", Opsbot: "handed to the encryption machine of the device it was sent to; one for a device opsbot does not run is dropped and logged"},
 }
@@ -135,4 +139,11 @@ content (` + "`ev.Raw.Content.Raw`" + `); opsbot does nothing else with them.
 		fmt.Fprintf(&b, "| opsbot itself | %s |\n\n", e.Opsbot)
 	}
 	return strings.TrimRight(b.String(), "\n") + "\n"
+}
+
+// inRoomVerification documents the events of a verification in a room (a
+// DM), which go to the verification helper, not the skills.
+func inRoomVerification(t event.Type) EventInfo {
+	return EventInfo{Type: t, Arrives: arrivesRoom + ", after an `m.key.verification.request` message", Match: "none: they never reach the skills",
+		Encrypted: encryptedMessage, Opsbot: "handed to the verification of the bot the request named (docs/verification.md); those of other people's verifications are ignored"}
 }

@@ -31,7 +31,15 @@ type Config struct {
 	Memory         Memory          `yaml:"memory"`
 	Rooms          Rooms           `yaml:"rooms"`
 	Metrics        Metrics         `yaml:"metrics"`
+	Leader         Leader          `yaml:"leader"`
 	Logging        Logging         `yaml:"logging"`
+}
+
+// Leader configures leadership among replicas (Postgres).
+type Leader struct {
+	// Lease is how long a leader that stops renewing (paused, stuck, cut
+	// off from the database) keeps leadership before a standby takes over.
+	Lease Duration `yaml:"lease"`
 }
 
 // ExternalSkill is a skill served by another process over HTTP: opsbot
@@ -373,6 +381,9 @@ func (c *Config) applyDefaults() {
 		backup := *c.Encryption.CrossSigning
 		c.Encryption.KeyBackup = &backup
 	}
+	if c.Leader.Lease == 0 {
+		c.Leader.Lease = Duration(10 * time.Second)
+	}
 	if c.Encryption.Verification.Timeout == 0 {
 		c.Encryption.Verification.Timeout = Duration(5 * time.Minute)
 	}
@@ -550,6 +561,9 @@ func (c *Config) Validate() error {
 		if !c.botRuns(skill) {
 			bad(fmt.Sprintf("memory.in_room_state[%d]", i), "no bot runs a skill named %q", skill)
 		}
+	}
+	if l := time.Duration(c.Leader.Lease); l < 3*time.Second || l > 5*time.Minute {
+		bad("leader.lease", "must be between 3s and 5m")
 	}
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {

@@ -15,15 +15,41 @@ import (
 // ErrNoBotDevice means no bot in the room has an encryption device.
 var ErrNoBotDevice = errors.New("no bot in this room has an encryption device")
 
-// Decrypt decrypts a Megolm event with the device of one of the bots in the
-// room. A room key often arrives after the event it unlocks (the homeserver
-// pushes the event while the key travels through the bot's to-device
-// stream), so a missing session is waited for, and after a short while
-// requested from the sender's devices, up to DecryptWait. The returned
-// reason is for logs and metrics: ok, late_key, no_session or error.
-func (m *Manager) Decrypt(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, string, error) {
-	var devs []*Device
-	noKeys := ""
+// TryDecrypt decrypts a Megolm event with the device of one of the bots in
+// the room, without waiting. The reason is for logs and metrics: ok,
+// no_session (the room key is not here, yet), no_key_delivery (no bot in
+// the room can receive keys; the error says why) or error.
+func (m *Manager) TryDecrypt(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, string, error) {
+	devs, noKeys := m.roomDevices(roomBots)
+	if len(devs) == 0 && noKeys != "" {
+		return nil, "no_key_delivery", fmt.Errorf("%w: %s", ErrNoKeyDelivery, noKeys)
+	}
+	if len(devs) == 0 {
+		return nil, "error", ErrNoBotDevice
+	}
+	if _, ok := evt.Content.Parsed.(*event.EncryptedEventContent); !ok {
+		return nil, "error", fmt.Errorf("m.room.encrypted event without encrypted content")
+	}
+	var firstErr error
+	for _, d := range devs {
+		decrypted, err := d.Machine.DecryptMegolmEvent(ctx, evt)
+		if err == nil {
+			decrypted.Mautrix.EventSource |= event.SourceDecrypted
+			return decrypted, "ok", nil
+		}
+		if firstErr == nil || (errors.Is(firstErr, crypto.ErrNoSessionFound) && !errors.Is(err, crypto.ErrNoSessionFound)) {
+			firstErr = err
+		}
+	}
+	if errors.Is(firstErr, crypto.ErrNoSessionFound) {
+		return nil, "no_session", firstErr
+	}
+	return nil, "error", firstErr
+}
+
+// roomDevices are the devices of the room's bots that receive keys, and
+// why the others do not.
+func (m *Manager) roomDevices(roomBots []id.UserID) (devs []*Device, noKeys string) {
 	for _, b := range roomBots {
 		d := m.devices[b]
 		if d == nil {
@@ -35,92 +61,85 @@ func (m *Manager) Decrypt(ctx context.Context, evt *event.Event, roomBots []id.U
 		}
 		devs = append(devs, d)
 	}
-	if len(devs) == 0 && noKeys != "" {
-		return nil, "no_key_delivery", fmt.Errorf("%w: %s", ErrNoKeyDelivery, noKeys)
-	}
-	if len(devs) == 0 {
-		return nil, "error", ErrNoBotDevice
-	}
+	return devs, noKeys
+}
+
+// WaitForKey returns a channel that is closed when any of the room's bot
+// devices receives the room key of an encrypted event, until the deadline
+// or ctx ends (then it is never closed).
+func (m *Manager) WaitForKey(ctx context.Context, evt *event.Event, roomBots []id.UserID, until time.Time) <-chan struct{} {
+	found := make(chan struct{})
 	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
-	if !ok {
-		return nil, "error", fmt.Errorf("m.room.encrypted event without encrypted content")
+	devs, _ := m.roomDevices(roomBots)
+	if !ok || len(devs) == 0 {
+		return found
 	}
-	decrypted, err := m.tryDecrypt(ctx, evt, devs)
-	if err == nil {
-		return decrypted, "ok", nil
-	}
-	if !errors.Is(err, crypto.ErrNoSessionFound) {
-		return nil, "error", err
-	}
-	// Wait for the key: first briefly, then ask the sender's devices for it.
-	deadline := time.Now().Add(m.opts.DecryptWait)
-	first := min(3*time.Second, m.opts.DecryptWait)
-	log := devs[0].log.With().Stringer("event_id", evt.ID).Stringer("session_id", content.SessionID).Logger()
-	log.Debug().Msg("Room key not here yet; waiting for it")
-	if waitAny(ctx, devs, evt.RoomID, content, first) {
-		if decrypted, err = m.tryDecrypt(ctx, evt, devs); err == nil {
-			return decrypted, "late_key", nil
-		}
-	}
-	if rest := time.Until(deadline); rest > 0 {
-		for _, d := range devs {
-			//lint:ignore SA1019 asking every device of the sender is what we want
-			req := map[id.UserID][]id.DeviceID{evt.Sender: {"*"}}
-			if err := d.Machine.SendRoomKeyRequest(ctx, evt.RoomID, content.SenderKey, content.SessionID, "", req); err != nil {
-				log.Warn().Err(err).Msg("Could not send a room key request")
-			}
-		}
-		log.Info().Dur("wait", rest).Msg("Room key still missing; asked the sender's devices for it")
-		if waitAny(ctx, devs, evt.RoomID, content, rest) {
-			if decrypted, err = m.tryDecrypt(ctx, evt, devs); err == nil {
-				return decrypted, "late_key", nil
-			}
-		}
-	}
-	if err == nil || errors.Is(err, crypto.ErrNoSessionFound) {
-		return nil, "no_session", fmt.Errorf("the room key (session %s) did not arrive within %v", content.SessionID, m.opts.DecryptWait)
-	}
-	return nil, "error", err
-}
-
-func (m *Manager) tryDecrypt(ctx context.Context, evt *event.Event, devs []*Device) (*event.Event, error) {
-	var firstErr error
+	var once sync.Once
 	for _, d := range devs {
-		decrypted, err := d.Machine.DecryptMegolmEvent(ctx, evt)
-		if err == nil {
-			decrypted.Mautrix.EventSource |= event.SourceDecrypted
-			return decrypted, nil
-		}
-		if firstErr == nil || (errors.Is(firstErr, crypto.ErrNoSessionFound) && !errors.Is(err, crypto.ErrNoSessionFound)) {
-			firstErr = err
-		}
-	}
-	return nil, firstErr
-}
-
-// waitAny waits until any of the devices has the session, or timeout.
-func waitAny(ctx context.Context, devs []*Device, room id.RoomID, content *event.EncryptedEventContent, timeout time.Duration) bool {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	found := make(chan struct{}, len(devs))
-	var wg sync.WaitGroup
-	for _, d := range devs {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			if d.Machine.WaitForSession(ctx, room, content.SenderKey, content.SessionID, timeout) {
-				found <- struct{}{}
+			if d.Machine.WaitForSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, time.Until(until)) {
+				once.Do(func() { close(found) })
 			}
 		}()
 	}
-	go func() { wg.Wait(); close(found) }()
-	select {
-	case _, ok := <-found:
-		return ok
-	case <-ctx.Done():
-		return false
+	return found
+}
+
+// RequestKey asks the sender's devices for the room key of an encrypted
+// event, from every bot device in the room.
+func (m *Manager) RequestKey(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
+	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
+	devs, _ := m.roomDevices(roomBots)
+	if !ok {
+		return
+	}
+	for _, d := range devs {
+		//lint:ignore SA1019 asking every device of the sender is what we want
+		req := map[id.UserID][]id.DeviceID{evt.Sender: {"*"}}
+		if err := d.Machine.SendRoomKeyRequest(ctx, evt.RoomID, content.SenderKey, content.SessionID, "", req); err != nil {
+			d.log.Warn().Err(err).Stringer("session_id", content.SessionID).Msg("Could not send a room key request")
+		}
 	}
 }
+
+// Decrypt is TryDecrypt that waits for a late room key up to DecryptWait,
+// asking the sender's devices for it after a few seconds: for callers that
+// may block (a skill fetching an earlier event). The event path parks the
+// room instead (appservice/stages). The reason adds late_key.
+func (m *Manager) Decrypt(ctx context.Context, evt *event.Event, roomBots []id.UserID) (*event.Event, string, error) {
+	decrypted, reason, err := m.TryDecrypt(ctx, evt, roomBots)
+	if reason != "no_session" {
+		return decrypted, reason, err
+	}
+	deadline := time.Now().Add(m.opts.DecryptWait)
+	first := time.Now().Add(min(RequestKeyAfter, m.opts.DecryptWait))
+	for _, until := range []time.Time{first, deadline} {
+		if until.After(first) {
+			m.RequestKey(ctx, evt, roomBots)
+		}
+		select {
+		case <-m.WaitForKey(ctx, evt, roomBots, until):
+		case <-time.After(time.Until(until)):
+		case <-ctx.Done():
+			return nil, "error", ctx.Err()
+		}
+		if decrypted, reason, err = m.TryDecrypt(ctx, evt, roomBots); reason != "no_session" {
+			if reason == "ok" {
+				reason = "late_key"
+			}
+			return decrypted, reason, err
+		}
+	}
+	content, _ := evt.Content.Parsed.(*event.EncryptedEventContent)
+	return nil, "no_session", fmt.Errorf("the room key (session %s) did not arrive within %v", content.SessionID, m.opts.DecryptWait)
+}
+
+// RequestKeyAfter is how long a missing room key is waited for before the
+// sender's devices are asked for it.
+const RequestKeyAfter = 3 * time.Second
+
+// DecryptWait bounds the wait for a late room key (encryption.decrypt_wait).
+func (m *Manager) DecryptWait() time.Duration { return m.opts.DecryptWait }
 
 // Encrypt encrypts content for a room as a bot, creating and sharing a
 // Megolm session with the room's members when there is none (or the old one

@@ -20,11 +20,11 @@ type memRecorder struct {
 	events []store.InboxEvent
 }
 
-func (m *memRecorder) RecordTransaction(ctx context.Context, txnID string, evs []store.InboxEvent) ([]store.InboxEvent, bool, error) {
+func (m *memRecorder) RecordTransaction(ctx context.Context, txnID string, evs []store.InboxEvent) ([]store.InboxEvent, bool, bool, error) {
 	dup := m.txns[txnID]
 	m.txns[txnID] = true
 	m.events = append(m.events, evs...)
-	return evs, dup, nil
+	return evs, true, dup, nil
 }
 
 // FuzzTransaction feeds arbitrary bodies to the transaction endpoint: it

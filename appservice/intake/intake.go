@@ -24,7 +24,10 @@ import (
 
 // Recorder durably records transactions (appservice/store implements it).
 type Recorder interface {
-	RecordTransaction(ctx context.Context, txnID string, events []store.InboxEvent) (recorded []store.InboxEvent, duplicate bool, err error)
+	// RecordTransaction records events, and says whether they were
+	// claimed by this process's leadership term (then intake delivers
+	// them; else the leader picks them up from the inbox).
+	RecordTransaction(ctx context.Context, txnID string, events []store.InboxEvent) (recorded []store.InboxEvent, claimed, duplicate bool, err error)
 }
 
 // Handler is the appservice API. All fields are required unless noted.
@@ -32,7 +35,8 @@ type Handler struct {
 	HSToken      string
 	MaxBodyBytes int64
 	Store        Recorder
-	// Deliver hands freshly recorded events to the pipeline. It must not block.
+	// Deliver hands freshly recorded and claimed events to the pipeline.
+	// It must not block.
 	Deliver func([]store.InboxEvent)
 	// IsOurUser answers the homeserver's user queries.
 	IsOurUser func(id.UserID) bool
@@ -192,7 +196,7 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	// and the retry must then find the transaction already recorded.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
 	defer cancel()
-	recorded, duplicate, err := h.Store.RecordTransaction(ctx, txnID, events)
+	recorded, claimed, duplicate, err := h.Store.RecordTransaction(ctx, txnID, events)
 	if err != nil {
 		h.observe("store_error", 0)
 		log.Error().Err(err).Msg("Could not record transaction; the homeserver will retry")
@@ -216,7 +220,7 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 			e.Strs("types", types)
 		}).Msg("Recorded transaction")
 	}
-	if len(recorded) > 0 {
+	if len(recorded) > 0 && claimed {
 		h.Deliver(recorded)
 	}
 	if h.DeviceInfo != nil && deviceInfo {

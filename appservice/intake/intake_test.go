@@ -3,11 +3,13 @@ package intake_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -26,6 +28,7 @@ type fixture struct {
 	mu        sync.Mutex
 	delivered []store.InboxEvent
 	outcomes  []string
+	notLeader atomic.Bool
 }
 
 func newFixture(t *testing.T, dbType string) *fixture {
@@ -40,7 +43,7 @@ func newFixture(t *testing.T, dbType string) *fixture {
 	t.Cleanup(func() { st.Close() })
 	f := &fixture{st: st}
 	h := &intake.Handler{
-		HSToken: hsToken, MaxBodyBytes: 64 << 10, Store: st, Log: zerolog.Nop(),
+		HSToken: hsToken, MaxBodyBytes: 64 << 10, Store: recorder{st, &f.notLeader}, Log: zerolog.Nop(),
 		Deliver: func(evs []store.InboxEvent) {
 			f.mu.Lock()
 			f.delivered = append(f.delivered, evs...)
@@ -208,5 +211,48 @@ func TestReusedTransactionIDWithNewEvents(t *testing.T) {
 	}
 	if got := strings.Join(f.outcomes, ","); got != "ok,duplicate_grown" {
 		t.Fatalf("outcomes %s", got)
+	}
+}
+
+// recorder records under a leadership term that holds until notLeader is
+// set, as appservice.Service's does.
+type recorder struct {
+	st        *store.Store
+	notLeader *atomic.Bool
+}
+
+func (r recorder) RecordTransaction(ctx context.Context, txnID string, evs []store.InboxEvent) ([]store.InboxEvent, bool, bool, error) {
+	return r.st.RecordTransaction(ctx, txnID, evs, term{r.notLeader})
+}
+
+type term struct{ over *atomic.Bool }
+
+func (term) Epoch() int64 { return 1 }
+
+func (t term) Hold(context.Context) error {
+	if t.over.Load() {
+		return errors.New("a newer term exists")
+	}
+	return nil
+}
+
+// A process that is no longer the leader (but does not know yet) still
+// records what it is sent, durably, and acknowledges it; it does not
+// handle it: the leader picks it up from the inbox.
+func TestRecordedButNotClaimedAfterLeadershipEnds(t *testing.T) {
+	f := newFixture(t, "sqlite")
+	f.notLeader.Store(true)
+	body := `{"events":[{"type":"m.room.message","event_id":"$late","room_id":"!r:x","sender":"@a:x","content":{}}]}`
+	if code, _ := f.do(t, "PUT", "/_matrix/app/v1/transactions/late", hsToken, body); code != 200 {
+		t.Fatalf("HTTP %d", code)
+	}
+	f.mu.Lock()
+	delivered := len(f.delivered)
+	f.mu.Unlock()
+	if delivered != 0 {
+		t.Fatal("delivered an event this process did not claim")
+	}
+	if n, _ := f.st.CountPending(context.Background()); n != 1 {
+		t.Fatalf("%d events waiting in the inbox, want 1", n)
 	}
 }

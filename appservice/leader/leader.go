@@ -1,60 +1,213 @@
-// Package leader makes sure exactly one opsbot process handles events and
-// writes crypto state, however many replicas run. On Postgres the leader
-// holds a session-level advisory lock on a dedicated connection: when the
-// process dies, or its connection does, Postgres releases the lock and a
-// standby takes it within a poll interval. SQLite is one machine, one
-// process: it is always the leader.
+// Package leader makes sure exactly one opsbot process handles events,
+// sends and writes crypto state, however many replicas run, and that a
+// leader that was cut off, paused or frozen can no longer act once another
+// one took over.
+//
+// Leadership is a term with an epoch, a number kept in the database
+// (opsbot_leader) that every new leader increments. Everything that matters
+// is fenced by it: inbox claims and done marks are written only in a
+// database transaction that still finds the term's epoch (Term.Hold), and
+// sends check the epoch first (Term.Check). A leader keeps its term by
+// renewing a lease in the database (default 10 s) every second; one that
+// stops renewing (paused, stuck, cut off) loses the term when the lease
+// runs out, and stops acting by itself before then (its own deadline is
+// the last renewal plus the lease, less a margin, on its monotonic clock).
+//
+// On Postgres a session-level advisory lock, held by the leader on a
+// connection of its own, tells a standby at once that the leader's process
+// (or its session) is gone: the standby then increments the epoch
+// immediately, fencing the old leader, and starts acting after a short
+// grace, which lets sends the old leader had begun land first. A standby
+// that cannot get the lock (a frozen process keeps its session) takes over
+// when the lease has run out. SQLite is one process on one machine: its
+// elector takes the term at once.
 package leader
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"sync"
 	"time"
-
-	"github.com/rs/zerolog"
 )
+
+// ErrFenced means a newer leader exists: this process must not act.
+var ErrFenced = errors.New("another opsbot took over (a newer leadership epoch exists)")
 
 // Elector waits for leadership.
 type Elector interface {
-	// Acquire blocks until this process is the leader (or ctx ends). The
-	// returned channel receives an error if leadership is lost later; the
-	// process must then stop handling events at once.
-	Acquire(ctx context.Context) (lost <-chan error, err error)
-	// Release gives leadership up (on shutdown).
-	Release()
+	// Acquire blocks until this process is the leader (or ctx ends).
+	Acquire(ctx context.Context) (*Term, error)
 }
 
-// Always is the elector for SQLite: there is only one process.
-type Always struct{}
+// Defaults of the timings.
+const (
+	DefaultLease = 10 * time.Second
+	// renewEvery is how often the leader renews its lease and a standby
+	// looks for a chance to take over.
+	renewEvery = time.Second
+	// verifiedFor is how long a check of the epoch in the database counts
+	// for Term.Check; a frozen process that wakes up checks again, since
+	// its monotonic clock went on.
+	verifiedFor = 250 * time.Millisecond
+	// handoverGrace is how long a new leader waits after fencing an old one
+	// whose lease had not run out, so that sends it had begun land before
+	// the new leader looks for them.
+	handoverGrace = time.Second
+)
 
-// Acquire returns at once.
-func (Always) Acquire(ctx context.Context) (<-chan error, error) { return make(chan error), nil }
+// Term is this process's leadership: its epoch, and whether it still holds.
+type Term struct {
+	epoch int64
+	// verify reads the current epoch from the database.
+	verify func(ctx context.Context) (int64, error)
+	// hold locks the leader row inside a database transaction and returns
+	// the current epoch (see Hold).
+	hold func(ctx context.Context) (int64, error)
+	// release gives the term up.
+	release func(ctx context.Context)
 
-// Release does nothing.
-func (Always) Release() {}
-
-// Postgres elects through pg_try_advisory_lock.
-type Postgres struct {
-	DB  *sql.DB
-	Key int64
-	// Poll is how often a standby tries for the lock and the leader checks
-	// its connection (default 1 s; failover takes at most about two polls).
-	Poll time.Duration
-	Log  zerolog.Logger
-
-	conn *sql.Conn
-	mu   sync.Mutex
-	done bool
+	mu       sync.Mutex
+	deadline time.Time // monotonic: the term ends here unless renewed
+	verified time.Time // last time the database confirmed the epoch
+	err      error     // why the term ended, once it has
+	lost     chan error
+	done     chan struct{} // closed when the term ends
 }
 
-func (p *Postgres) released() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.done
+func newTerm(epoch int64, lease time.Duration) *Term {
+	now := time.Now()
+	return &Term{epoch: epoch, deadline: now.Add(lease - leaseMargin(lease)), verified: now,
+		lost: make(chan error, 1), done: make(chan struct{})}
+}
+
+// leaseMargin is how much earlier than the lease a leader stops acting on
+// its own: clocks drift, and a renewal's answer comes after the database
+// set the lease.
+func leaseMargin(lease time.Duration) time.Duration { return max(lease/5, 500*time.Millisecond) }
+
+// Epoch is the term's number.
+func (t *Term) Epoch() int64 { return t.epoch }
+
+// Lost receives once, when the term ends.
+func (t *Term) Lost() <-chan error { return t.lost }
+
+// Valid reports whether the term still holds as far as this process knows
+// without asking the database: not ended, and renewed recently enough.
+func (t *Term) Valid() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.validLocked()
+}
+
+func (t *Term) validLocked() bool { return t.err == nil && time.Now().Before(t.deadline) }
+
+// Check is for actions outside the database (sends): the term must be
+// valid, and the database must have confirmed its epoch within the last
+// verifiedFor. It fails closed: when the database cannot say, the answer
+// is no.
+func (t *Term) Check(ctx context.Context) error {
+	t.mu.Lock()
+	if !t.validLocked() {
+		err := t.endErrLocked()
+		t.mu.Unlock()
+		return err
+	}
+	fresh := time.Since(t.verified) < verifiedFor
+	t.mu.Unlock()
+	if fresh || t.verify == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	current, err := t.verify(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot confirm leadership: %w", err)
+	}
+	if current != t.epoch {
+		t.end(fmt.Errorf("%w (epoch %d, ours %d)", ErrFenced, current, t.epoch))
+		return ErrFenced
+	}
+	t.mu.Lock()
+	t.verified = time.Now()
+	t.mu.Unlock()
+	return nil
+}
+
+// Hold is for writes in the database: called inside a database
+// transaction, it locks the leader row against a new leader's increment
+// until the transaction ends, and fails with ErrFenced if the epoch is no
+// longer the term's. A write made after Hold succeeded therefore commits
+// before any newer leader begins, or not at all.
+func (t *Term) Hold(ctx context.Context) error {
+	if !t.Valid() {
+		return t.endErr()
+	}
+	current, err := t.hold(ctx)
+	if err != nil {
+		return err
+	}
+	if current != t.epoch {
+		t.end(fmt.Errorf("%w (epoch %d, ours %d)", ErrFenced, current, t.epoch))
+		return ErrFenced
+	}
+	return nil
+}
+
+// Release ends the term on a clean stop, telling standbys that they may
+// take over at once.
+func (t *Term) Release(ctx context.Context) {
+	t.end(errors.New("released"))
+	if t.release != nil {
+		t.release(ctx)
+	}
+}
+
+func (t *Term) endErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.endErrLocked()
+}
+
+func (t *Term) endErrLocked() error {
+	if t.err != nil {
+		return t.err
+	}
+	return errors.New("the leadership lease ran out without being renewed")
+}
+
+// end records why the term ended and tells Lost, once.
+func (t *Term) end(err error) {
+	t.mu.Lock()
+	first := t.err == nil
+	if first {
+		t.err = err
+	}
+	t.mu.Unlock()
+	if first {
+		close(t.done)
+		t.lost <- err
+	}
+}
+
+// renewed moves the deadline after a successful renewal sent at start.
+func (t *Term) renewed(start time.Time, lease time.Duration) {
+	t.mu.Lock()
+	t.deadline = start.Add(lease - leaseMargin(lease))
+	t.verified = start
+	t.mu.Unlock()
+}
+
+// expired ends the term if its deadline passed without renewal.
+func (t *Term) expired() bool {
+	t.mu.Lock()
+	late := t.err == nil && !time.Now().Before(t.deadline)
+	t.mu.Unlock()
+	if late {
+		t.end(errors.New("the leadership lease ran out: the database could not be reached to renew it"))
+	}
+	return late
 }
 
 // KeyFor derives the advisory lock key from the appservice ID, so that two
@@ -63,91 +216,4 @@ func KeyFor(appserviceID string) int64 {
 	h := fnv.New64a()
 	h.Write([]byte("opsbot-leader:" + appserviceID))
 	return int64(h.Sum64())
-}
-
-// Acquire polls for the lock, then watches the connection that holds it.
-func (p *Postgres) Acquire(ctx context.Context) (<-chan error, error) {
-	if p.Poll == 0 {
-		p.Poll = time.Second
-	}
-	logged := false
-	for {
-		ok, err := p.try(ctx)
-		if ok {
-			lost := make(chan error, 1)
-			go p.watch(p.conn, lost)
-			return lost, nil
-		}
-		if err != nil {
-			p.Log.Warn().Err(err).Msg("Could not try for leadership; retrying")
-		} else if !logged {
-			p.Log.Info().Msg("Another opsbot is the leader; standing by (not ready) until it stops")
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(p.Poll):
-		}
-	}
-}
-
-func (p *Postgres) try(ctx context.Context) (bool, error) {
-	if p.conn == nil {
-		conn, err := p.DB.Conn(ctx)
-		if err != nil {
-			return false, err
-		}
-		p.conn = conn
-	}
-	var ok bool
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := p.conn.QueryRowContext(cctx, "SELECT pg_try_advisory_lock($1)", p.Key).Scan(&ok); err != nil {
-		p.conn.Close()
-		p.conn = nil
-		return false, err
-	}
-	return ok, nil
-}
-
-// watch checks the lock's connection; if it fails, the lock may already be
-// someone else's.
-func (p *Postgres) watch(conn *sql.Conn, lost chan<- error) {
-	classID, objID := uint32(uint64(p.Key)>>32), uint32(uint64(p.Key))
-	for {
-		time.Sleep(p.Poll)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*p.Poll+2*time.Second)
-		var held bool
-		err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
-			AND pid = pg_backend_pid() AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted)`,
-			int64(classID), int64(objID)).Scan(&held)
-		cancel()
-		if errors.Is(err, sql.ErrConnDone) && p.released() {
-			return
-		}
-		if err != nil {
-			lost <- fmt.Errorf("the database connection holding leadership failed: %w", err)
-			return
-		}
-		if !held {
-			lost <- errors.New("the advisory lock is no longer held")
-			return
-		}
-	}
-}
-
-// Release unlocks and closes the connection.
-func (p *Postgres) Release() {
-	p.mu.Lock()
-	p.done = true
-	p.mu.Unlock()
-	if p.conn == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, _ = p.conn.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", p.Key)
-	_ = p.conn.Close()
-	p.conn = nil
 }

@@ -2,100 +2,165 @@ package leader_test
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 
+	"opsbot/appservice/config"
 	"opsbot/appservice/leader"
+	"opsbot/appservice/store"
 	"opsbot/appservice/store/storetest"
 )
 
-func open(t *testing.T, uri string) *sql.DB {
-	db, err := sql.Open("pgx", uri)
+func openDB(t *testing.T, cfg config.Database) *dbutil.Database {
+	t.Helper()
+	st, err := store.Open(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	return db
+	t.Cleanup(func() { st.Close() })
+	return st.DB
 }
 
-func TestOneLeaderAndFailover(t *testing.T) {
-	uri := storetest.NewPostgresDB(t)
-	key := leader.KeyFor("test-" + t.Name())
-	a := &leader.Postgres{DB: open(t, uri), Key: key, Poll: 100 * time.Millisecond, Log: zerolog.Nop()}
-	b := &leader.Postgres{DB: open(t, uri), Key: key, Poll: 100 * time.Millisecond, Log: zerolog.Nop()}
-	ctx := context.Background()
-	lostA, err := a.Acquire(ctx)
+func elector(db *dbutil.Database, service string, lease time.Duration) *leader.Database {
+	return &leader.Database{DB: db, Service: service, Lease: lease, Poll: 100 * time.Millisecond, Log: zerolog.Nop()}
+}
+
+func acquire(t *testing.T, e *leader.Database, within time.Duration) *leader.Term {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	term, err := e.Acquire(ctx)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no leadership within %v: %v", within, err)
 	}
-	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	return term
+}
+
+func lost(t *testing.T, term *leader.Term, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-term.Lost():
+		return err
+	case <-time.After(within):
+		t.Fatalf("the term did not end within %v", within)
+		return nil
+	}
+}
+
+// One leader at a time; other appservice IDs are independent; a clean
+// release lets the standby take over at once.
+func TestOneLeaderAtATime(t *testing.T) {
+	cfg := storetest.Config(t, "postgres")
+	a, b := elector(openDB(t, cfg), "ops", 10*time.Second), elector(openDB(t, cfg), "ops", 10*time.Second)
+	ta := acquire(t, a, 5*time.Second)
+	if ta.Epoch() != 1 {
+		t.Fatalf("first epoch %d, want 1", ta.Epoch())
+	}
+	short, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if _, err := b.Acquire(short); err == nil {
 		t.Fatal("two leaders at once")
 	}
-	// Another installation (other appservice ID) is independent.
-	c := &leader.Postgres{DB: open(t, uri), Key: leader.KeyFor("other"), Poll: 100 * time.Millisecond, Log: zerolog.Nop()}
-	other, cancelOther := context.WithTimeout(ctx, 2*time.Second)
-	defer cancelOther()
-	if _, err := c.Acquire(other); err != nil {
-		t.Fatalf("a different appservice ID must not compete: %v", err)
-	}
-	c.Release()
+	other := acquire(t, elector(openDB(t, cfg), "other", 10*time.Second), 2*time.Second)
+	other.Release(context.Background())
 
-	// The leader's connection dies (as when its process is killed): it is
-	// told, and the standby takes over.
-	var pid int
-	admin := open(t, uri)
-	if err := admin.QueryRow(`SELECT pid FROM pg_locks WHERE locktype='advisory' AND granted LIMIT 1`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec(`SELECT pg_terminate_backend($1)`, pid); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-lostA:
-		if err == nil {
-			t.Fatal("lost without a reason")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the old leader was not told it lost leadership")
-	}
 	start := time.Now()
-	takeover, cancel2 := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel2()
-	if _, err := b.Acquire(takeover); err != nil {
-		t.Fatalf("standby did not take over: %v", err)
+	ta.Release(context.Background())
+	tb := acquire(t, b, 5*time.Second)
+	if tb.Epoch() != 2 {
+		t.Fatalf("epoch after hand-over %d, want 2", tb.Epoch())
 	}
 	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("takeover took %v", took)
+		t.Fatalf("hand-over took %v", took)
 	}
-	b.Release()
-	a.Release()
+	if err := ta.Check(context.Background()); err == nil {
+		t.Fatal("the released term still passes Check")
+	}
 }
 
-func TestReleaseHandsOver(t *testing.T) {
-	uri := storetest.NewPostgresDB(t)
-	key := leader.KeyFor(t.Name())
-	a := &leader.Postgres{DB: open(t, uri), Key: key, Poll: 50 * time.Millisecond, Log: zerolog.Nop()}
-	b := &leader.Postgres{DB: open(t, uri), Key: key, Poll: 50 * time.Millisecond, Log: zerolog.Nop()}
-	if _, err := a.Acquire(context.Background()); err != nil {
+// The leader's database session is terminated while the process lives on
+// (a network blip, a pool reset): the standby fences it at once, the old
+// term fails Check and Hold right away and ends within a renewal.
+func TestSessionLostFencesAtOnce(t *testing.T) {
+	cfg := storetest.Config(t, "postgres")
+	db := openDB(t, cfg)
+	a, b := elector(db, "ops", 10*time.Second), elector(openDB(t, cfg), "ops", 10*time.Second)
+	ta := acquire(t, a, 5*time.Second)
+	var pid int
+	if err := db.QueryRow(context.Background(), `SELECT pid FROM pg_locks WHERE locktype='advisory' AND granted LIMIT 1`).Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan error, 1)
-	go func() { _, err := b.Acquire(context.Background()); got <- err }()
-	time.Sleep(200 * time.Millisecond)
-	a.Release()
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("release did not hand leadership over")
+	if _, err := db.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
 	}
-	b.Release()
+	start := time.Now()
+	tb := acquire(t, b, 5*time.Second)
+	took := time.Since(start)
+	if tb.Epoch() != ta.Epoch()+1 || took > 3*time.Second {
+		t.Fatalf("standby took epoch %d after %v", tb.Epoch(), took)
+	}
+	time.Sleep(300 * time.Millisecond) // past the old term's last confirmation
+	if err := ta.Check(context.Background()); !errors.Is(err, leader.ErrFenced) {
+		t.Fatalf("old term's Check = %v, want ErrFenced", err)
+	}
+	err := db.DoTxn(context.Background(), nil, func(ctx context.Context) error { return ta.Hold(ctx) })
+	if !errors.Is(err, leader.ErrFenced) {
+		t.Fatalf("old term's Hold = %v, want ErrFenced", err)
+	}
+	if err := lost(t, ta, 3*time.Second); !errors.Is(err, leader.ErrFenced) {
+		t.Fatalf("old term ended with %v", err)
+	}
+	if err := tb.Check(context.Background()); err != nil {
+		t.Fatalf("new term's Check: %v", err)
+	}
+}
+
+// A leader that stops renewing (frozen: its session, and so its lock,
+// stay) is replaced once its lease runs out, and knows it is over by its
+// own clock even before the database tells it.
+func TestFrozenLeaderReplacedAfterLease(t *testing.T) {
+	cfg := storetest.Config(t, "postgres")
+	const lease = 3 * time.Second
+	a := elector(openDB(t, cfg), "ops", lease)
+	a.Poll = time.Hour // never renews: as frozen as a process can be here
+	b := elector(openDB(t, cfg), "ops", lease)
+	ta := acquire(t, a, 5*time.Second)
+	start := time.Now()
+	tb := acquire(t, b, 2*lease)
+	took := time.Since(start)
+	if took < lease-time.Second || took > lease+2*time.Second {
+		t.Fatalf("standby took over after %v, want about the lease (%v)", took, lease)
+	}
+	if ta.Valid() {
+		t.Fatal("the frozen leader's term is still valid by its own clock after the lease")
+	}
+	if err := ta.Check(context.Background()); err == nil {
+		t.Fatal("the frozen leader's Check passes")
+	}
+	if tb.Epoch() != ta.Epoch()+1 {
+		t.Fatalf("epochs %d then %d", ta.Epoch(), tb.Epoch())
+	}
+}
+
+// SQLite is one process: the term is taken at once, and a second process
+// on the same file (a mistake) supersedes the first, which notices.
+func TestSQLiteTakesAtOnce(t *testing.T) {
+	cfg := storetest.Config(t, "sqlite")
+	db := openDB(t, cfg)
+	ta := acquire(t, elector(db, "ops", 10*time.Second), time.Second)
+	tb := acquire(t, elector(db, "ops", 10*time.Second), time.Second)
+	if tb.Epoch() != ta.Epoch()+1 {
+		t.Fatalf("epochs %d then %d", ta.Epoch(), tb.Epoch())
+	}
+	if err := lost(t, ta, 2*time.Second); !errors.Is(err, leader.ErrFenced) {
+		t.Fatalf("first term ended with %v", err)
+	}
+	err := db.DoTxn(context.Background(), nil, func(ctx context.Context) error { return tb.Hold(ctx) })
+	if err != nil {
+		t.Fatalf("Hold of the current term: %v", err)
+	}
 }

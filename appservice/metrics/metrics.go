@@ -49,8 +49,15 @@ type Metrics struct {
 	VerificationsWaiting prometheus.Gauge
 	BackupFailures       *prometheus.CounterVec // bot, stage
 	Ready                prometheus.GaugeFunc
-	backlogSource        func() int64
-	readySource          atomic.Pointer[func() bool]
+	// LeaderEpoch is the epoch of this process's leadership term.
+	LeaderEpoch prometheus.Gauge
+	// ParkedRooms and ParkedOldest: rooms whose next event waits (for its
+	// room key), and how long the oldest has waited.
+	ParkedRooms   prometheus.GaugeFunc
+	ParkedOldest  prometheus.GaugeFunc
+	backlogSource func() int64
+	readySource   atomic.Pointer[func() bool]
+	parkedSource  atomic.Pointer[func() (int, time.Duration)]
 }
 
 // Label values known in advance. Their series are created at 0 when opsbot
@@ -59,7 +66,7 @@ type Metrics struct {
 // failures shows 0 rather than nothing.
 var (
 	transactionOutcomes  = []string{"ok", "duplicate", "duplicate_grown", "standby", "unauthorized", "forbidden", "too_large", "not_json", "overloaded", "store_error"}
-	decryptionOutcomes   = []string{"ok", "late_key", "no_session", "error"}
+	decryptionOutcomes   = []string{"ok", "late_key", "no_session", "no_key_delivery", "error"}
 	encryptionOutcomes   = []string{"ok", "error"}
 	toDeviceOutcomes     = []string{"ok", "unknown_device"}
 	skillOutcomes        = []string{"ok", "error", "panic"}
@@ -124,7 +131,19 @@ func New(version string, backlog func() int64) *Metrics {
 		}
 		return 0
 	})
-	for _, c := range []prometheus.Collector{m.Leader, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+	m.LeaderEpoch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader_epoch",
+		Help: "The leadership epoch of this process's term (0 while it stands by); each new leader increments it."})
+	m.ParkedRooms = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_parked_rooms",
+		Help: "Rooms whose next event waits for its room key; their later events wait behind it, other rooms go on."}, func() float64 {
+		n, _ := m.parked()
+		return float64(n)
+	})
+	m.ParkedOldest = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_parked_oldest_seconds",
+		Help: "How long the longest-waiting parked room has waited (0 if none waits)."}, func() float64 {
+		_, oldest := m.parked()
+		return oldest.Seconds()
+	})
+	for _, c := range []prometheus.Collector{m.Leader, m.LeaderEpoch, m.ParkedRooms, m.ParkedOldest, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
 		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
@@ -149,6 +168,18 @@ func New(version string, backlog func() int64) *Metrics {
 		m.Verifications.WithLabelValues(o)
 	}
 	return m
+}
+
+// ParkedFrom sets what the parked-room gauges report, asked at each scrape.
+func (m *Metrics) ParkedFrom(parked func() (int, time.Duration)) {
+	m.parkedSource.Store(&parked)
+}
+
+func (m *Metrics) parked() (int, time.Duration) {
+	if f := m.parkedSource.Load(); f != nil {
+		return (*f)()
+	}
+	return 0, 0
 }
 
 // ReadyFrom sets what opsbot_ready reports: ready is called at each scrape.

@@ -21,6 +21,9 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
+// ErrNotLeader is returned for a send this process may no longer make.
+var ErrNotLeader = errors.New("this opsbot is no longer the leader")
+
 // ErrEncryptedRoom is returned for a plaintext send into an encrypted room.
 var ErrEncryptedRoom = errors.New("the room is encrypted and this bot cannot encrypt: refusing to send plaintext")
 
@@ -29,11 +32,19 @@ type Encryptor interface {
 	Encrypt(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, content any) (event.Type, any, error)
 }
 
+// Fence is the leadership term sends are made under (leader.Term): a
+// process that is no longer the leader must not send.
+type Fence interface {
+	Check(ctx context.Context) error
+}
+
 // Outbox sends as bot users through the appservice.
 type Outbox struct {
 	AS        *mas.AppService
 	Encryptor Encryptor
-	Log       zerolog.Logger
+	// Fence, if set, is checked before every attempt to send or redact.
+	Fence Fence
+	Log   zerolog.Logger
 	// Backoff bounds: the first wait, and the longest single wait.
 	MinBackoff, MaxBackoff time.Duration
 	// Observe, if set, is told the outcome of each send attempt.
@@ -71,11 +82,11 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 	// event: look for it before sending again, since a homeserver that
 	// restarted, or whose client went away mid-request, may not recognise
 	// the transaction ID (Dendrite keeps them in memory only).
-	check := recovering(ctx)
+	trig, check := recovering(ctx)
 	var resp *mautrix.RespSendEvent
 	err = o.retry(ctx, "send", func() error {
 		if check {
-			prev, err := o.alreadySent(ctx, bot, room, txnID)
+			prev, err := o.alreadySent(ctx, bot, room, txnID, trig)
 			if err != nil {
 				return err
 			}
@@ -85,8 +96,10 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 				return nil
 			}
 		}
+		sctx, cancel := attempt(ctx)
+		defer cancel()
 		var err error
-		resp, err = o.AS.Intent(bot).SendMessageEvent(ctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		resp, err = o.AS.Intent(bot).SendMessageEvent(sctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
 		check = err != nil
 		return err
 	})
@@ -100,8 +113,10 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 func (o *Outbox) Redact(ctx context.Context, bot id.UserID, room id.RoomID, target id.EventID, reason, txnID string) (id.EventID, error) {
 	var resp *mautrix.RespSendEvent
 	err := o.retry(ctx, "redact", func() error {
+		sctx, cancel := attempt(ctx)
+		defer cancel()
 		var err error
-		resp, err = o.AS.Intent(bot).RedactEvent(ctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
+		resp, err = o.AS.Intent(bot).RedactEvent(sctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
 		return err
 	})
 	if err != nil {
@@ -110,9 +125,27 @@ func (o *Outbox) Redact(ctx context.Context, bot id.UserID, room id.RoomID, targ
 	return resp.EventID, nil
 }
 
-// retry runs op until it succeeds, fails permanently, or ctx ends.
+// attemptTimeout bounds one request to the homeserver.
+const attemptTimeout = time.Minute
+
+// attempt is the context of one request: not cut off when ctx is cancelled
+// (a stop, a lost leadership), because a send cut off mid-request may
+// still create the event while the homeserver forgets its transaction ID
+// (Dendrite does): it ends by itself, and a later run finds it.
+func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), attemptTimeout)
+}
+
+// retry runs op until it succeeds, fails permanently, or ctx ends. Each
+// attempt first checks the fence: a process that is no longer the leader
+// sends nothing more.
 func (o *Outbox) retry(ctx context.Context, name string, op func() error) error {
 	return Retry(ctx, o.Log, name, o.MinBackoff, o.MaxBackoff, func() error {
+		if o.Fence != nil {
+			if err := o.Fence.Check(ctx); err != nil {
+				return fmt.Errorf("%w: not sending (%w)", ErrNotLeader, err)
+			}
+		}
 		start := time.Now()
 		err := op()
 		if o.Observe != nil {
@@ -152,6 +185,9 @@ func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, max
 // RetryAfter classifies a homeserver error: whether it may pass on retry,
 // and how long the homeserver asked us to wait (0 if it did not say).
 func RetryAfter(err error) (wait time.Duration, retryable bool) {
+	if errors.Is(err, ErrNotLeader) {
+		return 0, false
+	}
 	var httpErr mautrix.HTTPError
 	if !errors.As(err, &httpErr) {
 		// Context cancellation is final; anything else without an HTTP

@@ -177,17 +177,40 @@ func TestRetryAfterClassification(t *testing.T) {
 
 // A send re-done after a crash finds the copy that already reached the
 // homeserver (by its transaction marker) and does not send again.
+// A re-run send finds an earlier copy however many messages the bot sent
+// since the triggering event: it pages forward from that event.
 func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	var puts, gets int
 	var mu sync.Mutex
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
+		q := r.URL.Query()
 		switch {
+		case r.Method == "GET" && strings.Contains(r.URL.Path, "/context/"):
+			if !strings.HasSuffix(r.URL.Path, "/$trigger") {
+				http.NotFound(w, r)
+				return
+			}
+			fmt.Fprint(w, `{"end":"p0"}`)
 		case r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/messages"):
 			gets++
-			fmt.Fprintf(w, `{"chunk":[{"type":"m.room.message","event_id":"$earlier","sender":%q,"room_id":%q,"content":{"body":"pong",%q:"opsbot.done"}}],"start":"s","end":"e"}`,
-				bot, room, outbox.TxnMarker)
+			if q.Get("dir") != "f" {
+				http.Error(w, "want dir=f", 400)
+				return
+			}
+			// 150 other messages of the bot first, then the earlier copy.
+			var chunk []string
+			switch q.Get("from") {
+			case "p0", "p1":
+				for i := 0; i < 75; i++ {
+					chunk = append(chunk, fmt.Sprintf(`{"type":"m.room.message","event_id":"$other-%s-%d","sender":%q,"room_id":%q,"content":{"body":"x",%q:"opsbot.other"}}`, q.Get("from"), i, bot, room, outbox.TxnMarker))
+				}
+			case "p2":
+				chunk = append(chunk, fmt.Sprintf(`{"type":"m.room.message","event_id":"$earlier","sender":%q,"room_id":%q,"content":{"body":"pong",%q:"opsbot.done"}}`, bot, room, outbox.TxnMarker))
+			}
+			next := map[string]string{"p0": "p1", "p1": "p2", "p2": "p3", "p3": "p3"}[q.Get("from")]
+			fmt.Fprintf(w, `{"chunk":[%s],"start":%q,"end":%q}`, strings.Join(chunk, ","), q.Get("from"), next)
 		case r.Method == "PUT":
 			puts++
 			fmt.Fprint(w, `{"event_id":"$new"}`)
@@ -207,7 +230,7 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	_ = as.StateStore.MarkRegistered(ctx, bot)
 	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
 	o := outbox.New(as, zerolog.Nop())
-	rctx := outbox.WithRecovery(ctx)
+	rctx := outbox.WithRecovery(ctx, room, "$trigger")
 	if got, err := o.Send(rctx, bot, room, event.EventMessage, map[string]any{"body": "pong"}, "opsbot.done"); err != nil || got != "$earlier" {
 		t.Fatalf("recovered send of a done action: %s %v", got, err)
 	}
@@ -218,8 +241,8 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	if _, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "opsbot.x"); err != nil {
 		t.Fatal(err)
 	}
-	if puts != 2 || gets != 2 {
-		t.Fatalf("puts=%d gets=%d, want 2 and 2", puts, gets)
+	if puts != 2 || gets != 3+4 {
+		t.Fatalf("puts=%d gets=%d, want 2 and 7 (3 pages to find the copy, 4 to see there is none)", puts, gets)
 	}
 }
 
@@ -252,5 +275,39 @@ func TestMarkerKeepsContent(t *testing.T) {
 	}
 	if _, err := o.Send(ctx, bot, room, event.EventMessage, []int{1}, "t"); err == nil || !strings.Contains(err.Error(), "not a JSON object") {
 		t.Fatalf("non-object content: %v", err)
+	}
+}
+
+// fenceOver is a leadership term that has ended.
+type fenceOver struct{}
+
+func (fenceOver) Check(context.Context) error { return errors.New("a newer leader exists") }
+
+// A process that is no longer the leader sends nothing, and does not retry.
+func TestFencedOutboxSendsNothing(t *testing.T) {
+	var puts int
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		puts++
+		mu.Unlock()
+		fmt.Fprint(w, `{"event_id":"$x"}`)
+	}))
+	defer srv.Close()
+	as, _ := mas.CreateFull(mas.CreateOpts{Registration: &mas.Registration{AppToken: "as", ServerToken: "hs", SenderLocalpart: "opsbot"},
+		HomeserverDomain: "example.org", HomeserverURL: srv.URL})
+	ctx := context.Background()
+	_ = as.StateStore.MarkRegistered(ctx, bot)
+	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
+	o := outbox.New(as, zerolog.Nop())
+	o.Fence = fenceOver{}
+	if _, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "t"); !errors.Is(err, outbox.ErrNotLeader) {
+		t.Fatalf("send under an ended term: %v, want ErrNotLeader", err)
+	}
+	if _, err := o.Redact(ctx, bot, room, "$e", "", "t2"); !errors.Is(err, outbox.ErrNotLeader) {
+		t.Fatalf("redact under an ended term: %v, want ErrNotLeader", err)
+	}
+	if puts != 0 {
+		t.Fatalf("%d requests reached the homeserver", puts)
 	}
 }

@@ -18,18 +18,26 @@ const TxnMarker = "org.opsbot.txn_id"
 
 type recoveryKey struct{}
 
-// WithRecovery marks ctx as re-handling an event left unfinished by a
-// crash. Sends made under it first look for a message the bot already sent
-// with the same transaction ID: a homeserver's own transaction-ID
-// de-duplication can miss a send whose client died mid-request (Dendrite's
-// does), and a second copy must not go out.
-func WithRecovery(ctx context.Context) context.Context {
-	return context.WithValue(ctx, recoveryKey{}, true)
+// trigger is the event whose handling is being re-run.
+type trigger struct {
+	room  id.RoomID
+	event id.EventID
 }
 
-func recovering(ctx context.Context) bool {
-	v, _ := ctx.Value(recoveryKey{}).(bool)
-	return v
+// WithRecovery marks ctx as re-running the handling of an event that an
+// earlier leader (or an earlier run of this process, before a crash) had
+// begun: it may have sent some of its actions already. Sends made under it
+// first look for a message the bot sent with the same transaction ID since
+// that event: a homeserver's own transaction-ID de-duplication can miss a
+// send whose client died mid-request (Dendrite's does), or one made by
+// another replica, and a second copy must not go out.
+func WithRecovery(ctx context.Context, room id.RoomID, eventID id.EventID) context.Context {
+	return context.WithValue(ctx, recoveryKey{}, trigger{room, eventID})
+}
+
+func recovering(ctx context.Context) (trigger, bool) {
+	t, ok := ctx.Value(recoveryKey{}).(trigger)
+	return t, ok
 }
 
 // withMarker returns content as a JSON object with the transaction marker,
@@ -61,25 +69,56 @@ func withMarker(content any, txnID string) (json.RawMessage, error) {
 	return out, nil
 }
 
-// alreadySent looks through the room's recent history for a message the
-// bot sent with txnID, and returns its ID.
-func (o *Outbox) alreadySent(ctx context.Context, bot id.UserID, room id.RoomID, txnID string) (id.EventID, error) {
+// alreadySent looks for a message the bot sent into room with txnID, since
+// the triggering event (forward from it, however many messages followed),
+// and returns its ID. For a room other than the trigger's it looks back
+// from the newest event to the trigger's time.
+func (o *Outbox) alreadySent(ctx context.Context, bot id.UserID, room id.RoomID, txnID string, trig trigger) (id.EventID, error) {
+	client := o.AS.Intent(bot).Client
 	filter := &mautrix.FilterPart{Senders: []id.UserID{bot}}
-	resp, err := o.AS.Intent(bot).Client.Messages(ctx, room, "", "", mautrix.DirectionBackward, filter, 100)
-	if err != nil {
-		return "", err
+	if trig.room == room && trig.event != "" {
+		anchor, err := client.Context(ctx, room, trig.event, filter, 0)
+		if err != nil {
+			return "", fmt.Errorf("finding the triggering event %s: %w", trig.event, err)
+		}
+		return o.scan(ctx, client, room, anchor.End, mautrix.DirectionForward, filter, txnID, 0)
 	}
-	for _, evt := range resp.Chunk {
-		if evt.Sender != bot || evt.Type == event.StateMember {
-			continue
-		}
-		var c map[string]any
-		if err := json.Unmarshal(evt.Content.VeryRaw, &c); err != nil {
-			continue
-		}
-		if c[TxnMarker] == txnID {
-			return evt.ID, nil
+	var since int64
+	if trig.event != "" {
+		if evt, err := o.AS.Intent(bot).Client.GetEvent(ctx, trig.room, trig.event); err == nil {
+			since = evt.Timestamp
 		}
 	}
-	return "", nil
+	return o.scan(ctx, client, room, "", mautrix.DirectionBackward, filter, txnID, since)
+}
+
+// scan pages through the bot's messages in a room from a token in a
+// direction, until it finds txnID's marker, runs out of events, or (going
+// back) reaches events older than since (ms; 0 = the room's beginning).
+func (o *Outbox) scan(ctx context.Context, client *mautrix.Client, room id.RoomID, from string, dir mautrix.Direction, filter *mautrix.FilterPart, txnID string, since int64) (id.EventID, error) {
+	for {
+		resp, err := client.Messages(ctx, room, from, "", dir, filter, 100)
+		if err != nil {
+			return "", err
+		}
+		for _, evt := range resp.Chunk {
+			if dir == mautrix.DirectionBackward && since > 0 && evt.Timestamp < since {
+				return "", nil
+			}
+			if evt.Sender != client.UserID || evt.Type == event.StateMember {
+				continue
+			}
+			var c map[string]any
+			if err := json.Unmarshal(evt.Content.VeryRaw, &c); err != nil {
+				continue
+			}
+			if c[TxnMarker] == txnID {
+				return evt.ID, nil
+			}
+		}
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.End == from {
+			return "", nil
+		}
+		from = resp.End
+	}
 }

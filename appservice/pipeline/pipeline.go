@@ -1,23 +1,32 @@
-// Package pipeline handles the events recorded by intake: it parses each
-// event once, updates the room state store, lets the bot manager react to
-// membership, routes the event to the skills of every bot in the room, and
-// marks it done in the inbox. Events of one room are handled in order, one
-// at a time; rooms are spread over a fixed set of workers. One marker
-// goroutine writes the "done" marks of all workers in batches, one database
-// commit for everything handled since its last write.
+// Package pipeline moves recorded events from the inbox through a Handler
+// (the stages, appservice/stages) and marks them done, under a leadership
+// term.
+//
+// Order is per room and nothing more. Each room (and each bot device's
+// to-device stream) has its own queue; a worker takes the first event of a
+// queue that is ready, and the next event of that queue only after it.
+// An event that has to wait (for its room key) parks its queue: the
+// worker goes on with other queues, and the parked queue is ready again
+// when what it waits for arrives or its time is up. To-device queues
+// (room keys, key requests, verification) are served before room queues,
+// so a key never waits behind the message that needs it.
+//
+// Events come from intake (Deliver, for those it claimed while recording)
+// and from the inbox itself: every second the pipeline claims events that
+// no leader, or an earlier one, took (ClaimPending), so that nothing a
+// replica accepted is left behind. Done marks are written in batches by
+// one marker goroutine, fenced by the term (see done.go).
 package pipeline
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -26,280 +35,255 @@ import (
 
 // Inbox is the durable side of the pipeline (appservice/store implements it).
 type Inbox interface {
-	PendingEvents(ctx context.Context, limit int) ([]store.InboxEvent, error)
-	MarkDoneBatch(ctx context.Context, seqs []int64) error
+	ClaimPending(ctx context.Context, fence store.Fence, limit int) ([]store.InboxEvent, error)
+	MarkDone(ctx context.Context, fence store.Fence, seqs []int64) error
+	ReleaseClaims(ctx context.Context, fence store.Fence, seqs []int64) error
 }
 
-// MaxPendingMarks bounds the events handled but not yet marked done. Workers
-// wait when it is reached, so a database that does not take the marks holds
-// the pipeline back instead of piling up work that a crash would make run
-// again. It is also what a crash can make run again at most (besides one
-// event per worker in progress): each such event re-sends only after
-// looking for an earlier copy among the bot's last 100 messages in the room
-// (outbox.WithRecovery), so the bound must stay well below 100.
-const MaxPendingMarks = 64
+// Term is the leadership term the pipeline works under (leader.Term).
+type Term interface {
+	store.Fence
+	// Valid reports whether the term still holds, without asking the
+	// database; workers stop taking events when it does not.
+	Valid() bool
+}
 
-// Handler does the work for one parsed event. The pipeline calls it after
-// the state store has been updated.
+// Handler does the work for one event.
 type Handler interface {
-	HandleEvent(ctx context.Context, evt *event.Event)
+	Handle(ctx context.Context, item *Item) Outcome
 }
 
-// Pipeline is a set of per-room-ordered workers fed from the inbox.
+// Item is an event on its way through the pipeline. Handlers may keep what
+// they learned in it across parks.
+type Item struct {
+	store.InboxEvent
+	// Event is the parsed event, set by the handler (or by intake, which
+	// parsed it already).
+	Event *event.Event
+	// Stage is where a parked item resumes (the handler's business).
+	Stage int
+	// Since is when the item was first handled.
+	Since time.Time
+	// State is kept for the stage that parked the item.
+	State any
+}
+
+// Outcome of handling an item: done (Park nil), or parked until Park says.
+type Outcome struct {
+	Park *Park
+}
+
+// Park says what a parked item waits for.
+type Park struct {
+	// Wake, if not nil, is closed when what the item waits for arrived.
+	Wake <-chan struct{}
+	// Until is when to try the item again anyway.
+	Until time.Time
+	// Reason says why, for the log, metrics and !status.
+	Reason string
+}
+
+// Done is the outcome of a finished item.
+var Done = Outcome{}
+
+// ParkedRoom is a queue waiting, as !status shows it.
+type ParkedRoom struct {
+	Room   string
+	Reason string
+	Since  time.Time // when its first event started waiting
+}
+
+// Pipeline runs the queues. All fields are required unless noted.
 type Pipeline struct {
-	Inbox      Inbox
-	StateStore mautrix.StateStore
-	Handler    Handler
-	Log        zerolog.Logger
-	Workers    int
-	// Recover, if set, marks the context of events resumed after a crash
-	// (outbox.WithRecovery), so their sends check for an earlier copy.
-	Recover func(context.Context) context.Context
+	Inbox   Inbox
+	Term    Term
+	Handler Handler
+	Log     zerolog.Logger
+	// Workers is how many events are handled at once (default 8).
+	Workers int
+	// Recover, if set, prepares the context of an event an earlier leader
+	// had claimed (outbox.WithRecovery: its sends first look for an
+	// earlier copy).
+	Recover func(ctx context.Context, room id.RoomID, eventID id.EventID) context.Context
 	// Observe, if set, is told the type and handling time of each event.
 	Observe func(evtType string, took time.Duration)
+	// OnFenced, if set, is told when the term turned out to be over while
+	// marking events done: the process must stop acting.
+	OnFenced func(error)
+	// ClaimEvery is how often unclaimed events are looked for (default 1 s).
+	ClaimEvery time.Duration
 
-	shards  []*shard
+	mu       sync.Mutex
+	cond     *sync.Cond
+	queues   map[string]*queue
+	ready    readyLists
+	stopping bool // no more events are taken
+	running  int  // items being handled now
+
 	gate    chan struct{} // closed by Open
-	backlog atomic.Int64
-	wg      sync.WaitGroup // the workers
-	marker  sync.WaitGroup // the marker, which outlives the workers
-	marks   marks
+	backlog atomic.Int64  // delivered and not yet marked done
+	workers sync.WaitGroup
+	claimer sync.WaitGroup
+	marks   marker
 }
 
-// marks are the sequence numbers of handled events waiting to be marked
-// done; cond wakes the marker when some arrive, and workers when there is
-// room again.
-type marks struct {
-	mu      sync.Mutex
-	cond    *sync.Cond
-	pending []int64
-	closed  bool // the workers have stopped: write what is left and stop
-	halted  bool // ctx is done: workers no longer wait for room
-}
+// claimBatch bounds one claim from the inbox; maxInMemory bounds how many
+// events the pipeline holds before it leaves the rest in the inbox for later.
+const (
+	claimBatch  = 1000
+	maxInMemory = 20_000
+)
 
-type shard struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	items  []store.InboxEvent
-	closed bool
-}
-
-// Start recovers events left unhandled by an earlier run, then starts the
-// workers, which wait for Open before they handle anything. Call it before
-// intake starts delivering, so that recovered events go first. Workers stop
-// when ctx is cancelled; events not yet handled stay in the inbox for the
-// next start.
+// Start claims what an earlier leader left (or another replica recorded),
+// starts the workers, which wait for Open, the claimer and the marker.
+// Call it before intake delivers, so that older events go first. Everything
+// stops when ctx ends; Drain first lets started work finish.
 func (p *Pipeline) Start(ctx context.Context) error {
 	if p.Workers <= 0 {
 		p.Workers = 8
 	}
-	p.gate = make(chan struct{})
-	p.marks.cond = sync.NewCond(&p.marks.mu)
-	p.shards = make([]*shard, p.Workers)
-	for i := range p.shards {
-		s := &shard{}
-		s.cond = sync.NewCond(&s.mu)
-		p.shards[i] = s
+	if p.ClaimEvery <= 0 {
+		p.ClaimEvery = time.Second
 	}
-	pending, err := p.Inbox.PendingEvents(ctx, 1<<30)
+	p.cond = sync.NewCond(&p.mu)
+	p.queues = map[string]*queue{}
+	p.gate = make(chan struct{})
+	p.marks.start(p)
+	n, err := p.claim(ctx)
 	if err != nil {
 		return err
 	}
-	if len(pending) > 0 {
-		p.Log.Info().Int("events", len(pending)).Msg("Resuming events that were recorded but not handled before the last stop")
-		for i := range pending {
-			pending[i].Recovered = true
-		}
-		p.Deliver(pending)
+	if n > 0 {
+		p.Log.Info().Int("events", n).Msg("Picked up events that were recorded but not finished before")
 	}
-	for _, s := range p.shards {
-		p.wg.Add(1)
-		go p.work(ctx, s)
+	for range p.Workers {
+		p.workers.Add(1)
+		go p.work(ctx)
 	}
-	p.marker.Add(1)
-	go p.markLoop(ctx)
+	p.claimer.Add(1)
+	go p.claimLoop(ctx)
 	go func() {
 		<-ctx.Done()
-		for _, s := range p.shards {
-			s.mu.Lock()
-			s.closed = true
-			s.cond.Broadcast()
-			s.mu.Unlock()
-		}
-		p.marks.mu.Lock()
-		p.marks.halted = true
-		p.marks.cond.Broadcast()
-		p.marks.mu.Unlock()
-		// The marker writes what the workers handled until the last one
-		// stopped, then stops too.
-		p.wg.Wait()
-		p.marks.mu.Lock()
-		p.marks.closed = true
-		p.marks.cond.Broadcast()
-		p.marks.mu.Unlock()
+		p.stop()
 	}()
 	return nil
-}
-
-// Wait blocks until every worker has stopped and the marks of the events
-// they handled are written (or, with the database unreachable, given up on:
-// those events run again after a restart).
-func (p *Pipeline) Wait() {
-	p.wg.Wait()
-	p.marker.Wait()
-}
-
-// Backlog is the number of recorded events not yet handled and marked done.
-func (p *Pipeline) Backlog() int64 { return p.backlog.Load() }
-
-// Deliver queues recorded events. It never blocks: the events are already
-// durable, so memory is the only cost, and intake refuses new transactions
-// when the backlog grows too large.
-func (p *Pipeline) Deliver(events []store.InboxEvent) {
-	p.backlog.Add(int64(len(events)))
-	for _, ev := range events {
-		s := p.shards[shardOf(ev.RoomID, len(p.shards))]
-		s.mu.Lock()
-		s.items = append(s.items, ev)
-		s.cond.Signal()
-		s.mu.Unlock()
-	}
-}
-
-func shardOf(room string, n int) int {
-	h := fnv.New32a()
-	h.Write([]byte(room))
-	return int(h.Sum32() % uint32(n))
 }
 
 // Open lets the workers handle events.
 func (p *Pipeline) Open() { close(p.gate) }
 
-func (p *Pipeline) work(ctx context.Context, s *shard) {
-	defer p.wg.Done()
+// Backlog is the number of delivered events not yet handled and marked done.
+func (p *Pipeline) Backlog() int64 { return p.backlog.Load() }
+
+// Deliver queues events claimed by the term (intake). It never blocks.
+func (p *Pipeline) Deliver(events []store.InboxEvent) {
+	if len(events) == 0 {
+		return
+	}
+	p.backlog.Add(int64(len(events)))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ev := range events {
+		p.enqueueLocked(&Item{InboxEvent: ev})
+	}
+	p.cond.Broadcast()
+}
+
+// claimLoop claims unclaimed events and those of earlier terms, every
+// ClaimEvery, while the pipeline is not full.
+func (p *Pipeline) claimLoop(ctx context.Context) {
+	defer p.claimer.Done()
+	t := time.NewTicker(p.ClaimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := p.claim(ctx); err != nil && ctx.Err() == nil {
+			if errors.Is(err, store.ErrFenced) {
+				p.fenced(err)
+				return
+			}
+			p.Log.Warn().Err(err).Msg("Could not look for unclaimed events in the inbox")
+		} else if n > 0 {
+			p.Log.Info().Int("events", n).Msg("Picked up events no leader had taken (recorded by another replica, or left by an earlier leader)")
+		}
+	}
+}
+
+// claim claims events in batches until none are left or the pipeline is
+// full, and queues them.
+func (p *Pipeline) claim(ctx context.Context) (int, error) {
+	total := 0
+	for p.backlog.Load() < maxInMemory {
+		events, err := p.Inbox.ClaimPending(ctx, p.Term, claimBatch)
+		if err != nil {
+			return total, err
+		}
+		p.Deliver(events)
+		total += len(events)
+		if len(events) < claimBatch {
+			break
+		}
+	}
+	return total, nil
+}
+
+func (p *Pipeline) fenced(err error) {
+	p.Log.Error().Err(err).Msg("No longer the leader: stopping")
+	if p.OnFenced != nil {
+		p.OnFenced(err)
+	}
+}
+
+func (p *Pipeline) work(ctx context.Context) {
+	defer p.workers.Done()
 	select {
 	case <-p.gate:
 	case <-ctx.Done():
 		return
 	}
 	for {
-		s.mu.Lock()
-		for len(s.items) == 0 && !s.closed {
-			s.cond.Wait()
-		}
-		if s.closed {
-			s.mu.Unlock()
+		q, item := p.next()
+		if q == nil {
 			return
 		}
-		item := s.items[0]
-		s.items[0] = store.InboxEvent{}
-		s.items = s.items[1:]
-		s.mu.Unlock()
-
-		p.handle(ctx, item)
-		if ctx.Err() != nil {
-			return // not marked done: handled again after restart
-		}
-		p.queueMark(item.Seq)
-	}
-}
-
-// queueMark hands a handled event to the marker, waiting while
-// MaxPendingMarks are queued. Once ctx is done it no longer waits: a mark
-// that does not fit is dropped and its event runs again after the restart.
-func (p *Pipeline) queueMark(seq int64) {
-	m := &p.marks
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for len(m.pending) >= MaxPendingMarks && !m.halted {
-		m.cond.Wait()
-	}
-	if len(m.pending) >= MaxPendingMarks {
-		return
-	}
-	m.pending = append(m.pending, seq)
-	m.cond.Broadcast()
-}
-
-// markLoop writes the queued marks, all of them in one batch, until the
-// workers have stopped and nothing is left. Each batch is retried until the
-// database takes it: forgetting a mark would only re-run the event after a
-// restart (sends are idempotent), but giving up silently would hide a
-// database outage. After ctx is done, retries stop at shutdownMarkTimeout.
-func (p *Pipeline) markLoop(ctx context.Context) {
-	defer p.marker.Done()
-	m := &p.marks
-	var batch []int64
-	for {
-		m.mu.Lock()
-		for len(m.pending) == 0 && !m.closed {
-			m.cond.Wait()
-		}
-		if len(m.pending) == 0 {
-			m.mu.Unlock()
-			return
-		}
-		batch, m.pending = m.pending, batch[:0]
-		m.cond.Broadcast() // room for the workers again
-		m.mu.Unlock()
-
-		p.writeMarks(ctx, batch)
-		p.backlog.Add(-int64(len(batch)))
-	}
-}
-
-// shutdownMarkTimeout bounds the attempts to write the last marks once the
-// pipeline is stopping.
-var shutdownMarkTimeout = 5 * time.Second
-
-func (p *Pipeline) writeMarks(ctx context.Context, seqs []int64) {
-	// The marks of events already handled are written even while stopping.
-	wctx := context.WithoutCancel(ctx)
-	stopping := ctx.Done()
-	var giveUp <-chan time.Time
-	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 10*time.Second) {
-		err := p.Inbox.MarkDoneBatch(wctx, seqs)
-		if err == nil {
-			return
-		}
-		p.Log.Error().Err(err).Int("events", len(seqs)).Int64("first_seq", seqs[0]).Dur("retry_in", wait).Msg("Could not mark events done")
-		if giveUp == nil && ctx.Err() != nil {
-			giveUp, stopping = time.After(shutdownMarkTimeout), nil
-		}
-		select {
-		case <-giveUp:
-			p.Log.Warn().Int("events", len(seqs)).Msg("Stopping without marking events done: they run again after the restart")
-			return
-		case <-time.After(wait):
-		case <-stopping: // try once more at once, then until giveUp
-			giveUp, stopping = time.After(shutdownMarkTimeout), nil
+		outcome := p.handle(ctx, item)
+		switch {
+		case ctx.Err() != nil:
+			p.finish(q, item, false) // cut off: it runs again after the restart
+		case outcome.Park != nil:
+			p.park(ctx, q, outcome.Park)
+		default:
+			p.finish(q, item, true)
 		}
 	}
 }
 
-func (p *Pipeline) handle(ctx context.Context, item store.InboxEvent) {
+func (p *Pipeline) handle(ctx context.Context, item *Item) Outcome {
 	start := time.Now()
+	if item.Since.IsZero() {
+		item.Since = start
+	}
 	log := p.Log.With().Str("event_id", item.EventID).Str("room_id", item.RoomID).Logger()
-	evt, contentErr, err := Parse(item)
-	if err != nil {
-		log.Warn().Err(err).Msg("Skipping event that could not be parsed")
-		return
-	}
-	if contentErr != nil {
-		log.Warn().Err(contentErr).Str("type", evt.Type.Type).Msg("Event content does not fit its type; skills get only the raw content")
-	}
 	ctx = log.WithContext(ctx)
 	if item.Recovered && p.Recover != nil {
-		ctx = p.Recover(ctx)
+		ctx = p.Recover(ctx, id.RoomID(item.RoomID), id.EventID(item.EventID))
 	}
-	if evt.StateKey != nil {
-		mautrix.UpdateStateStore(ctx, p.StateStore, evt)
+	outcome := p.Handler.Handle(ctx, item)
+	if outcome.Park == nil {
+		typ := item.Type
+		if item.Event != nil {
+			typ = item.Event.Type.Type
+		}
+		if p.Observe != nil {
+			p.Observe(typ, time.Since(item.Since))
+		}
+		log.Debug().Str("type", typ).Dur("took", time.Since(start)).Msg("Handled event")
 	}
-	p.Handler.HandleEvent(ctx, evt)
-	if p.Observe != nil {
-		p.Observe(evt.Type.Type, time.Since(start))
-	}
-	log.Debug().Str("type", evt.Type.Type).Dur("took", time.Since(start)).Msg("Handled event")
+	return outcome
 }
 
 // Parse turns an inbox entry into a mautrix event with parsed content. An

@@ -2,10 +2,13 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Kinds of inbox entries.
@@ -23,9 +26,32 @@ type InboxEvent struct {
 	RoomID  string
 	Kind    string
 	Type    string // the event type (not stored: only for logs)
-	// Recovered is set for events resumed at start-up, after a crash.
+	// Recovered is set for events an earlier leader had claimed and not
+	// finished: it may have acted on them already.
 	Recovered bool
 	Payload   []byte // the event JSON as the homeserver sent it
+}
+
+// ErrFenced is returned by the claiming and marking writes when their
+// leadership term no longer holds.
+var ErrFenced = errors.New("this opsbot is no longer the leader")
+
+// Fence is the leadership term under which events are claimed and marked
+// done (leader.Term).
+type Fence interface {
+	Epoch() int64
+	// Hold, called inside a database transaction, fails unless the term
+	// still holds; the transaction then commits before any newer term
+	// begins, or not at all.
+	Hold(ctx context.Context) error
+}
+
+// hold runs fence.Hold in a transaction, as ErrFenced when the term is over.
+func hold(ctx context.Context, fence Fence) error {
+	if err := fence.Hold(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrFenced, err)
+	}
+	return nil
 }
 
 // RecordTransaction durably records a transaction and its events in one
@@ -37,13 +63,23 @@ type InboxEvent struct {
 // are not). recorded holds the newly written events with their sequence
 // numbers, in order.
 //
+// claimed says whether the events were claimed by fence's term in the same
+// transaction (the caller then hands them to its pipeline); a term that no
+// longer holds (or a nil fence) records them unclaimed, for the leader to
+// pick up.
+//
 // The events go in with one multi-row INSERT per chunk of insertChunk
 // events rather than one statement each (a round trip each on Postgres;
 // docs/performance.md).
-func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []InboxEvent) (recorded []InboxEvent, duplicate bool, err error) {
+func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []InboxEvent, fence Fence) (recorded []InboxEvent, claimed, duplicate bool, err error) {
 	now := time.Now().UnixMilli()
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
 		recorded = recorded[:0]
+		claimed = fence != nil && fence.Hold(ctx) == nil
+		var epoch int64
+		if claimed {
+			epoch = fence.Epoch()
+		}
 		res, err := s.DB.Exec(ctx, `INSERT INTO opsbot_transaction (txn_id, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, txnID, now)
 		if err != nil {
 			return fmt.Errorf("recording transaction: %w", err)
@@ -64,7 +100,7 @@ func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []In
 			}
 		}
 		for chunk := range slices.Chunk(todo, insertChunk) {
-			got, err := s.insertEvents(ctx, txnID, now, chunk)
+			got, err := s.insertEvents(ctx, txnID, now, epoch, chunk)
 			if err != nil {
 				return err
 			}
@@ -73,9 +109,9 @@ func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []In
 		return nil
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
-	return recorded, duplicate, nil
+	return recorded, claimed, duplicate, nil
 }
 
 // insertChunk bounds the rows of one INSERT: 4 parameters a row keeps it
@@ -88,17 +124,17 @@ const insertChunk = 500
 // not promise any row order, so rows are matched back by event ID, and events
 // without an ID (ephemeral ones, never skipped) by sequence number: a
 // statement assigns its new rows increasing numbers in the order of VALUES.
-func (s *Store) insertEvents(ctx context.Context, txnID string, now int64, events []InboxEvent) ([]InboxEvent, error) {
+func (s *Store) insertEvents(ctx context.Context, txnID string, now, epoch int64, events []InboxEvent) ([]InboxEvent, error) {
 	var q strings.Builder
-	q.WriteString(`INSERT INTO opsbot_inbox (txn_id, event_id, room_id, kind, payload, received_at) VALUES `)
-	args := make([]any, 2, 2+4*len(events))
-	args[0], args[1] = txnID, now
+	q.WriteString(`INSERT INTO opsbot_inbox (txn_id, event_id, room_id, kind, payload, received_at, claimed_epoch) VALUES `)
+	args := make([]any, 3, 3+4*len(events))
+	args[0], args[1], args[2] = txnID, now, epoch
 	for i, ev := range events {
 		if i > 0 {
 			q.WriteByte(',')
 		}
 		n := len(args)
-		fmt.Fprintf(&q, "($1, $%d, $%d, $%d, $%d, $2)", n+1, n+2, n+3, n+4)
+		fmt.Fprintf(&q, "($1, $%d, $%d, $%d, $%d, $2, $3)", n+1, n+2, n+3, n+4)
 		args = append(args, ev.EventID, ev.RoomID, ev.Kind, string(ev.Payload))
 	}
 	q.WriteString(` ON CONFLICT DO NOTHING RETURNING seq, event_id`)
@@ -149,8 +185,7 @@ func (s *Store) insertEvents(ctx context.Context, txnID string, now int64, event
 	return out, nil
 }
 
-// PendingEvents returns inbox events not yet handled, oldest first: the work
-// left over by a crash, picked up again at start-up.
+// PendingEvents returns inbox events not yet handled, oldest first.
 func (s *Store) PendingEvents(ctx context.Context, limit int) ([]InboxEvent, error) {
 	rows, err := s.DB.Query(ctx, `SELECT seq, txn_id, event_id, room_id, kind, payload FROM opsbot_inbox
 		WHERE NOT done ORDER BY seq LIMIT $1`, limit)
@@ -171,44 +206,97 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]InboxEvent, err
 	return out, rows.Err()
 }
 
-// MarkDone marks an inbox event handled.
-func (s *Store) MarkDone(ctx context.Context, seq int64) error {
-	_, err := s.DB.Exec(ctx, `UPDATE opsbot_inbox SET done = true WHERE seq = $1`, seq)
-	return err
-}
-
-// MarkDoneBatch marks several inbox events handled, with one UPDATE per
-// chunk of insertChunk and one commit for all.
-func (s *Store) MarkDoneBatch(ctx context.Context, seqs []int64) error {
-	switch len(seqs) {
-	case 0:
-		return nil
-	case 1:
-		return s.MarkDone(ctx, seqs[0])
-	}
-	mark := func(ctx context.Context) error {
-		for chunk := range slices.Chunk(seqs, insertChunk) {
-			var q strings.Builder
-			q.WriteString(`UPDATE opsbot_inbox SET done = true WHERE seq IN (`)
-			args := make([]any, len(chunk))
-			for i, seq := range chunk {
-				if i > 0 {
-					q.WriteByte(',')
-				}
-				fmt.Fprintf(&q, "$%d", i+1)
-				args[i] = seq
-			}
-			q.WriteByte(')')
-			if _, err := s.DB.Exec(ctx, q.String(), args...); err != nil {
+// ClaimPending claims for fence's term up to limit unfinished events that
+// no leader claimed, or an earlier one did, oldest first: the work a crash,
+// a lost leadership or another replica's intake left. Those an earlier
+// term had claimed come back Recovered.
+func (s *Store) ClaimPending(ctx context.Context, fence Fence, limit int) (claimed []InboxEvent, err error) {
+	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		claimed = claimed[:0]
+		if err := hold(ctx, fence); err != nil {
+			return err
+		}
+		rows, err := s.DB.Query(ctx, `SELECT seq, txn_id, event_id, room_id, kind, payload, claimed_epoch FROM opsbot_inbox
+			WHERE NOT done AND claimed_epoch < $1 ORDER BY seq LIMIT $2`, fence.Epoch(), limit)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var ev InboxEvent
+			var payload string
+			var epoch int64
+			if err := rows.Scan(&ev.Seq, &ev.TxnID, &ev.EventID, &ev.RoomID, &ev.Kind, &payload, &epoch); err != nil {
+				rows.Close()
 				return err
 			}
+			ev.Payload, ev.Recovered = []byte(payload), epoch != 0
+			claimed = append(claimed, ev)
 		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return s.updateSeqs(ctx, `UPDATE opsbot_inbox SET claimed_epoch = $1 WHERE seq IN (%s)`, fence.Epoch(), seqsOf(claimed))
+	})
+	return claimed, err
+}
+
+// MarkDone marks events of fence's term handled, in one database
+// transaction, with one UPDATE per chunk of insertChunk.
+func (s *Store) MarkDone(ctx context.Context, fence Fence, seqs []int64) error {
+	if len(seqs) == 0 {
 		return nil
 	}
-	if len(seqs) <= insertChunk {
-		return mark(ctx)
+	return s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := hold(ctx, fence); err != nil {
+			return err
+		}
+		return s.updateSeqs(ctx, `UPDATE opsbot_inbox SET done = true WHERE claimed_epoch = $1 AND seq IN (%s)`, fence.Epoch(), seqs)
+	})
+}
+
+// ReleaseClaims gives events of fence's term that it did not start back
+// to whichever leader comes next, which then runs them without the care
+// due to events an earlier leader may have acted on.
+func (s *Store) ReleaseClaims(ctx context.Context, fence Fence, seqs []int64) error {
+	if len(seqs) == 0 {
+		return nil
 	}
-	return s.DB.DoTxn(ctx, nil, mark)
+	return s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := hold(ctx, fence); err != nil {
+			return err
+		}
+		return s.updateSeqs(ctx, `UPDATE opsbot_inbox SET claimed_epoch = 0 WHERE NOT done AND claimed_epoch = $1 AND seq IN (%s)`, fence.Epoch(), seqs)
+	})
+}
+
+// updateSeqs runs an UPDATE whose query has $1 for epoch and %s for the
+// list of sequence numbers, in chunks of insertChunk.
+func (s *Store) updateSeqs(ctx context.Context, query string, epoch int64, seqs []int64) error {
+	for chunk := range slices.Chunk(seqs, insertChunk) {
+		args := make([]any, 1, 1+len(chunk))
+		args[0] = epoch
+		var list strings.Builder
+		for i, seq := range chunk {
+			if i > 0 {
+				list.WriteByte(',')
+			}
+			fmt.Fprintf(&list, "$%d", i+2)
+			args = append(args, seq)
+		}
+		if _, err := s.DB.Exec(ctx, fmt.Sprintf(query, list.String()), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func seqsOf(events []InboxEvent) []int64 {
+	out := make([]int64, len(events))
+	for i, ev := range events {
+		out[i] = ev.Seq
+	}
+	return out
 }
 
 // CountPending returns how many inbox events wait to be handled.
@@ -233,4 +321,24 @@ func (s *Store) Prune(ctx context.Context, olderThan time.Time) (events, txns in
 	}
 	txns, _ = res.RowsAffected()
 	return events, txns, nil
+}
+
+// PruneLoop forgets handled events and transaction IDs older than a week,
+// once an hour, until ctx ends.
+func (s *Store) PruneLoop(ctx context.Context, log zerolog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		events, txns, err := s.Prune(ctx, time.Now().Add(-7*24*time.Hour))
+		if err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Msg("Pruning the inbox failed")
+		} else if events+txns > 0 {
+			log.Debug().Int64("events", events).Int64("transactions", txns).Msg("Pruned the inbox")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -2,9 +2,11 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,14 +55,14 @@ func TestTransactionDeduplicationSurvivesRestart(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()
 		st := open(t, cfg)
-		rec, dup, err := st.RecordTransaction(ctx, "txn1", events("a", 3))
+		rec, _, dup, err := st.RecordTransaction(ctx, "txn1", events("a", 3), leaderOf(1))
 		if err != nil || dup || len(rec) != 3 {
 			t.Fatalf("first record: rec=%d dup=%v err=%v", len(rec), dup, err)
 		}
 		if rec[0].Seq >= rec[1].Seq || rec[1].Seq >= rec[2].Seq {
 			t.Fatalf("sequence numbers not increasing: %d %d %d", rec[0].Seq, rec[1].Seq, rec[2].Seq)
 		}
-		rec, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3))
+		rec, _, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3), leaderOf(1))
 		if err != nil || !dup || len(rec) != 0 {
 			t.Fatalf("replay: rec=%d dup=%v err=%v", len(rec), dup, err)
 		}
@@ -69,7 +71,7 @@ func TestTransactionDeduplicationSurvivesRestart(t *testing.T) {
 		// A new process sees the same transaction as a duplicate too.
 		st = open(t, cfg)
 		defer st.Close()
-		_, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3))
+		_, _, dup, err = st.RecordTransaction(ctx, "txn1", events("a", 3), leaderOf(1))
 		if err != nil || !dup {
 			t.Fatalf("replay after reopen: dup=%v err=%v", dup, err)
 		}
@@ -88,11 +90,11 @@ func TestEventInTwoTransactionsIsRecordedOnce(t *testing.T) {
 		ctx := context.Background()
 		st := open(t, cfg)
 		defer st.Close()
-		if _, _, err := st.RecordTransaction(ctx, "t1", events("x", 2)); err != nil {
+		if _, _, _, err := st.RecordTransaction(ctx, "t1", events("x", 2), leaderOf(1)); err != nil {
 			t.Fatal(err)
 		}
 		both := append(events("x", 2), events("y", 1)...)
-		rec, dup, err := st.RecordTransaction(ctx, "t2", both)
+		rec, _, dup, err := st.RecordTransaction(ctx, "t2", both, leaderOf(1))
 		if err != nil || dup {
 			t.Fatal(dup, err)
 		}
@@ -103,7 +105,7 @@ func TestEventInTwoTransactionsIsRecordedOnce(t *testing.T) {
 		// events appended: the new ones must not be lost.
 		grown := append(events("x", 2), events("z", 2)...)
 		grown = append(grown, store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)})
-		rec, dup, err = st.RecordTransaction(ctx, "t1", grown)
+		rec, _, dup, err = st.RecordTransaction(ctx, "t1", grown, leaderOf(1))
 		if err != nil || !dup {
 			t.Fatal(dup, err)
 		}
@@ -113,7 +115,7 @@ func TestEventInTwoTransactionsIsRecordedOnce(t *testing.T) {
 		// Ephemeral events have no ID and are never de-duplicated by it.
 		eph := []store.InboxEvent{{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)}}
 		for _, txn := range []string{"t3", "t4"} {
-			rec, _, err := st.RecordTransaction(ctx, txn, eph)
+			rec, _, _, err := st.RecordTransaction(ctx, txn, eph, leaderOf(1))
 			if err != nil || len(rec) != 1 {
 				t.Fatalf("ephemeral in %s: %d %v", txn, len(rec), err)
 			}
@@ -126,11 +128,11 @@ func TestMarkDoneAndPrune(t *testing.T) {
 		ctx := context.Background()
 		st := open(t, cfg)
 		defer st.Close()
-		rec, _, err := st.RecordTransaction(ctx, "t1", events("a", 3))
+		rec, _, _, err := st.RecordTransaction(ctx, "t1", events("a", 3), leaderOf(1))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.MarkDone(ctx, rec[0].Seq); err != nil {
+		if err := st.MarkDone(ctx, leaderOf(1), []int64{rec[0].Seq}); err != nil {
 			t.Fatal(err)
 		}
 		pending, _ := st.PendingEvents(ctx, 100)
@@ -318,7 +320,7 @@ func TestRecordTransactionInBatches(t *testing.T) {
 		ctx := context.Background()
 		st := open(t, cfg)
 		defer st.Close()
-		if _, _, err := st.RecordTransaction(ctx, "t1", events("old", 3)); err != nil {
+		if _, _, _, err := st.RecordTransaction(ctx, "t1", events("old", 3), leaderOf(1)); err != nil {
 			t.Fatal(err)
 		}
 		// 1,200 events over three INSERTs: new room events, ephemeral
@@ -342,7 +344,7 @@ func TestRecordTransactionInBatches(t *testing.T) {
 				want = append(want, fresh[i])
 			}
 		}
-		rec, dup, err := st.RecordTransaction(ctx, "t2", in)
+		rec, _, dup, err := st.RecordTransaction(ctx, "t2", in, leaderOf(1))
 		if err != nil || dup {
 			t.Fatal(dup, err)
 		}
@@ -371,7 +373,7 @@ func TestRecordTransactionInBatches(t *testing.T) {
 		// events are recorded, its ephemeral events are not.
 		grown := append(append([]store.InboxEvent{}, in...), events("more", 600)...)
 		grown = append(grown, store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(`{"type":"m.typing"}`)})
-		rec, dup, err = st.RecordTransaction(ctx, "t2", grown)
+		rec, _, dup, err = st.RecordTransaction(ctx, "t2", grown, leaderOf(1))
 		if err != nil || !dup || len(rec) != 600 || rec[0].EventID != "$more-0" || rec[599].EventID != "$more-599" {
 			t.Fatalf("grown retry: dup=%v err=%v recorded=%d", dup, err, len(rec))
 		}
@@ -380,16 +382,16 @@ func TestRecordTransactionInBatches(t *testing.T) {
 		for i := range eph {
 			eph[i] = store.InboxEvent{Kind: store.KindEphemeral, RoomID: "!r:x", Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}
 		}
-		rec, _, err = st.RecordTransaction(ctx, "t3", eph)
+		rec, _, _, err = st.RecordTransaction(ctx, "t3", eph, leaderOf(1))
 		if err != nil || len(rec) != 3 || string(rec[2].Payload) != `{"n":2}` || rec[1].Seq >= rec[2].Seq {
 			t.Fatalf("ephemeral only: %+v %v", rec, err)
 		}
 		// Nothing new at all.
-		rec, dup, err = st.RecordTransaction(ctx, "t4", events("old", 3))
+		rec, _, dup, err = st.RecordTransaction(ctx, "t4", events("old", 3), leaderOf(1))
 		if err != nil || dup || len(rec) != 0 {
 			t.Fatalf("all known: %d %v %v", len(rec), dup, err)
 		}
-		if _, _, err := st.RecordTransaction(ctx, "t5", nil); err != nil {
+		if _, _, _, err := st.RecordTransaction(ctx, "t5", nil, leaderOf(1)); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -400,7 +402,7 @@ func TestMarkDoneBatch(t *testing.T) {
 		ctx := context.Background()
 		st := open(t, cfg)
 		defer st.Close()
-		rec, _, err := st.RecordTransaction(ctx, "t1", events("a", 1200))
+		rec, _, _, err := st.RecordTransaction(ctx, "t1", events("a", 1200), leaderOf(1))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -410,16 +412,16 @@ func TestMarkDoneBatch(t *testing.T) {
 				seqs = append(seqs, ev.Seq)
 			}
 		}
-		if err := st.MarkDoneBatch(ctx, seqs); err != nil { // 600: two statements
+		if err := st.MarkDone(ctx, leaderOf(1), seqs); err != nil { // 600: two statements
 			t.Fatal(err)
 		}
-		if err := st.MarkDoneBatch(ctx, nil); err != nil {
+		if err := st.MarkDone(ctx, leaderOf(1), nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.MarkDoneBatch(ctx, []int64{rec[1].Seq}); err != nil {
+		if err := st.MarkDone(ctx, leaderOf(1), []int64{rec[1].Seq}); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.MarkDoneBatch(ctx, []int64{rec[3].Seq, rec[5].Seq, rec[3].Seq}); err != nil {
+		if err := st.MarkDone(ctx, leaderOf(1), []int64{rec[3].Seq, rec[5].Seq, rec[3].Seq}); err != nil {
 			t.Fatal(err)
 		}
 		pending, err := st.PendingEvents(ctx, 10000)
@@ -447,9 +449,9 @@ func TestSQLiteWriteLock(t *testing.T) {
 			defer wg.Done()
 			for i := range 20 {
 				txn := fmt.Sprintf("w%d-%d", w, i)
-				rec, _, err := st.RecordTransaction(ctx, txn, events(txn, 2))
+				rec, _, _, err := st.RecordTransaction(ctx, txn, events(txn, 2), leaderOf(1))
 				if err == nil {
-					err = st.MarkDoneBatch(ctx, []int64{rec[0].Seq, rec[1].Seq})
+					err = st.MarkDone(ctx, leaderOf(1), []int64{rec[0].Seq, rec[1].Seq})
 				}
 				if err == nil {
 					err = st.Memory("s", id.RoomID(txn)).Put(ctx, "k", i)
@@ -490,4 +492,88 @@ func TestSQLiteWriteLock(t *testing.T) {
 	if _, err := st.DB.Exec(ctx, `INSERT INTO opsbot_cron (job_key, last_run) VALUES ('c', 1)`); err != nil {
 		t.Fatalf("write after the transaction: %v", err)
 	}
+}
+
+// fence is a leadership term for the store's fenced writes.
+type fence struct {
+	epoch int64
+	over  bool
+}
+
+func leaderOf(epoch int64) *fence { return &fence{epoch: epoch} }
+
+func (f *fence) Epoch() int64 { return f.epoch }
+
+func (f *fence) Hold(context.Context) error {
+	if f.over {
+		return errors.New("term over")
+	}
+	return nil
+}
+
+// Events are claimed by a leadership term when recorded (if it holds), or
+// later by whichever term picks them up; a term marks done only its own
+// claims, and a term that is over cannot write at all.
+func TestClaimsUnderEpochs(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		one, over := leaderOf(1), &fence{epoch: 1, over: true}
+		r1, claimed, _, err := st.RecordTransaction(ctx, "t1", events("a", 2), one)
+		if err != nil || !claimed {
+			t.Fatalf("recorded under a holding term: claimed=%v err=%v", claimed, err)
+		}
+		r2, claimed, _, err := st.RecordTransaction(ctx, "t2", events("b", 1), nil)
+		if err != nil || claimed {
+			t.Fatalf("recorded without a term: claimed=%v err=%v", claimed, err)
+		}
+		r3, claimed, _, err := st.RecordTransaction(ctx, "t3", events("c", 1), over)
+		if err != nil || claimed {
+			t.Fatalf("recorded under a term that is over: claimed=%v err=%v (the events must be kept, unclaimed)", claimed, err)
+		}
+		seqs := func(evs []store.InboxEvent) (out []int64) {
+			for _, e := range evs {
+				out = append(out, e.Seq)
+			}
+			return out
+		}
+		// Term 1 picks up what nobody claimed, not its own.
+		got, err := st.ClaimPending(ctx, one, 100)
+		if err != nil || !slices.Equal(seqs(got), []int64{r2[0].Seq, r3[0].Seq}) || got[0].Recovered {
+			t.Fatalf("term 1 claimed %+v, %v; want the unclaimed events, not recovered", got, err)
+		}
+		// Term 2 takes everything unfinished; all of it was term 1's.
+		two := leaderOf(2)
+		got, err = st.ClaimPending(ctx, two, 100)
+		if err != nil || len(got) != 4 {
+			t.Fatalf("term 2 claimed %d, %v; want 4", len(got), err)
+		}
+		for _, e := range got {
+			if !e.Recovered {
+				t.Fatalf("event %d of term 1 not marked recovered", e.Seq)
+			}
+		}
+		// Term 1 can no longer mark them done; term 2 can.
+		if err := st.MarkDone(ctx, one, seqs(r1)); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := st.CountPending(ctx); n != 4 {
+			t.Fatalf("term 1 marked term 2's claims done: %d pending", n)
+		}
+		if err := st.MarkDone(ctx, over, seqs(r1)); !errors.Is(err, store.ErrFenced) {
+			t.Fatalf("a term that is over marked events: %v", err)
+		}
+		if err := st.MarkDone(ctx, two, seqs(r1)); err != nil {
+			t.Fatal(err)
+		}
+		// Released claims come back to the next term as never started.
+		if err := st.ReleaseClaims(ctx, two, seqs(r2)); err != nil {
+			t.Fatal(err)
+		}
+		got, err = st.ClaimPending(ctx, leaderOf(3), 100)
+		if err != nil || len(got) != 2 || got[0].Seq != r2[0].Seq || got[0].Recovered || !got[1].Recovered {
+			t.Fatalf("term 3 claimed %+v, %v; want the released event fresh and the other recovered", got, err)
+		}
+	})
 }

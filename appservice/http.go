@@ -1,0 +1,65 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"opsbot/appservice/health"
+	"opsbot/appservice/intake"
+	"opsbot/appservice/store"
+)
+
+// Handler returns the HTTP handler of the appservice listener: the
+// appservice API (intake), skill webhooks, and the health probes.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	(&intake.Handler{
+		HSToken:      s.Cfg.AppService.HSToken,
+		MaxBodyBytes: s.Cfg.AppService.MaxBodyBytes,
+		Store:        termRecorder{s},
+		Deliver:      s.Pipeline.Deliver,
+		IsOurUser:    s.Bots.IsBot,
+		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
+		Standby:      func() bool { return !s.accepting.Load() },
+		DeviceInfo:   s.deviceInfoHandler(),
+		KeysSeen:     s.keysSeen(),
+		Log:          s.Log.With().Str("component", "intake").Logger(),
+		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
+	}).Register(mux)
+	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
+	}))
+	(&health.Checker{
+		CacheFor: 5 * time.Second,
+		Gate: func() error {
+			if !s.accepting.Load() {
+				return errors.New("standing by: another opsbot is the leader, or start-up is not finished")
+			}
+			return nil
+		},
+		Log: s.Log.With().Str("component", "health").Logger(),
+		Checks: []health.Check{
+			{Name: "database", Run: s.Store.Ping},
+			{Name: "homeserver", Run: func(ctx context.Context) error {
+				_, err := s.AS.BotClient().Versions(ctx)
+				return err
+			}},
+		},
+	}).Register(mux)
+	return mux
+}
+
+// termRecorder records transactions under the current term: their events
+// are claimed by it (and delivered to the pipeline) while it holds, and
+// left unclaimed for the leader to pick up when it does not.
+type termRecorder struct{ s *Service }
+
+func (r termRecorder) RecordTransaction(ctx context.Context, txnID string, events []store.InboxEvent) ([]store.InboxEvent, bool, bool, error) {
+	var fence store.Fence
+	if t := r.s.term.Load(); t != nil {
+		fence = t
+	}
+	return r.s.Store.RecordTransaction(ctx, txnID, events, fence)
+}

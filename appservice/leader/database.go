@@ -1,0 +1,284 @@
+package leader
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+)
+
+// Database elects through the opsbot_leader table (and, on Postgres, an
+// advisory lock). One row per appservice ID: several opsbot installations
+// can share a Postgres server.
+type Database struct {
+	DB *dbutil.Database
+	// Service is the appservice ID; it keys the row and the advisory lock.
+	Service string
+	// Lease is how long a term lasts without renewal (default 10 s).
+	Lease time.Duration
+	Log   zerolog.Logger
+	// Poll is how often a standby looks and the leader renews (default 1 s).
+	Poll time.Duration
+
+	holder string
+	// lockMu guards the session that holds (or tries for) the advisory
+	// lock on Postgres.
+	lockMu   sync.Mutex
+	conn     *sql.Conn
+	lockHeld bool
+}
+
+const createTable = `CREATE TABLE IF NOT EXISTS opsbot_leader (
+	service     TEXT   PRIMARY KEY,
+	epoch       BIGINT NOT NULL,
+	holder      TEXT   NOT NULL,
+	lease_until BIGINT NOT NULL
+)`
+
+func (e *Database) postgres() bool { return e.DB.Dialect == dbutil.Postgres }
+
+// nowMS is the database's clock in milliseconds: leases are compared on
+// one clock, whatever the replicas' clocks say.
+func (e *Database) nowMS() string {
+	if e.postgres() {
+		return `(extract(epoch from clock_timestamp()) * 1000)::bigint`
+	}
+	return `CAST(unixepoch('subsec') * 1000 AS INTEGER)`
+}
+
+func (e *Database) defaults() {
+	if e.Lease <= 0 {
+		e.Lease = DefaultLease
+	}
+	if e.Poll <= 0 {
+		e.Poll = renewEvery
+	}
+	if e.holder == "" {
+		host, _ := os.Hostname()
+		e.holder = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+}
+
+// row is the leader row as a standby sees it.
+type row struct {
+	epoch      int64
+	holder     string
+	leaseUntil int64
+	now        int64
+}
+
+func (e *Database) read(ctx context.Context) (row, error) {
+	var r row
+	err := e.DB.QueryRow(ctx, `SELECT epoch, holder, lease_until, `+e.nowMS()+` FROM opsbot_leader WHERE service = $1`, e.Service).
+		Scan(&r.epoch, &r.holder, &r.leaseUntil, &r.now)
+	return r, err
+}
+
+// Acquire waits until this process may lead, increments the epoch and
+// returns the term. On SQLite (one process) it takes the term at once.
+func (e *Database) Acquire(ctx context.Context) (*Term, error) {
+	e.defaults()
+	if _, err := e.DB.Exec(ctx, createTable); err != nil {
+		return nil, fmt.Errorf("creating opsbot_leader: %w", err)
+	}
+	if _, err := e.DB.Exec(ctx, `INSERT INTO opsbot_leader (service, epoch, holder, lease_until) VALUES ($1, 0, '', 0)
+		ON CONFLICT (service) DO NOTHING`, e.Service); err != nil {
+		return nil, fmt.Errorf("preparing opsbot_leader: %w", err)
+	}
+	logged := false
+	for {
+		term, why, err := e.try(ctx)
+		switch {
+		case term != nil:
+			e.Log.Info().Int64("epoch", term.epoch).Str("why", why).Dur("lease", e.Lease).Msg("Took over leadership")
+			go e.renew(term)
+			return term, nil
+		case err != nil:
+			e.Log.Warn().Err(err).Msg("Could not try for leadership; retrying")
+		case !logged:
+			e.Log.Info().Str("why", why).Msg("Another opsbot is the leader; standing by (not ready) until it stops or its lease runs out")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			e.closeConn()
+			return nil, ctx.Err()
+		case <-time.After(e.Poll):
+		}
+	}
+}
+
+// try takes the term if it may: the lease ran out or was released, or
+// (Postgres) the advisory lock was free, or (SQLite) always. why says which,
+// or why not.
+func (e *Database) try(ctx context.Context) (*Term, string, error) {
+	lockHeld := false
+	if e.postgres() {
+		var err error
+		if lockHeld, err = e.tryLock(ctx); err != nil {
+			return nil, "", err
+		}
+	}
+	r, err := e.read(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	var grace time.Duration
+	var why string
+	switch {
+	case !e.postgres():
+		why = "SQLite: one process"
+	case r.holder == "":
+		why = "the last leader handed over"
+	case r.leaseUntil <= r.now:
+		why = fmt.Sprintf("the lease of %s (epoch %d) ran out", r.holder, r.epoch)
+	case lockHeld:
+		// The old leader's database session is gone; it may be dead or
+		// only cut off. Fence it now, act after the grace.
+		grace = min(time.Duration(r.leaseUntil-r.now)*time.Millisecond, handoverGrace)
+		why = fmt.Sprintf("the database session of %s (epoch %d) ended", r.holder, r.epoch)
+	default:
+		return nil, fmt.Sprintf("%s (epoch %d) holds the lease", r.holder, r.epoch), nil
+	}
+	var epoch int64
+	err = e.DB.QueryRow(ctx, `UPDATE opsbot_leader SET epoch = epoch + 1, holder = $2, lease_until = `+e.nowMS()+` + $3
+		WHERE service = $1 AND epoch = $4 RETURNING epoch`, e.Service, e.holder, e.Lease.Milliseconds(), r.epoch).Scan(&epoch)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "another standby took over first", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	term := newTerm(epoch, e.Lease)
+	term.verify = e.currentEpoch
+	term.hold = e.holdRow
+	term.release = func(ctx context.Context) { e.release(ctx, epoch) }
+	if grace > 0 {
+		e.Log.Info().Int64("epoch", epoch).Dur("grace", grace).Msg("Fenced the old leader; waiting for what it had begun to land")
+		select {
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		case <-time.After(grace):
+		}
+		term.renewed(time.Now(), e.Lease) // the lease was set at the increment
+	}
+	return term, why, nil
+}
+
+func (e *Database) currentEpoch(ctx context.Context) (int64, error) {
+	var epoch int64
+	err := e.DB.QueryRow(ctx, `SELECT epoch FROM opsbot_leader WHERE service = $1`, e.Service).Scan(&epoch)
+	return epoch, err
+}
+
+// holdRow reads the epoch inside the caller's transaction, on Postgres
+// with a share lock that a new leader's increment waits for.
+func (e *Database) holdRow(ctx context.Context) (int64, error) {
+	q := `SELECT epoch FROM opsbot_leader WHERE service = $1`
+	if e.postgres() {
+		q += ` FOR SHARE`
+	}
+	var epoch int64
+	err := e.DB.QueryRow(ctx, q, e.Service).Scan(&epoch)
+	return epoch, err
+}
+
+// renew keeps the term: every Poll it moves the lease on, as long as the
+// epoch is still the term's. It ends the term when a newer epoch exists or
+// the deadline passes without a renewal.
+func (e *Database) renew(t *Term) {
+	for {
+		select {
+		case <-time.After(e.Poll):
+		case <-t.done:
+			return // (Release, or Check/Hold found a newer epoch)
+		}
+		if !t.Valid() {
+			return
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), e.Poll)
+		res, err := e.DB.Exec(ctx, `UPDATE opsbot_leader SET lease_until = `+e.nowMS()+` + $3 WHERE service = $1 AND epoch = $2`,
+			e.Service, t.epoch, e.Lease.Milliseconds())
+		var n int64
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
+		if e.postgres() {
+			_, _ = e.tryLock(ctx) // so that a later death of ours is seen at once
+		}
+		cancel()
+		switch {
+		case err == nil && n == 1:
+			t.renewed(start, e.Lease)
+		case err == nil:
+			t.end(fmt.Errorf("%w: the lease belongs to a newer epoch", ErrFenced))
+			return
+		default:
+			e.Log.Warn().Err(err).Msg("Could not renew the leadership lease")
+			if t.expired() {
+				return
+			}
+		}
+	}
+}
+
+// release hands the term over: the lease ends now, the lock is freed.
+func (e *Database) release(ctx context.Context, epoch int64) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := e.DB.Exec(ctx, `UPDATE opsbot_leader SET holder = '', lease_until = 0 WHERE service = $1 AND epoch = $2`, e.Service, epoch); err != nil {
+		e.Log.Warn().Err(err).Msg("Could not hand leadership over; a standby takes over when the lease runs out")
+	}
+	e.closeConn()
+}
+
+// tryLock holds the advisory lock on a session of its own, taking it if
+// it is free (and opening the session again if it died): it reports
+// whether this process holds the lock now.
+func (e *Database) tryLock(ctx context.Context) (bool, error) {
+	e.lockMu.Lock()
+	defer e.lockMu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if e.lockHeld && e.conn.PingContext(cctx) == nil {
+		return true, nil
+	}
+	if e.conn != nil && e.conn.PingContext(cctx) != nil {
+		e.closeConnLocked() // the session died, and the lock with it
+	}
+	if e.conn == nil {
+		conn, err := e.DB.RawDB.Conn(cctx)
+		if err != nil {
+			return false, err
+		}
+		e.conn = conn
+	}
+	var ok bool
+	if err := e.conn.QueryRowContext(cctx, "SELECT pg_try_advisory_lock($1)", KeyFor(e.Service)).Scan(&ok); err != nil {
+		e.closeConnLocked()
+		return false, err
+	}
+	e.lockHeld = ok
+	return ok, nil
+}
+
+func (e *Database) closeConn() {
+	e.lockMu.Lock()
+	defer e.lockMu.Unlock()
+	e.closeConnLocked()
+}
+
+func (e *Database) closeConnLocked() {
+	if e.conn != nil {
+		_ = e.conn.Close()
+		e.conn = nil
+	}
+	e.lockHeld = false
+}
