@@ -129,4 +129,3 @@ func (s *Service) keysSeen() func(toDevice, deviceInfo bool) {
 	}
 	return s.E2EE.Transactions.Observe
 }
-

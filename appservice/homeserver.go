@@ -89,4 +89,3 @@ func versionStrings(v *mautrix.RespVersions) []string {
 	}
 	return out
 }
-

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix"
+	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -114,9 +114,9 @@ func openStore(b *testing.B, dbType string) (*store.Store, benchfloor.Probes) {
 // SQLite's: its Hold costs what the real one costs beyond the lock.
 type benchTerm struct{}
 
-func (benchTerm) Epoch() int64                 { return 1 }
+func (benchTerm) Epoch() int64                   { return 1 }
 func (benchTerm) Hold(ctx context.Context) error { return nil }
-func (benchTerm) Valid() bool                  { return true }
+func (benchTerm) Valid() bool                    { return true }
 
 // termRecorder records under benchTerm, as appservice.Service's does under
 // its term.
