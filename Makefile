@@ -90,11 +90,14 @@ fuzz-short:
 
 # The long fault-injection run: SIGKILL at random moments during 1,000
 # commands, then every command must be answered exactly once
-# (OPSBOT_SOAK_COMMANDS and OPSBOT_SOAK_KILLS change the load), and a 60 s
-# homeserver outage. Not part of make test.
+# (OPSBOT_SOAK_COMMANDS and OPSBOT_SOAK_KILLS change the load), a 60 s
+# homeserver outage, and ten rounds of the four failover faults (SIGKILL,
+# database session terminated, SIGSTOP beyond the lease, SIGTERM) on two
+# replicas. make test runs one round of each. Not part of make test.
 soak: build dendrite synapse
-	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) OPSBOT_OUTAGE_SECONDS=60 $(GO) test -count=1 -timeout 60m -tags goolm,soak \
-		-run 'TestKillUnderLoad|TestHomeserverOutage' -v ./integration/
+	DENDRITE_BIN=$(CURDIR)/$(DENDRITE) SYNAPSE_ROOT=$(CURDIR)/$(SYNAPSE) OPSBOT_OUTAGE_SECONDS=60 OPSBOT_FAILOVER_ROUNDS=10 \
+		$(GO) test -count=1 -timeout 60m -tags goolm,soak \
+		-run 'TestKillUnderLoad|TestHomeserverOutage|TestFailoverFaults' -v ./integration/
 
 # End-to-end latency through Dendrite and memory footprint
 # (integration/bench_test.go; about five minutes).

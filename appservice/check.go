@@ -272,7 +272,7 @@ func probeKeyDelivery(ctx context.Context, client *mautrix.Client, cfg *config.C
 		defer probe.Logout(context.WithoutCancel(ctx))
 	}
 	_, err = probe.SendToDevice(ctx, event.Type{Type: e2ee.ProbeType, Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
-		Messages: map[id.UserID]map[id.DeviceID]*event.Content{sender: {dev: {Raw: map[string]any{"from": "check"}}}},
+		Messages: map[id.UserID]map[id.DeviceID]*event.Content{sender: {dev: {Raw: map[string]any{"org.opsbot.key_delivery_probe": "check"}}}},
 	})
 	return err
 }

@@ -272,6 +272,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		s.Log.Error().Err(err).Msg("Lost leadership; stopping")
 		stopWork()
 		s.Pipeline.Wait()
+		// If the term is still ours in the database (we stood down on our
+		// own), hand over at once; a newer term refuses this.
+		term.Release(context.Background())
 		return fmt.Errorf("lost leadership: %w", err)
 	}
 	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")

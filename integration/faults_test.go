@@ -100,6 +100,41 @@ func storedAnswers(t *testing.T, hs *harness.Homeserver, room, prefix string) ma
 	return answers
 }
 
+// storedMarkers counts the bot's messages in room (encrypted or not) by
+// their transaction marker, as Dendrite's sync database holds them: a
+// message sent twice has the same marker twice, even when its body is
+// encrypted.
+func storedMarkers(t *testing.T, hs *harness.Homeserver, room string) map[string]int {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(hs.Dir, "dendrite_syncapi.db")+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT headered_event_json FROM syncapi_output_room_events WHERE room_id = ? AND sender = ? AND type IN ('m.room.message', 'm.room.encrypted')`, room, botID)
+	if err != nil {
+		t.Fatalf("reading Dendrite's events: %v", err)
+	}
+	defer rows.Close()
+	markers := map[string]int{}
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		var ev struct {
+			Content map[string]any `json:"content"`
+		}
+		if err := json.Unmarshal([]byte(raw), &ev); err != nil {
+			t.Fatalf("an event in Dendrite's database: %v", err)
+		}
+		if m, ok := ev.Content["org.opsbot.txn_id"].(string); ok {
+			markers[m]++
+		}
+	}
+	return markers
+}
+
 func checkExactlyOnce(t *testing.T, answers map[string]int, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {

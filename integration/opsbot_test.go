@@ -288,9 +288,13 @@ func (o *Opsbot) StartStandby() {
 	o.start("/healthz")
 }
 
+// probeClient asks /readyz with a short timeout: a frozen process does
+// not answer at all.
+var probeClient = &http.Client{Timeout: 500 * time.Millisecond}
+
 // Ready reports whether /readyz answers 200.
 func (o *Opsbot) Ready() bool {
-	resp, err := http.Get(o.URL + "/readyz")
+	resp, err := probeClient.Get(o.URL + "/readyz")
 	if err != nil {
 		return false
 	}
@@ -330,6 +334,35 @@ func (o *Opsbot) start(probe string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	o.t.Fatalf("opsbot not ready after 60s:\n%s", o.LogTail(40))
+}
+
+// Signal sends a signal (SIGSTOP, SIGCONT) without waiting for anything.
+func (o *Opsbot) Signal(sig syscall.Signal) {
+	o.mu.Lock()
+	cmd := o.cmd
+	o.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
+// WaitExit waits until the process has ended by itself.
+func (o *Opsbot) WaitExit(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	o.mu.Lock()
+	done := o.done
+	o.mu.Unlock()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatalf("opsbot did not exit within %v:\n%s", timeout, o.LogTail(30))
+	}
+	o.mu.Lock()
+	o.cmd = nil
+	o.mu.Unlock()
 }
 
 // Kill ends opsbot with SIGKILL: no shutdown code runs.

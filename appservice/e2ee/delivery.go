@@ -37,8 +37,10 @@ type FeatureStore interface {
 }
 
 // ProbeType is the to-device event a bot device sends itself to find out
-// whether the homeserver pushes to-device events in transactions.
-const ProbeType = "org.opsbot.key_delivery_probe"
+// whether the homeserver pushes to-device events in transactions: a
+// plaintext m.dummy, which nobody else sends (clients send it encrypted)
+// and which a device's /sync passes by quietly.
+const ProbeType = "m.dummy"
 
 // ProbeTimeout bounds the wait for the probe to come back in a transaction.
 // A homeserver that pushes to-device events does so within milliseconds;
@@ -262,7 +264,7 @@ func SenderSyncRefused(sender id.UserID) string {
 func (m *Manager) probe(ctx context.Context, d *Device) error {
 	_, err := d.Client.SendToDevice(ctx, event.Type{Type: ProbeType, Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
 		Messages: map[id.UserID]map[id.DeviceID]*event.Content{
-			d.UserID: {d.DeviceID: {Raw: map[string]any{"sent_at": time.Now().UnixMilli()}}},
+			d.UserID: {d.DeviceID: {Raw: map[string]any{"org.opsbot.key_delivery_probe": time.Now().UnixMilli()}}},
 		},
 	})
 	return err

@@ -115,16 +115,9 @@ func (e *Database) Acquire(ctx context.Context) (*Term, error) {
 }
 
 // try takes the term if it may: the lease ran out or was released, or
-// (Postgres) the advisory lock was free, or (SQLite) always. why says which,
-// or why not.
+// (Postgres) the leader of the current epoch no longer holds its lock, or
+// (SQLite) always. why says which, or why not.
 func (e *Database) try(ctx context.Context) (*Term, string, error) {
-	lockHeld := false
-	if e.postgres() {
-		var err error
-		if lockHeld, err = e.tryLock(ctx); err != nil {
-			return nil, "", err
-		}
-	}
 	r, err := e.read(ctx)
 	if err != nil {
 		return nil, "", err
@@ -138,21 +131,35 @@ func (e *Database) try(ctx context.Context) (*Term, string, error) {
 		why = "the last leader handed over"
 	case r.leaseUntil <= r.now:
 		why = fmt.Sprintf("the lease of %s (epoch %d) ran out", r.holder, r.epoch)
-	case lockHeld:
-		// The old leader's database session is gone; it may be dead or
-		// only cut off. Fence it now, act after the grace.
+	default:
+		gone, err := e.lockFree(ctx, r.epoch)
+		if err != nil {
+			return nil, "", err
+		}
+		if !gone {
+			return nil, fmt.Sprintf("%s (epoch %d) holds the lease", r.holder, r.epoch), nil
+		}
+		// The leader's database session is gone; it may be dead or only
+		// cut off. Fence it now, act after the grace.
 		grace = min(time.Duration(r.leaseUntil-r.now)*time.Millisecond, handoverGrace)
 		why = fmt.Sprintf("the database session of %s (epoch %d) ended", r.holder, r.epoch)
-	default:
-		return nil, fmt.Sprintf("%s (epoch %d) holds the lease", r.holder, r.epoch), nil
+	}
+	// The next epoch's lock is ours before the epoch is: a standby that
+	// looks in between finds it held.
+	if e.postgres() {
+		got, err := e.lock(ctx, r.epoch+1)
+		if err != nil || !got {
+			return nil, "another standby is taking over", err
+		}
 	}
 	var epoch int64
 	err = e.DB.QueryRow(ctx, `UPDATE opsbot_leader SET epoch = epoch + 1, holder = $2, lease_until = `+e.nowMS()+` + $3
 		WHERE service = $1 AND epoch = $4 RETURNING epoch`, e.Service, e.holder, e.Lease.Milliseconds(), r.epoch).Scan(&epoch)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, "another standby took over first", nil
-	}
 	if err != nil {
+		e.closeConn() // and with it the next epoch's lock
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, "another standby took over first", nil
+		}
 		return nil, "", err
 	}
 	term := newTerm(epoch, e.Lease)
@@ -210,10 +217,15 @@ func (e *Database) renew(t *Term) {
 		if err == nil {
 			n, err = res.RowsAffected()
 		}
-		if e.postgres() {
-			_, _ = e.tryLock(ctx) // so that a later death of ours is seen at once
-		}
+		lockLost := e.postgres() && !e.lockAlive(ctx)
 		cancel()
+		if lockLost {
+			// Cut off (a network blip, a Postgres restart, a pool reset):
+			// a standby may be fencing us already. Stand down, and let the
+			// service hand over once its work has stopped.
+			t.end(errors.New("the database session that held the leadership lock ended: standing down"))
+			return
+		}
 		switch {
 		case err == nil && n == 1:
 			t.renewed(start, e.Lease)
@@ -239,34 +251,64 @@ func (e *Database) release(ctx context.Context, epoch int64) {
 	e.closeConn()
 }
 
-// tryLock holds the advisory lock on a session of its own, taking it if
-// it is free (and opening the session again if it died): it reports
-// whether this process holds the lock now.
-func (e *Database) tryLock(ctx context.Context) (bool, error) {
+// lockKey is the advisory lock of an epoch's leader: held from before
+// the epoch begins until its leader's database session ends.
+func (e *Database) lockKey(epoch int64) int64 {
+	return KeyFor(fmt.Sprintf("%s\x00%d", e.Service, epoch))
+}
+
+// lock takes an epoch's lock on this process's own session (opening one).
+func (e *Database) lock(ctx context.Context, epoch int64) (bool, error) {
 	e.lockMu.Lock()
 	defer e.lockMu.Unlock()
+	e.closeConnLocked() // a lock of an earlier attempt goes with its session
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if e.lockHeld && e.conn.PingContext(cctx) == nil {
-		return true, nil
-	}
-	if e.conn != nil && e.conn.PingContext(cctx) != nil {
-		e.closeConnLocked() // the session died, and the lock with it
-	}
-	if e.conn == nil {
-		conn, err := e.DB.RawDB.Conn(cctx)
-		if err != nil {
-			return false, err
-		}
-		e.conn = conn
-	}
-	var ok bool
-	if err := e.conn.QueryRowContext(cctx, "SELECT pg_try_advisory_lock($1)", KeyFor(e.Service)).Scan(&ok); err != nil {
-		e.closeConnLocked()
+	conn, err := e.DB.RawDB.Conn(cctx)
+	if err != nil {
 		return false, err
 	}
-	e.lockHeld = ok
-	return ok, nil
+	var ok bool
+	if err := conn.QueryRowContext(cctx, "SELECT pg_try_advisory_lock($1)", e.lockKey(epoch)).Scan(&ok); err != nil || !ok {
+		conn.Close()
+		return false, err
+	}
+	e.conn, e.lockHeld = conn, true
+	return true, nil
+}
+
+// lockFree reports whether nobody holds an epoch's lock: its leader's
+// session ended. (Taking it to find out, and letting it go at once.)
+func (e *Database) lockFree(ctx context.Context, epoch int64) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := e.DB.RawDB.Conn(cctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	var free bool
+	if err := conn.QueryRowContext(cctx, "SELECT pg_try_advisory_lock($1)", e.lockKey(epoch)).Scan(&free); err != nil {
+		return false, err
+	}
+	if free {
+		_, _ = conn.ExecContext(cctx, "SELECT pg_advisory_unlock($1)", e.lockKey(epoch))
+	}
+	return free, nil
+}
+
+// lockAlive reports whether the session holding the term's lock still
+// answers.
+func (e *Database) lockAlive(ctx context.Context) bool {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	e.lockMu.Lock()
+	defer e.lockMu.Unlock()
+	if e.conn == nil || e.conn.PingContext(cctx) != nil {
+		e.closeConnLocked()
+		return false
+	}
+	return true
 }
 
 func (e *Database) closeConn() {
@@ -275,8 +317,15 @@ func (e *Database) closeConn() {
 	e.closeConnLocked()
 }
 
+// closeConnLocked gives the lock's session back to the pool, without the
+// lock (a session-level lock would stay with the pooled session).
 func (e *Database) closeConnLocked() {
 	if e.conn != nil {
+		if e.lockHeld {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, _ = e.conn.ExecContext(ctx, "SELECT pg_advisory_unlock_all()")
+			cancel()
+		}
 		_ = e.conn.Close()
 		e.conn = nil
 	}

@@ -155,8 +155,9 @@ func (t *Term) Hold(ctx context.Context) error {
 	return nil
 }
 
-// Release ends the term on a clean stop, telling standbys that they may
-// take over at once.
+// Release ends the term (if it has not ended) and hands over: standbys
+// may take over at once. Call it once the work under the term has stopped;
+// it does nothing to a newer term.
 func (t *Term) Release(ctx context.Context) {
 	t.end(errors.New("released"))
 	if t.release != nil {

@@ -187,29 +187,34 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 		defer mu.Unlock()
 		q := r.URL.Query()
 		switch {
-		case r.Method == "GET" && strings.Contains(r.URL.Path, "/context/"):
+		case r.Method == "GET" && strings.Contains(r.URL.Path, "/event/"):
 			if !strings.HasSuffix(r.URL.Path, "/$trigger") {
 				http.NotFound(w, r)
 				return
 			}
-			fmt.Fprint(w, `{"end":"p0"}`)
+			fmt.Fprintf(w, `{"type":"m.room.message","event_id":"$trigger","sender":"@alice:x","room_id":%q,"origin_server_ts":1000,"content":{}}`, room)
 		case r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/messages"):
 			gets++
-			if q.Get("dir") != "f" {
-				http.Error(w, "want dir=f", 400)
+			if q.Get("dir") != "b" {
+				http.Error(w, "want dir=b", 400)
 				return
 			}
-			// 150 other messages of the bot first, then the earlier copy.
+			// Newest first: 150 other messages of the bot, then the earlier
+			// copy, then messages from before the trigger.
 			var chunk []string
+			msg := func(id, marker string, ts int) {
+				chunk = append(chunk, fmt.Sprintf(`{"type":"m.room.message","event_id":%q,"sender":%q,"room_id":%q,"origin_server_ts":%d,"content":{"body":"x",%q:%q}}`, id, bot, room, ts, outbox.TxnMarker, marker))
+			}
 			switch q.Get("from") {
-			case "p0", "p1":
+			case "", "p1":
 				for i := 0; i < 75; i++ {
-					chunk = append(chunk, fmt.Sprintf(`{"type":"m.room.message","event_id":"$other-%s-%d","sender":%q,"room_id":%q,"content":{"body":"x",%q:"opsbot.other"}}`, q.Get("from"), i, bot, room, outbox.TxnMarker))
+					msg(fmt.Sprintf("$other-%s-%d", q.Get("from"), i), "opsbot.other", 5000)
 				}
 			case "p2":
-				chunk = append(chunk, fmt.Sprintf(`{"type":"m.room.message","event_id":"$earlier","sender":%q,"room_id":%q,"content":{"body":"pong",%q:"opsbot.done"}}`, bot, room, outbox.TxnMarker))
+				msg("$earlier", "opsbot.done", 2000)
+				msg("$before-trigger", "opsbot.new", 500) // an old message that must not count
 			}
-			next := map[string]string{"p0": "p1", "p1": "p2", "p2": "p3", "p3": "p3"}[q.Get("from")]
+			next := map[string]string{"": "p1", "p1": "p2", "p2": "p3"}[q.Get("from")]
 			fmt.Fprintf(w, `{"chunk":[%s],"start":%q,"end":%q}`, strings.Join(chunk, ","), q.Get("from"), next)
 		case r.Method == "PUT":
 			puts++
@@ -241,8 +246,8 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	if _, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "opsbot.x"); err != nil {
 		t.Fatal(err)
 	}
-	if puts != 2 || gets != 3+4 {
-		t.Fatalf("puts=%d gets=%d, want 2 and 7 (3 pages to find the copy, 4 to see there is none)", puts, gets)
+	if puts != 2 || gets != 3+3 {
+		t.Fatalf("puts=%d gets=%d, want 2 and 6 (3 pages to find the copy, 3 to reach the trigger's time)", puts, gets)
 	}
 }
 

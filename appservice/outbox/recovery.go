@@ -69,43 +69,33 @@ func withMarker(content any, txnID string) (json.RawMessage, error) {
 	return out, nil
 }
 
-// alreadySent looks for a message the bot sent into room with txnID, since
-// the triggering event (forward from it, however many messages followed),
-// and returns its ID. For a room other than the trigger's it looks back
-// from the newest event to the trigger's time.
+// alreadySent looks for a message the bot sent into room with txnID since
+// the triggering event, and returns its ID: it pages back from the room's
+// newest events to the trigger's time, however many messages the bot sent
+// since. (Not forward from the trigger: Dendrite does not take the tokens
+// of /context in /messages.)
 func (o *Outbox) alreadySent(ctx context.Context, bot id.UserID, room id.RoomID, txnID string, trig trigger) (id.EventID, error) {
 	client := o.AS.Intent(bot).Client
-	filter := &mautrix.FilterPart{Senders: []id.UserID{bot}}
-	if trig.room == room && trig.event != "" {
-		anchor, err := client.Context(ctx, room, trig.event, filter, 0)
-		if err != nil {
-			return "", fmt.Errorf("finding the triggering event %s: %w", trig.event, err)
-		}
-		return o.scan(ctx, client, room, anchor.End, mautrix.DirectionForward, filter, txnID, 0)
-	}
 	var since int64
 	if trig.event != "" {
-		if evt, err := o.AS.Intent(bot).Client.GetEvent(ctx, trig.room, trig.event); err == nil {
-			since = evt.Timestamp
+		evt, err := client.GetEvent(ctx, trig.room, trig.event)
+		if err != nil {
+			return "", fmt.Errorf("reading the triggering event %s: %w", trig.event, err)
 		}
+		since = evt.Timestamp
 	}
-	return o.scan(ctx, client, room, "", mautrix.DirectionBackward, filter, txnID, since)
-}
-
-// scan pages through the bot's messages in a room from a token in a
-// direction, until it finds txnID's marker, runs out of events, or (going
-// back) reaches events older than since (ms; 0 = the room's beginning).
-func (o *Outbox) scan(ctx context.Context, client *mautrix.Client, room id.RoomID, from string, dir mautrix.Direction, filter *mautrix.FilterPart, txnID string, since int64) (id.EventID, error) {
+	filter := &mautrix.FilterPart{Senders: []id.UserID{bot}}
+	from := ""
 	for {
-		resp, err := client.Messages(ctx, room, from, "", dir, filter, 100)
+		resp, err := client.Messages(ctx, room, from, "", mautrix.DirectionBackward, filter, 100)
 		if err != nil {
 			return "", err
 		}
 		for _, evt := range resp.Chunk {
-			if dir == mautrix.DirectionBackward && since > 0 && evt.Timestamp < since {
-				return "", nil
+			if since > 0 && evt.Timestamp < since {
+				return "", nil // before the trigger: nothing sent for it
 			}
-			if evt.Sender != client.UserID || evt.Type == event.StateMember {
+			if evt.Sender != bot || evt.Type == event.StateMember {
 				continue
 			}
 			var c map[string]any

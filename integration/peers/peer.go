@@ -224,6 +224,20 @@ func (p *Peer) Send(room, body string) string {
 	return out.EventID
 }
 
+// TrySend is Send returning the error instead of failing the test, for
+// goroutines other than the test's.
+func (p *Peer) TrySend(room, body string) (string, error) {
+	raw, err := p.call(map[string]any{"cmd": "send", "room_id": room, "body": body}, 60*time.Second)
+	if err != nil {
+		return "", err
+	}
+	var out struct {
+		EventID string `json:"event_id"`
+	}
+	err = json.Unmarshal(raw, &out)
+	return out.EventID, err
+}
+
 // SendReply sends a text message as a reply to an earlier event (js peer).
 func (p *Peer) SendReply(room, body, replyTo string) string {
 	p.t.Helper()
