@@ -128,7 +128,21 @@ func restartNeeded(old, new *config.Config) string {
 func (s *Service) Status(ctx context.Context) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s, up %s\n", s.version, time.Since(s.started).Round(time.Second))
-	fmt.Fprintf(&b, "leader: %v, inbox backlog: %d\n", s.accepting.Load(), s.Pipeline.Backlog())
+	epoch := int64(0)
+	if t := s.term.Load(); t != nil {
+		epoch = t.Epoch()
+	}
+	fmt.Fprintf(&b, "leader: %v (epoch %d), inbox backlog: %d\n", s.accepting.Load(), epoch, s.Pipeline.Backlog())
+	if parked := s.Pipeline.Parked(); len(parked) > 0 {
+		fmt.Fprintf(&b, "rooms waiting: %d\n", len(parked))
+		for i, p := range parked {
+			if i == 5 {
+				fmt.Fprintf(&b, "  and %d more\n", len(parked)-i)
+				break
+			}
+			fmt.Fprintf(&b, "  %s %s, for %s\n", p.Room, p.Reason, time.Since(p.Since).Round(time.Second))
+		}
+	}
 	if s.E2EE != nil {
 		fmt.Fprintf(&b, "encryption: on, key delivery %s, %d bot devices\n", s.E2EE.Mode(), len(s.E2EE.Bots()))
 	} else {

@@ -151,6 +151,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 	s.Pipeline = &pipeline.Pipeline{
 		Inbox:   s.Store,
 		Handler: s.Path,
+		Workers: cfg.AppService.Workers,
 		Log:     log.With().Str("component", "pipeline").Logger(),
 		Observe: s.Metrics.ObserveEvent,
 		Recover: outbox.WithRecovery,

@@ -144,6 +144,8 @@ type worldOptions struct {
 	// PublicURL, if set, is where the homeserver pushes transactions (a
 	// load balancer in front of several replicas); default: opsbot itself.
 	PublicURL string
+	// Workers, if set, is appservice.workers.
+	Workers int
 }
 
 func newWorldWith(t *testing.T, opts worldOptions) *world {
@@ -166,6 +168,10 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 	if strings.Contains(extra, "encryption:") {
 		encryption = ""
 	}
+	workers := opts.Workers
+	if workers == 0 {
+		workers = 8
+	}
 	metricsPort := freePort(t)
 	encryption += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", metricsPort)
 	write := func(hsURL string) string {
@@ -178,6 +184,7 @@ appservice:
   public_url: %s
   as_token: %s
   hs_token: %s
+  workers: %d
 database:
   type: %s
   uri: %q
@@ -185,7 +192,7 @@ bots:%s
 logging:
   level: debug
   format: json
-%s%s`, hsURL, port, publicURL, config.RandomToken(), config.RandomToken(), db.Type, db.URI, bots, encryption, extra)
+%s%s`, hsURL, port, publicURL, config.RandomToken(), config.RandomToken(), workers, db.Type, db.URI, bots, encryption, extra)
 		return text
 	}
 	cfgPath := filepath.Join(dir, "opsbot.yaml")

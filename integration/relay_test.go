@@ -44,6 +44,14 @@ type relay struct {
 	device string
 	pushed int
 	n      int
+
+	// merge makes the relay hold the device's to-device events and push
+	// them inside the homeserver's next transaction that carries an
+	// encrypted room event, after its room events (see mergeTransactions).
+	merge  bool
+	queued []map[string]any
+	queueT time.Time // when the oldest queued event came
+	merged int       // transactions that carried both
 }
 
 func newRelay(t *testing.T, userID string) *relay {
@@ -140,6 +148,23 @@ func (r *relay) loop(ctx context.Context) {
 		for _, ev := range body.ToDevice.Events {
 			ev["to_user_id"], ev["to_device_id"] = r.userID, device
 		}
+		if r.merge {
+			r.mu.Lock()
+			if len(r.queued) == 0 {
+				r.queueT = time.Now()
+			}
+			for _, ev := range body.ToDevice.Events {
+				r.queued = append(r.queued, ev)
+			}
+			r.mu.Unlock()
+			body.ToDevice.Events = nil
+			// Queued events no transaction came for in a second go alone.
+			r.mu.Lock()
+			if len(r.queued) > 0 && time.Since(r.queueT) > time.Second {
+				body.ToDevice.Events, r.queued = r.queued, nil
+			}
+			r.mu.Unlock()
+		}
 		if len(body.ToDevice.Events) > 0 {
 			txn["to_device"] = body.ToDevice.Events
 		}
@@ -172,6 +197,58 @@ func (r *relay) loop(ctx context.Context) {
 			time.Sleep(500 * time.Millisecond)
 		}
 	}
+}
+
+// mergeTransactions is the relay's appservice URL for the homeserver: a
+// transaction with an encrypted room event waits (up to 3 s) for the bot
+// device's queued to-device events, and goes to opsbot with them, room
+// events first, as one transaction. That is how a homeserver pushes a
+// room's first message and its room key together.
+func (r *relay) mergeTransactions(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		_, _, bot := r.current()
+		if bot == nil {
+			http.Error(w, `{"errcode":"M_UNKNOWN"}`, 503)
+			return
+		}
+		var txn map[string]any
+		if req.Method == "PUT" && json.Unmarshal(body, &txn) == nil && bytes.Contains(body, []byte(`"type":"m.room.encrypted"`)) {
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) {
+				r.mu.Lock()
+				n := len(r.queued)
+				r.mu.Unlock()
+				if n > 0 {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			r.mu.Lock()
+			if len(r.queued) > 0 {
+				txn["to_device"], r.queued = r.queued, nil
+				r.merged++
+			}
+			r.mu.Unlock()
+			body, _ = json.Marshal(txn)
+		}
+		fwd, _ := http.NewRequest(req.Method, bot.URL+req.URL.RequestURI(), bytes.NewReader(body))
+		fwd.Header = req.Header.Clone()
+		resp, err := http.DefaultClient.Do(fwd)
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
 }
 
 // advertiseKeyFeatures adds MSC2409 and MSC3202 to a /versions answer.
@@ -237,4 +314,46 @@ func TestAppserviceKeyDelivery(t *testing.T) {
 	if strings.Contains(w.Bot.Log(), "Receiving encryption keys through /sync") {
 		t.Fatal("appservice mode must not run a /sync loop")
 	}
+}
+
+// A room's first message and its room key in one transaction, the key
+// after the message, and one worker: the key's queue goes first, and the
+// message is answered decrypted without waiting.
+func TestKeyAndMessageInOneTransaction(t *testing.T) {
+	r := newRelay(t, botID)
+	r.merge = true
+	enc := "encryption:\n  enabled: true\n  pickle_key: " + config.RandomToken() + "\n"
+	w := newWorldWith(t, worldOptions{DB: "sqlite", Bots: defaultBots, Via: r.via(t), PublicURL: r.mergeTransactions(t),
+		Extra: enc, Workers: 1})
+	r.mu.Lock()
+	r.bot = w.Bot
+	r.mu.Unlock()
+	w.Bot.WaitForLog(t, wait, `"mode":"appservice"`, "Encryption key delivery mode")
+
+	alice := w.HS.RegisterUser(t, "alice")
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	for i := 0; i < 3; i++ {
+		room := nio.CreateRoom(true, botID)
+		botJoined(t, alice, room, botID)
+		start := time.Now()
+		nio.Send(room, "!echo together")
+		m := nio.WaitMessage(room, botID, wait)
+		if m.Body != "together" || !m.Encrypted {
+			t.Fatalf("room %d: answered %+v", i, m)
+		}
+		if took := time.Since(start); took > 3*time.Second+2*time.Second {
+			t.Fatalf("room %d: answered after %v", i, took)
+		}
+		if n := w.Bot.CountLog("Room waits for the room key of this message", room); n != 0 {
+			t.Errorf("room %d waited for a key that came in the same transaction", i)
+		}
+	}
+	r.mu.Lock()
+	merged := r.merged
+	r.mu.Unlock()
+	if merged == 0 {
+		t.Fatal("no transaction carried a message and its key together: the test did not exercise the case")
+	}
+	t.Logf("%d transactions carried a message and its key together", merged)
 }

@@ -116,6 +116,9 @@ type AppService struct {
 	HSToken         string `yaml:"hs_token"`
 	// MaxBodyBytes caps the size of a pushed transaction.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// Workers is how many events are handled at once (each room's events
+	// one after another).
+	Workers int `yaml:"workers"`
 }
 
 // Database selects where opsbot keeps its state.
@@ -326,6 +329,9 @@ func (c *Config) applyDefaults() {
 	if c.AppService.PublicURL == "" {
 		c.AppService.PublicURL = "http://" + c.AppService.Listen
 	}
+	if c.AppService.Workers == 0 {
+		c.AppService.Workers = 8
+	}
 	if c.AppService.MaxBodyBytes == 0 {
 		c.AppService.MaxBodyBytes = DefaultMaxBodyBytes
 	}
@@ -434,6 +440,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AppService.ASToken != "" && c.AppService.ASToken == c.AppService.HSToken {
 		bad("appservice.hs_token", "must differ from as_token")
+	}
+	if c.AppService.Workers < 1 || c.AppService.Workers > 256 {
+		bad("appservice.workers", "%d is not between 1 and 256", c.AppService.Workers)
 	}
 	if c.AppService.MaxBodyBytes < 64<<10 {
 		bad("appservice.max_body_bytes", "%d is too small (at least 65536)", c.AppService.MaxBodyBytes)
