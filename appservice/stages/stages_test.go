@@ -49,7 +49,9 @@ func (f *fakeBots) RoomBots(_ context.Context, room id.RoomID) []id.UserID {
 	return f.in[room]
 }
 
-func (f *fakeBots) HandleMember(context.Context, *event.Event) { f.members = append(f.members, "member") }
+func (f *fakeBots) HandleMember(context.Context, *event.Event) {
+	f.members = append(f.members, "member")
+}
 
 func (f *fakeBots) HandleTombstone(context.Context, *event.Event, []id.UserID) { f.stones++ }
 
