@@ -107,7 +107,7 @@ bench-e2e: build dendrite synapse
 bench:
 	@mkdir -p .build
 	@echo "Benchmarks (docs/performance.md): a few minutes on 2 cores; needs Postgres on 127.0.0.1:5432 like the tests. Output also in .build/bench.txt"
-	@{ CGO_ENABLED=0 $(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 20m -tags goolm ./appservice/benchfloor/ 2>&1; echo $$? >.build/bench.rc; } | tee .build/bench.txt; exit $$(cat .build/bench.rc)
+	@{ CGO_ENABLED=0 $(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 20m -tags goolm ./integration/bench/ 2>&1; echo $$? >.build/bench.rc; } | tee .build/bench.txt; exit $$(cat .build/bench.rc)
 
 clean:
 	rm -rf .build

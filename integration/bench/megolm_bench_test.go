@@ -1,6 +1,6 @@
 //go:build goolm
 
-package benchfloor_test
+package bench_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/benchfloor"
+	"opsbot/integration/bench"
 	"opsbot/appservice/pipeline"
 	"opsbot/appservice/store"
 	"opsbot/appservice/store/storetest"
@@ -36,7 +36,7 @@ const (
 // megolmPlaintext is what the sender encrypts: the same message content as
 // the plaintext benchmarks.
 func megolmPlaintext(room string) []byte {
-	return []byte(fmt.Sprintf(`{"room_id":"%s","type":"m.room.message","content":%s}`, room, benchfloor.Content))
+	return []byte(fmt.Sprintf(`{"room_id":"%s","type":"m.room.message","content":%s}`, room, bench.Content))
 }
 
 // sender is a person's device encrypting into the benchmark rooms, one
@@ -86,15 +86,15 @@ func (s *sender) session(b *testing.B, room string) olm.OutboundGroupSession {
 
 // encryptedEvent returns the JSON of event i of transaction n, encrypted.
 func (s *sender) encryptedEvent(b *testing.B, run string, n, i int) []byte {
-	room := benchfloor.RoomID(i)
+	room := bench.RoomID(i)
 	out := s.session(b, room)
 	ciphertext, err := out.Encrypt(megolmPlaintext(room))
 	if err != nil {
 		b.Fatal(err)
 	}
 	return fmt.Appendf(nil, `{"content":{"algorithm":"m.megolm.v1.aes-sha2","ciphertext":"%s","device_id":"%s","sender_key":"%s","session_id":"%s"},"event_id":"%s","origin_server_ts":%d,"room_id":"%s","sender":"%s","type":"m.room.encrypted","unsigned":{"age":42,"membership":"join"}}`,
-		ciphertext, senderDevice, s.identityKey, out.ID(), benchfloor.EventID(run, n, i),
-		1764150000000+int64(n)*benchfloor.EventsPerTxn+int64(i), room, benchfloor.Sender)
+		ciphertext, senderDevice, s.identityKey, out.ID(), bench.EventID(run, n, i),
+		1764150000000+int64(n)*bench.EventsPerTxn+int64(i), room, bench.Sender)
 }
 
 // newMachine is a bot's OlmMachine as appservice/e2ee sets it up: on the
@@ -103,7 +103,7 @@ func (s *sender) encryptedEvent(b *testing.B, run string, n, i int) []byte {
 func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto.OlmMachine {
 	ctx := context.Background()
 	log := logger()
-	client, err := mautrix.NewClient("http://127.0.0.1:1", benchfloor.Bot, benchfloor.ASToken)
+	client, err := mautrix.NewClient("http://127.0.0.1:1", bench.Bot, bench.ASToken)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto
 		if err := shared.DB.Upgrade(ctx); err != nil {
 			b.Fatal(err)
 		}
-		sqlStore := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), benchfloor.Bot, "", []byte(pickleKey))
+		sqlStore := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), bench.Bot, "", []byte(pickleKey))
 		sqlStore.DeviceID = botDevice
 		client.Store = sqlStore
 		cs = sqlStore
@@ -133,8 +133,8 @@ func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto
 // the inbound session, as the to-device room key would.
 func receive(b *testing.B, mach *crypto.OlmMachine, s *sender) {
 	ctx := context.Background()
-	err := mach.CryptoStore.PutDevices(ctx, benchfloor.Sender, map[id.DeviceID]*id.Device{senderDevice: {
-		UserID: benchfloor.Sender, DeviceID: senderDevice, IdentityKey: s.identityKey, SigningKey: s.signingKey,
+	err := mach.CryptoStore.PutDevices(ctx, bench.Sender, map[id.DeviceID]*id.Device{senderDevice: {
+		UserID: bench.Sender, DeviceID: senderDevice, IdentityKey: s.identityKey, SigningKey: s.signingKey,
 	}})
 	if err != nil {
 		b.Fatal(err)
@@ -172,7 +172,7 @@ func benchGoolmFloor(b *testing.B) {
 		ciphertext []byte
 	}
 	msgs := make([]msg, 0, total)
-	plaintext := megolmPlaintext(benchfloor.RoomID(0))
+	plaintext := megolmPlaintext(bench.RoomID(0))
 	for len(msgs) < total {
 		out, err := session.NewMegolmOutboundSession()
 		if err != nil {
@@ -202,12 +202,12 @@ func benchGoolmFloor(b *testing.B) {
 		n += decrypt(m)
 	}
 	b.ResetTimer()
-	cpu0 := benchfloor.CPUTime()
+	cpu0 := bench.CPUTime()
 	start := time.Now()
 	for _, m := range msgs[warm:] {
 		n += decrypt(m)
 	}
-	reportPerEvent(b, time.Since(start), benchfloor.CPUTime()-cpu0)
+	reportPerEvent(b, time.Since(start), bench.CPUTime()-cpu0)
 	if n != total*len(plaintext) {
 		b.Fatalf("decrypted %d bytes, want %d", n, total*len(plaintext))
 	}
@@ -215,8 +215,8 @@ func benchGoolmFloor(b *testing.B) {
 
 func reportPerEvent(b *testing.B, elapsed, cpu time.Duration) {
 	b.StopTimer()
-	benchfloor.Report(b, "us/event", float64(elapsed.Nanoseconds())/1e3/float64(b.N))
-	benchfloor.Report(b, "cpu-us/event", float64(cpu.Nanoseconds())/1e3/float64(b.N))
+	bench.Report(b, "us/event", float64(elapsed.Nanoseconds())/1e3/float64(b.N))
+	bench.Report(b, "cpu-us/event", float64(cpu.Nanoseconds())/1e3/float64(b.N))
 }
 
 func benchMachine(b *testing.B, dbType string) {
@@ -234,12 +234,12 @@ func benchMachine(b *testing.B, dbType string) {
 	}
 	s := newSender(b)
 	receive(b, mach, s)
-	run := benchfloor.NewRun()
-	const warm = 2 * benchfloor.EventsPerTxn
+	run := bench.NewRun()
+	const warm = 2 * bench.EventsPerTxn
 	total := warm + b.N
 	evts := make([]*event.Event, total)
 	for k := range evts {
-		n, i := k/benchfloor.EventsPerTxn, k%benchfloor.EventsPerTxn
+		n, i := k/bench.EventsPerTxn, k%bench.EventsPerTxn
 		evt, _, err := pipeline.Parse(store.InboxEvent{Kind: store.KindPDU, Payload: s.encryptedEvent(b, run, n, i)})
 		if err != nil {
 			b.Fatal(err)
@@ -259,12 +259,12 @@ func benchMachine(b *testing.B, dbType string) {
 		decrypt(evt)
 	}
 	b.ResetTimer()
-	cpu0 := benchfloor.CPUTime()
+	cpu0 := bench.CPUTime()
 	start := time.Now()
 	for _, evt := range evts[warm:] {
 		decrypt(evt)
 	}
-	reportPerEvent(b, time.Since(start), benchfloor.CPUTime()-cpu0)
+	reportPerEvent(b, time.Since(start), bench.CPUTime()-cpu0)
 }
 
 // BenchmarkEncryptedIntake is BenchmarkIntake's full pipeline with every
@@ -289,7 +289,7 @@ func BenchmarkEncryptedIntake(b *testing.B) {
 }
 
 func benchEncryptedFull(b *testing.B, concurrency int, dbType string, reply bool) {
-	run := benchfloor.NewRun()
+	run := bench.NewRun()
 	total := warmup + b.N
 	var mach *crypto.OlmMachine
 	bodies := make([][]byte, total)
@@ -297,12 +297,12 @@ func benchEncryptedFull(b *testing.B, concurrency int, dbType string, reply bool
 		mach = newMachine(b, f.Store.DB, f.State)
 		s := newSender(b)
 		receive(b, mach, s)
-		events := make([][]byte, benchfloor.EventsPerTxn)
+		events := make([][]byte, bench.EventsPerTxn)
 		for n := range bodies {
 			for i := range events {
 				events[i] = s.encryptedEvent(b, run, n, i)
 			}
-			bodies[n] = benchfloor.Transaction(events)
+			bodies[n] = bench.Transaction(events)
 		}
 	}
 	decrypt := func(ctx context.Context, evt *event.Event) (*event.Event, error) {
@@ -310,7 +310,7 @@ func benchEncryptedFull(b *testing.B, concurrency int, dbType string, reply bool
 	}
 	f := newFullOpsbot(b, dbType, run, total, reply, prepare, decrypt)
 	b.SetBytes(int64(len(bodies[0])))
-	benchfloor.Drive(b, benchfloor.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
+	bench.Drive(b, bench.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
 		Body: func(n int, _ []byte) []byte { return bodies[n] }, Done: f.Tracker.Done, Extra: f.Probes})
 	if err := f.Tracker.Check(); err != nil {
 		b.Fatal(err)

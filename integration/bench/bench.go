@@ -1,4 +1,4 @@
-// Package benchfloor holds the shared parts of opsbot's performance
+// Package bench holds the shared parts of opsbot's performance
 // benchmarks (`make bench`, see docs/performance.md): realistic pushed
 // transactions, a driver that PUTs them over real HTTP at a given
 // concurrency and reports events/s, latency percentiles and CPU per event,
@@ -8,7 +8,7 @@
 // The benchmarks themselves live in this package's *_bench_test.go files, so
 // that one `go test -bench` run measures every variant side by side in the
 // same process and the ratios between them mean something on a noisy machine.
-package benchfloor
+package bench
 
 import (
 	"bytes"

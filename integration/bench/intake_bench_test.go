@@ -1,4 +1,4 @@
-package benchfloor_test
+package bench_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/benchfloor"
+	"opsbot/integration/bench"
 	"opsbot/appservice/config"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/metrics"
@@ -61,16 +61,16 @@ func benchFloor(b *testing.B, concurrency int, mautrix bool) {
 	var h http.Handler
 	if mautrix {
 		var stop func()
-		h, stop = benchfloor.MautrixFloor(&count)
+		h, stop = bench.MautrixFloor(&count)
 		defer stop()
 	} else {
-		h = benchfloor.NetHTTPFloor(&count)
+		h = bench.NetHTTPFloor(&count)
 	}
-	url, _ := benchfloor.Serve(b, h)
-	txns := benchfloor.NewPlainTxns(benchfloor.NewRun())
+	url, _ := bench.Serve(b, h)
+	txns := bench.NewPlainTxns(bench.NewRun())
 	b.SetBytes(int64(txns.Size()))
-	benchfloor.Drive(b, benchfloor.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body})
-	if err := benchfloor.WaitCount(&count, int64((warmup+b.N)*benchfloor.EventsPerTxn), 10*time.Second); err != nil {
+	bench.Drive(b, bench.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body})
+	if err := bench.WaitCount(&count, int64((warmup+b.N)*bench.EventsPerTxn), 10*time.Second); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -83,7 +83,7 @@ func logger() zerolog.Logger {
 
 // openStore opens and migrates a new opsbot database of the given type, and
 // for Postgres returns a probe of the server's CPU spent on it.
-func openStore(b *testing.B, dbType string) (*store.Store, benchfloor.Probes) {
+func openStore(b *testing.B, dbType string) (*store.Store, bench.Probes) {
 	b.Helper()
 	cfg := storetest.Config(b, dbType)
 	st, err := store.Open(cfg, logger())
@@ -94,7 +94,7 @@ func openStore(b *testing.B, dbType string) (*store.Store, benchfloor.Probes) {
 	if err := st.Upgrade(context.Background()); err != nil {
 		b.Fatal(err)
 	}
-	probes := benchfloor.Probes{&benchfloor.DBConns{DB: st.DB.RawDB}}
+	probes := bench.Probes{&bench.DBConns{DB: st.DB.RawDB}}
 	if dbType == "postgres" {
 		admin := os.Getenv("OPSBOT_TEST_POSTGRES")
 		if admin == "" {
@@ -105,7 +105,7 @@ func openStore(b *testing.B, dbType string) (*store.Store, benchfloor.Probes) {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { adb.Close() })
-		probes = append(probes, &benchfloor.PostgresCPU{Admin: adb})
+		probes = append(probes, &bench.PostgresCPU{Admin: adb})
 	}
 	return st, probes
 }
@@ -132,11 +132,11 @@ func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.Inb
 	active.Store(true)
 	mux := http.NewServeMux()
 	(&intake.Handler{
-		HSToken:      benchfloor.HSToken,
+		HSToken:      bench.HSToken,
 		MaxBodyBytes: config.DefaultMaxBodyBytes,
 		Store:        termRecorder{st},
 		Deliver:      deliver,
-		IsOurUser:    func(u id.UserID) bool { return u == benchfloor.Bot },
+		IsOurUser:    func(u id.UserID) bool { return u == bench.Bot },
 		Overloaded:   func() bool { return false },
 		Standby:      func() bool { return !active.Load() },
 		Log:          logger().With().Str("component", "intake").Logger(),
@@ -149,11 +149,11 @@ func benchIntakeOnly(b *testing.B, concurrency int, dbType string) {
 	st, probes := openStore(b, dbType)
 	m := metrics.New("bench", func() int64 { return 0 })
 	var delivered atomic.Int64
-	url, _ := benchfloor.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) { delivered.Add(int64(len(evs))) }))
-	txns := benchfloor.NewPlainTxns(benchfloor.NewRun())
+	url, _ := bench.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) { delivered.Add(int64(len(evs))) }))
+	txns := bench.NewPlainTxns(bench.NewRun())
 	b.SetBytes(int64(txns.Size()))
-	benchfloor.Drive(b, benchfloor.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body, Extra: probes})
-	if got, want := delivered.Load(), int64((warmup+b.N)*benchfloor.EventsPerTxn); got != want {
+	bench.Drive(b, bench.Load{URL: url, Concurrency: concurrency, Warmup: warmup, Body: txns.Body, Extra: probes})
+	if got, want := delivered.Load(), int64((warmup+b.N)*bench.EventsPerTxn); got != want {
 		b.Fatalf("delivered %d events, want %d", got, want)
 	}
 }
@@ -183,7 +183,7 @@ type handler struct {
 	engine  *skills.Engine
 	m       *metrics.Metrics
 	decrypt func(ctx context.Context, evt *event.Event) (*event.Event, error)
-	tracker *benchfloor.Tracker
+	tracker *bench.Tracker
 }
 
 func (h *handler) Handle(ctx context.Context, item *pipeline.Item) pipeline.Outcome {
@@ -236,7 +236,7 @@ func (h *handler) handleEvent(ctx context.Context, evt *event.Event, _ bool) {
 // every event marked done.
 type inbox struct {
 	*store.Store
-	tracker *benchfloor.Tracker
+	tracker *bench.Tracker
 }
 
 func (i inbox) MarkDone(ctx context.Context, fence store.Fence, seqs []int64) error {
@@ -254,9 +254,9 @@ type fullOpsbot struct {
 	URL     string
 	Store   *store.Store
 	State   *store.CachedStateStore
-	Tracker *benchfloor.Tracker
-	Probes  benchfloor.Probes
-	HS      *benchfloor.Homeserver
+	Tracker *bench.Tracker
+	Probes  bench.Probes
+	HS      *bench.Homeserver
 }
 
 // newFullOpsbot wires intake, the inbox, the room state store, the pipeline,
@@ -276,15 +276,15 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	if err := ss.Upgrade(ctx); err != nil {
 		b.Fatal(err)
 	}
-	f := &fullOpsbot{Store: st, State: ss, Tracker: benchfloor.NewTracker(run, txns, reply)}
-	f.HS = benchfloor.NewHomeserver(b, f.Tracker)
-	f.Probes = append(probes, &benchfloor.ConnProbe{Name: "hs", Conns: f.HS.Conns})
+	f := &fullOpsbot{Store: st, State: ss, Tracker: bench.NewTracker(run, txns, reply)}
+	f.HS = bench.NewHomeserver(b, f.Tracker)
+	f.Probes = append(probes, &bench.ConnProbe{Name: "hs", Conns: f.HS.Conns})
 
 	var backlog func() int64
 	m := metrics.New("bench", func() int64 { return backlog() })
 	as, err := mas.CreateFull(mas.CreateOpts{
-		Registration:     &mas.Registration{ID: "opsbot", AppToken: benchfloor.ASToken, ServerToken: benchfloor.HSToken, SenderLocalpart: "opsbot"},
-		HomeserverDomain: benchfloor.Domain,
+		Registration:     &mas.Registration{ID: "opsbot", AppToken: bench.ASToken, ServerToken: bench.HSToken, SenderLocalpart: "opsbot"},
+		HomeserverDomain: bench.Domain,
 		HomeserverURL:    f.HS.URL,
 		StateStore:       ss,
 	})
@@ -300,13 +300,13 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	ob := outbox.New(as, log.With().Str("component", "outbox").Logger())
 	ob.Observe = m.ObserveSend
 
-	bot := id.UserID(benchfloor.Bot)
+	bot := id.UserID(bench.Bot)
 	if err := ss.MarkRegistered(ctx, bot); err != nil {
 		b.Fatal(err)
 	}
-	for i := range benchfloor.Rooms {
-		room := id.RoomID(benchfloor.RoomID(i))
-		for _, u := range []id.UserID{bot, benchfloor.Sender} {
+	for i := range bench.Rooms {
+		room := id.RoomID(bench.RoomID(i))
+		for _, u := range []id.UserID{bot, bench.Sender} {
 			if err := ss.SetMembership(ctx, room, u, event.MembershipJoin); err != nil {
 				b.Fatal(err)
 			}
@@ -338,7 +338,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	}
 	p.Open()
 	b.Cleanup(func() { stop(); p.Wait() })
-	f.URL, _ = benchfloor.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) {
+	f.URL, _ = bench.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) {
 		for _, ev := range evs {
 			f.Tracker.Delivered(ev.Seq, ev.TxnID)
 		}
@@ -348,11 +348,11 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 }
 
 func benchFull(b *testing.B, concurrency int, dbType string, reply bool) {
-	run := benchfloor.NewRun()
+	run := bench.NewRun()
 	f := newFullOpsbot(b, dbType, run, warmup+b.N, reply, nil, nil)
-	txns := benchfloor.NewPlainTxns(run)
+	txns := bench.NewPlainTxns(run)
 	b.SetBytes(int64(txns.Size()))
-	benchfloor.Drive(b, benchfloor.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
+	bench.Drive(b, bench.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
 		Body: txns.Body, Done: f.Tracker.Done, Extra: f.Probes})
 	if err := f.Tracker.Check(); err != nil {
 		b.Fatal(err)
@@ -363,7 +363,7 @@ func benchFull(b *testing.B, concurrency int, dbType string, reply bool) {
 func checkReplies(b *testing.B, f *fullOpsbot, txns int, reply bool) {
 	want := int64(0)
 	if reply {
-		want = int64(txns * benchfloor.EventsPerTxn)
+		want = int64(txns * bench.EventsPerTxn)
 	}
 	if got := f.HS.Sends.Load(); got != want {
 		b.Fatalf("%d replies sent, want %d", got, want)

@@ -1,16 +1,16 @@
-package benchfloor_test
+package bench_test
 
 import (
 	"os"
 	"testing"
 
-	"opsbot/appservice/benchfloor"
+	"opsbot/integration/bench"
 )
 
 // TestMain prints the ratios to the floors after the benchmarks of a run
 // (nothing when no benchmark ran, as under plain `go test`).
 func TestMain(m *testing.M) {
 	code := m.Run()
-	benchfloor.PrintSummary(os.Stdout)
+	bench.PrintSummary(os.Stdout)
 	os.Exit(code)
 }
