@@ -149,7 +149,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 	s.engine.Store(engine)
 	s.Path = s.newPath()
 	s.Pipeline = &pipeline.Pipeline{
-		Inbox:   s.Store,
+		Inbox:   s.inbox(),
 		Handler: s.Path,
 		Workers: cfg.AppService.Workers,
 		Log:     log.With().Str("component", "pipeline").Logger(),
@@ -195,6 +195,35 @@ func (s *Service) newPath() *stages.Path {
 		&stages.Skills{Engine: s.Engine},
 	}
 	return path
+}
+
+// inbox is the pipeline's inbox: with encryption, the done marks take the
+// message indexes of the events' decryption along, in one transaction
+// (e2ee/store.go says why).
+func (s *Service) inbox() pipeline.Inbox {
+	if s.E2EE == nil {
+		return s.Store
+	}
+	return markingInbox{s.Store, s.E2EE.Indexes()}
+}
+
+type markingInbox struct {
+	*store.Store
+	indexes *e2ee.Shared
+}
+
+func (m markingInbox) MarkDone(ctx context.Context, fence store.Fence, seqs []int64) error {
+	batch := m.indexes.TakeIndexes()
+	err := m.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := m.indexes.WriteIndexes(ctx, batch); err != nil {
+			return err
+		}
+		return m.Store.MarkDone(ctx, fence, seqs)
+	})
+	if err != nil {
+		m.indexes.RestoreIndexes(batch)
+	}
+	return err
 }
 
 // termFence is the current term for the outbox (no term yet: no sends).

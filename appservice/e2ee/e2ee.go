@@ -129,6 +129,8 @@ type Manager struct {
 	// from transactions are of use (until Start decides, then if any
 	// device gets its keys there), 0 otherwise.
 	deviceInfoWanted atomic.Bool
+	// shared is the part of the bots' crypto stores they share (store.go).
+	shared *Shared
 }
 
 // New prepares a manager; Start logs the devices in.
@@ -137,7 +139,7 @@ func New(opts Options) *Manager {
 		opts.DecryptWait = 30 * time.Second
 	}
 	m := &Manager{opts: opts, devices: map[id.UserID]*Device{}, deviceInfo: make(chan deviceInfo, 256),
-		Transactions: newTransactions(opts.Features, opts.Log)}
+		Transactions: newTransactions(opts.Features, opts.Log), shared: NewShared(opts.DB)}
 	m.deviceInfoWanted.Store(opts.Mode != ModeSync)
 	return m
 }
@@ -245,9 +247,22 @@ func (m *Manager) open(ctx context.Context) error {
 	return nil
 }
 
+// Indexes is where the message indexes of decrypted events wait to be
+// written: the event path writes them with its done marks (store.go).
+func (m *Manager) Indexes() *Shared { return m.shared }
+
+// SQLStore is the device's SQL crypto store (its database, its secrets).
+func (d *Device) SQLStore() *crypto.SQLCryptoStore { return d.store }
+
 // run starts the devices' loops: device lists and one-time-key counts from
-// transactions, or each device's /sync; expired-session cleanup.
+// transactions, or each device's /sync; expired-session cleanup; and the
+// writing of message indexes no done mark took along.
 func (m *Manager) run(ctx context.Context) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.flushIndexesLoop(ctx)
+	}()
 	if m.anyViaTransactions() {
 		m.wg.Add(1)
 		go func() {
@@ -315,7 +330,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	client.Store = store
 	client.StateStore = m.opts.StateStore
 	client.Crypto = clientCrypto{m: m, bot: bot}
-	machine := crypto.NewOlmMachine(client, &log, store, m.opts.StateStore)
+	machine := crypto.NewOlmMachine(client, &log, m.shared.NewStore(store), m.opts.StateStore)
 	machine.SendKeysMinTrust = trustLevel(m.opts.Trust)
 	// Only the bot's own other devices may ask for its room keys (it has none
 	// today), so keys never leak to a device the policy would not share with.
@@ -471,3 +486,26 @@ func (m *Manager) devicesChanged(ctx context.Context, users []id.UserID) {
 
 // Bots lists the bots with devices.
 func (m *Manager) Bots() []id.UserID { return slices.Clone(m.order) }
+
+// flushIndexesLoop writes, every second and at the end, the message
+// indexes of decryptions no done mark took along (a skill fetching an
+// earlier event decrypts outside the event path).
+func (m *Manager) flushIndexesLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := m.shared.FlushIndexes(fctx); err != nil {
+				m.opts.Log.Warn().Err(err).Msg("Could not write message indexes at stop; their events run again")
+			}
+			return
+		case <-t.C:
+			if err := m.shared.FlushIndexes(ctx); err != nil && ctx.Err() == nil {
+				m.opts.Log.Warn().Err(err).Msg("Could not write message indexes; retrying")
+			}
+		}
+	}
+}

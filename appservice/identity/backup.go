@@ -48,10 +48,7 @@ type uploader struct {
 // backup's room keys are imported first.
 func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ssss.Key, restoring bool, log zerolog.Logger) (*uploader, error) {
 	mach := dev.Machine
-	sqlStore, ok := mach.CryptoStore.(*crypto.SQLCryptoStore)
-	if !ok {
-		return nil, errors.New("the crypto store is not the SQL store")
-	}
+	sqlStore := dev.SQLStore()
 	key, err := backupKey(ctx, mach, ssssKey)
 	if err != nil {
 		return nil, err

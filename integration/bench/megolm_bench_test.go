@@ -5,6 +5,7 @@ package bench_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -16,10 +17,11 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/integration/bench"
+	"opsbot/appservice/e2ee"
 	"opsbot/appservice/pipeline"
 	"opsbot/appservice/store"
 	"opsbot/appservice/store/storetest"
+	"opsbot/integration/bench"
 )
 
 // sessionMessages is how many messages a sender encrypts with one Megolm
@@ -97,10 +99,15 @@ func (s *sender) encryptedEvent(b *testing.B, run string, n, i int) []byte {
 		1764150000000+int64(n)*bench.EventsPerTxn+int64(i), room, bench.Sender)
 }
 
-// newMachine is a bot's OlmMachine as appservice/e2ee sets it up: on the
-// SQL crypto store in opsbot's database (one account row per bot), or, with
-// db nil, on mautrix's memory store.
+// newMachine is a bot's OlmMachine as appservice/e2ee sets it up: on
+// opsbot's crypto store (mautrix's SQL store with e2ee's caches) in opsbot's
+// database (one account row per bot), or, with db nil, on mautrix's memory
+// store. With bare, on mautrix's SQL store alone (before issue 15).
 func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto.OlmMachine {
+	return newMachineOn(b, db, ss, false)
+}
+
+func newMachineOn(b *testing.B, db *dbutil.Database, ss crypto.StateStore, bare bool) *crypto.OlmMachine {
 	ctx := context.Background()
 	log := logger()
 	client, err := mautrix.NewClient("http://127.0.0.1:1", bench.Bot, bench.ASToken)
@@ -118,11 +125,15 @@ func newMachine(b *testing.B, db *dbutil.Database, ss crypto.StateStore) *crypto
 		sqlStore.DeviceID = botDevice
 		client.Store = sqlStore
 		cs = sqlStore
+		if !bare {
+			cs = e2ee.NewShared(db).NewStore(sqlStore)
+		}
 	} else {
 		cs = crypto.NewMemoryStore(nil)
 	}
 	mach := crypto.NewOlmMachine(client, &log, cs, ss)
 	mach.ShareKeysMinTrust = id.TrustStateCrossSignedTOFU
+	mach.DisableRatchetTracking = true // as appservice/e2ee does
 	if err := mach.Load(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -158,9 +169,10 @@ func receive(b *testing.B, mach *crypto.OlmMachine, s *sender) {
 // opsbot's SQLite and Postgres databases.
 func BenchmarkMegolmDecrypt(b *testing.B) {
 	b.Run("floor-goolm", benchGoolmFloor)
-	b.Run("machine-memory", func(b *testing.B) { benchMachine(b, "") })
+	b.Run("machine-memory", func(b *testing.B) { benchMachine(b, "", false) })
 	for _, db := range storetest.Dialects {
-		b.Run("machine-"+db, func(b *testing.B) { benchMachine(b, db) })
+		b.Run("machine-"+db, func(b *testing.B) { benchMachine(b, db, false) })
+		b.Run("machine-"+db+"-bare", func(b *testing.B) { benchMachine(b, db, true) })
 	}
 }
 
@@ -201,6 +213,7 @@ func benchGoolmFloor(b *testing.B) {
 	for _, m := range msgs[:warm] {
 		n += decrypt(m)
 	}
+	runtime.GC()
 	b.ResetTimer()
 	cpu0 := bench.CPUTime()
 	start := time.Now()
@@ -219,7 +232,7 @@ func reportPerEvent(b *testing.B, elapsed, cpu time.Duration) {
 	bench.Report(b, "cpu-us/event", float64(cpu.Nanoseconds())/1e3/float64(b.N))
 }
 
-func benchMachine(b *testing.B, dbType string) {
+func benchMachine(b *testing.B, dbType string, bare bool) {
 	ctx := context.Background()
 	var mach *crypto.OlmMachine
 	if dbType == "" {
@@ -230,7 +243,24 @@ func benchMachine(b *testing.B, dbType string) {
 		if err := ss.Upgrade(ctx); err != nil {
 			b.Fatal(err)
 		}
-		mach = newMachine(b, st.DB, ss)
+		mach = newMachineOn(b, st.DB, ss, bare)
+	}
+	// The message indexes opsbot's store holds back are written a
+	// transaction's worth at a time. In opsbot they go with the done marks,
+	// in a commit the marks need anyway, so their cost belongs to the full
+	// pipeline (BenchmarkEncryptedIntake); here they are written in commits
+	// of their own, not timed.
+	var flushTime, flushCPU time.Duration
+	flush := func() {}
+	if s, ok := mach.CryptoStore.(*e2ee.Store); ok {
+		flush = func() {
+			start, cpu := time.Now(), bench.CPUTime()
+			if err := s.Shared().FlushIndexes(ctx); err != nil {
+				b.Fatal(err)
+			}
+			flushTime += time.Since(start)
+			flushCPU += bench.CPUTime() - cpu
+		}
 	}
 	s := newSender(b)
 	receive(b, mach, s)
@@ -258,13 +288,20 @@ func benchMachine(b *testing.B, dbType string) {
 	for _, evt := range evts[:warm] {
 		decrypt(evt)
 	}
+	flush()
+	flushTime, flushCPU = 0, 0
+	runtime.GC() // the prepared events' garbage is not the decryption's
 	b.ResetTimer()
 	cpu0 := bench.CPUTime()
 	start := time.Now()
-	for _, evt := range evts[warm:] {
+	for k, evt := range evts[warm:] {
 		decrypt(evt)
+		if k%bench.EventsPerTxn == bench.EventsPerTxn-1 {
+			flush()
+		}
 	}
-	reportPerEvent(b, time.Since(start), bench.CPUTime()-cpu0)
+	flush()
+	reportPerEvent(b, time.Since(start)-flushTime, bench.CPUTime()-cpu0-flushCPU)
 }
 
 // BenchmarkEncryptedIntake is BenchmarkIntake's full pipeline with every
