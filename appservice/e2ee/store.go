@@ -48,10 +48,10 @@ type Shared struct {
 }
 
 type signature struct {
-	user         id.UserID
-	key          id.Ed25519
-	signerUser   id.UserID
-	signerKey    id.Ed25519
+	user       id.UserID
+	key        id.Ed25519
+	signerUser id.UserID
+	signerKey  id.Ed25519
 }
 
 type indexUse struct {

@@ -17,7 +17,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/integration/bench"
 	"opsbot/appservice/config"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/metrics"
@@ -25,6 +24,7 @@ import (
 	"opsbot/appservice/pipeline"
 	"opsbot/appservice/store"
 	"opsbot/appservice/store/storetest"
+	"opsbot/integration/bench"
 	"opsbot/skills"
 )
 
