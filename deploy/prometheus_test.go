@@ -56,6 +56,7 @@ var chartThresholds = []struct{ alert, literal, value string }{
 	{"OpsbotHomeserverRequestsFailing", "> 0.1", "homeserverErrorRatio"},
 	{"OpsbotSkillErrors", "> 3", "skillErrors"},
 	{"OpsbotRoomsWaitingForKeys", ">= 3", "roomsWaitingForKeys"},
+	{"OpsbotLeaderFlapping", "> 3", "leaderChanges"},
 }
 
 // Rule files, as Prometheus reads them and as PrometheusRule's spec holds
@@ -686,7 +687,8 @@ func TestHelmPrometheusRule(t *testing.T) {
 			"--set", "prometheusRule.thresholds.oneTimeKeys=5",
 			"--set", "prometheusRule.thresholds.homeserverErrorRatio=0.25",
 			"--set", "prometheusRule.thresholds.skillErrors=11",
-			"--set", "prometheusRule.thresholds.roomsWaitingForKeys=8")
+			"--set", "prometheusRule.thresholds.roomsWaitingForKeys=8",
+			"--set", "prometheusRule.thresholds.leaderChanges=6")
 		if pr.Namespace != "monitoring" || pr.Labels["release"] != "kube-prometheus-stack" || pr.Labels["app.kubernetes.io/name"] != "opsbot" {
 			t.Errorf("PrometheusRule metadata %+v, want namespace monitoring and the release label", pr.ObjectMeta)
 		}
@@ -698,6 +700,7 @@ func TestHelmPrometheusRule(t *testing.T) {
 			"OpsbotHomeserverRequestsFailing": "> 0.25",
 			"OpsbotSkillErrors":               "[10m])) > 11",
 			"OpsbotRoomsWaitingForKeys":       "[5m])) >= 8",
+			"OpsbotLeaderFlapping":            "[1h:1m]) > 6",
 			"OpsbotDown":                      `up{job="bot-opsbot", namespace="chat"} == 0`,
 		}
 		for _, a := range pr.Spec.alerts() {
