@@ -1363,6 +1363,10 @@ var opsbotMetrics = map[string]struct {
 	"opsbot_key_backup_failures_total":  {false, []string{"bot", "stage"}},
 	"opsbot_verifications_total":        {false, []string{"outcome"}},
 	"opsbot_verifications_waiting":      {false, nil},
+	"opsbot_bot_key_delivery":           {false, []string{"bot"}},
+	"opsbot_leader_epoch":               {false, nil},
+	"opsbot_parked_rooms":               {false, nil},
+	"opsbot_parked_oldest_seconds":      {false, nil},
 }
 
 // targetLabels are the labels Prometheus adds when it scrapes (kubernetes

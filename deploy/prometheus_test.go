@@ -55,6 +55,8 @@ var chartThresholds = []struct{ alert, literal, value string }{
 	{"OpsbotOneTimeKeysLow", "< 10", "oneTimeKeys"},
 	{"OpsbotHomeserverRequestsFailing", "> 0.1", "homeserverErrorRatio"},
 	{"OpsbotSkillErrors", "> 3", "skillErrors"},
+	{"OpsbotRoomsWaitingForKeys", ">= 3", "roomsWaitingForKeys"},
+	{"OpsbotLeaderFlapping", "> 3", "leaderChanges"},
 }
 
 // Rule files, as Prometheus reads them and as PrometheusRule's spec holds
@@ -684,7 +686,9 @@ func TestHelmPrometheusRule(t *testing.T) {
 			"--set", "prometheusRule.thresholds.decryptionFailures=7",
 			"--set", "prometheusRule.thresholds.oneTimeKeys=5",
 			"--set", "prometheusRule.thresholds.homeserverErrorRatio=0.25",
-			"--set", "prometheusRule.thresholds.skillErrors=11")
+			"--set", "prometheusRule.thresholds.skillErrors=11",
+			"--set", "prometheusRule.thresholds.roomsWaitingForKeys=8",
+			"--set", "prometheusRule.thresholds.leaderChanges=6")
 		if pr.Namespace != "monitoring" || pr.Labels["release"] != "kube-prometheus-stack" || pr.Labels["app.kubernetes.io/name"] != "opsbot" {
 			t.Errorf("PrometheusRule metadata %+v, want namespace monitoring and the release label", pr.ObjectMeta)
 		}
@@ -695,6 +699,8 @@ func TestHelmPrometheusRule(t *testing.T) {
 			"OpsbotOneTimeKeysLow":            "opsbot_one_time_keys < 5",
 			"OpsbotHomeserverRequestsFailing": "> 0.25",
 			"OpsbotSkillErrors":               "[10m])) > 11",
+			"OpsbotRoomsWaitingForKeys":       "[5m])) >= 8",
+			"OpsbotLeaderFlapping":            "[1h:1m]) > 6",
 			"OpsbotDown":                      `up{job="bot-opsbot", namespace="chat"} == 0`,
 		}
 		for _, a := range pr.Spec.alerts() {

@@ -29,6 +29,7 @@ func TestDashboardUsesExistingMetrics(t *testing.T) {
 	m.Transactions.WithLabelValues("ok").Inc()
 	m.OneTimeKeys.WithLabelValues("@bot:x").Set(1)
 	m.CrossSigned.WithLabelValues("@bot:x").Set(1)
+	m.KeyDelivery.WithLabelValues("@bot:x").Set(1)
 	m.KeysBackedUp.WithLabelValues("@bot:x").Add(1)
 	m.InitBots([]id.UserID{"@bot:x"})
 	families, err := m.Registry.Gather()

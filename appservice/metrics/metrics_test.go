@@ -140,6 +140,7 @@ func TestMetricsLint(t *testing.T) {
 	m.ObserveSkill("ping", "ok", time.Millisecond)
 	m.OneTimeKeys.WithLabelValues("@opsbot:example.org").Set(50)
 	m.CrossSigned.WithLabelValues("@opsbot:example.org").Set(1)
+	m.KeyDelivery.WithLabelValues("@opsbot:example.org").Set(1)
 	m.KeysBackedUp.WithLabelValues("@opsbot:example.org").Add(3)
 	families, err := m.Registry.Gather()
 	if err != nil {
