@@ -330,7 +330,11 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	client.Store = store
 	client.StateStore = m.opts.StateStore
 	client.Crypto = clientCrypto{m: m, bot: bot}
-	machine := crypto.NewOlmMachine(client, &log, m.shared.NewStore(store), m.opts.StateStore)
+	cached, err := m.shared.NewStore(ctx, store)
+	if err != nil {
+		return nil, err
+	}
+	machine := crypto.NewOlmMachine(client, &log, cached, m.opts.StateStore)
 	machine.SendKeysMinTrust = trustLevel(m.opts.Trust)
 	// Only the bot's own other devices may ask for its room keys (it has none
 	// today), so keys never leak to a device the policy would not share with.

@@ -83,6 +83,8 @@ type Store struct {
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*crypto.InboundGroupSession
+	// outbound holds the bot's outbound Megolm sessions, one per room.
+	outbound map[id.RoomID]*crypto.OutboundGroupSession
 }
 
 type sessionKey struct {
@@ -90,9 +92,14 @@ type sessionKey struct {
 	session id.SessionID
 }
 
-// NewStore returns a bot's store on its SQL crypto store.
-func (sh *Shared) NewStore(sql *crypto.SQLCryptoStore) *Store {
-	return &Store{SQLCryptoStore: sql, shared: sh, sessions: map[sessionKey]*crypto.InboundGroupSession{}}
+// NewStore returns a bot's store on its SQL crypto store. It deletes the
+// outbound sessions an earlier process left (see OutboundGroupSession).
+func (sh *Shared) NewStore(ctx context.Context, sql *crypto.SQLCryptoStore) (*Store, error) {
+	if _, err := sql.DB.Exec(ctx, "DELETE FROM crypto_megolm_outbound_session WHERE account_id=$1", sql.AccountID); err != nil {
+		return nil, fmt.Errorf("deleting outbound Megolm sessions of an earlier run: %w", err)
+	}
+	return &Store{SQLCryptoStore: sql, shared: sh, sessions: map[sessionKey]*crypto.InboundGroupSession{},
+		outbound: map[id.RoomID]*crypto.OutboundGroupSession{}}, nil
 }
 
 var _ crypto.Store = (*Store)(nil)
@@ -169,6 +176,42 @@ func (s *Store) RedactOutdatedGroupSessions(ctx context.Context) ([]id.SessionID
 func (s *Store) PutWithheldGroupSession(ctx context.Context, content event.RoomKeyWithheldEventContent) error {
 	defer s.forgetSessions()
 	return s.SQLCryptoStore.PutWithheldGroupSession(ctx, content)
+}
+
+// An outbound Megolm session lives only in the memory of the process that
+// made it. mautrix writes the session back after every encryption, a SQL
+// commit per reply; a session read back from the database would also be a
+// danger: a process that died between encrypting and writing, or an old
+// leader still encrypting, leaves a stored ratchet behind the one in use,
+// and the next process would encrypt again with message indexes already
+// sent. So each process (each leader term) starts without outbound
+// sessions and shares a new one per room on its first message there, which
+// costs one key share per room after a restart or failover.
+
+func (s *Store) AddOutboundGroupSession(_ context.Context, sess *crypto.OutboundGroupSession) error {
+	s.mu.Lock()
+	s.outbound[sess.RoomID] = sess
+	s.mu.Unlock()
+	return nil
+}
+
+// UpdateOutboundGroupSession has nothing to write: the cached session is
+// the one mautrix just advanced.
+func (s *Store) UpdateOutboundGroupSession(ctx context.Context, sess *crypto.OutboundGroupSession) error {
+	return s.AddOutboundGroupSession(ctx, sess)
+}
+
+func (s *Store) GetOutboundGroupSession(_ context.Context, room id.RoomID) (*crypto.OutboundGroupSession, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.outbound[room], nil
+}
+
+func (s *Store) RemoveOutboundGroupSession(_ context.Context, room id.RoomID) error {
+	s.mu.Lock()
+	delete(s.outbound, room)
+	s.mu.Unlock()
+	return nil
 }
 
 // ValidateMessageIndex is the replay check: a message index of a session

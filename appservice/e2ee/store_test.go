@@ -34,8 +34,13 @@ func openDB(t *testing.T, dbType string) *dbutil.Database {
 	return st.DB
 }
 
-func botStore(sh *Shared, db *dbutil.Database, bot id.UserID) *Store {
-	return sh.NewStore(crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(zerolog.Nop()), bot.String(), "", []byte(testPickleKey)))
+func botStore(t *testing.T, sh *Shared, db *dbutil.Database, bot id.UserID) *Store {
+	t.Helper()
+	st, err := sh.NewStore(context.Background(), crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(zerolog.Nop()), bot.String(), "", []byte(testPickleKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // machine is a bot's OlmMachine on a Store, as startDevice makes it (no
@@ -80,7 +85,7 @@ func TestReplayProtection(t *testing.T) {
 			const bot = id.UserID("@bot:x")
 			room := id.RoomID("!r:x")
 			first := NewShared(db)
-			mach := machine(t, botStore(first, db, bot), bot)
+			mach := machine(t, botStore(t, first, db, bot), bot)
 
 			out, err := olm.NewOutboundGroupSession()
 			if err != nil {
@@ -124,7 +129,7 @@ func TestReplayProtection(t *testing.T) {
 			}
 			// A restart, or another replica's leadership: empty caches.
 			for _, name := range []string{"after a restart", "on another replica"} {
-				later := machine(t, botStore(NewShared(db), db, bot), bot)
+				later := machine(t, botStore(t, NewShared(db), db, bot), bot)
 				if _, err := later.DecryptMegolmEvent(ctx, replay); !errors.Is(err, crypto.ErrDuplicateMessageIndex) {
 					t.Fatalf("replay %s: %v, want ErrDuplicateMessageIndex", name, err)
 				}
@@ -168,7 +173,7 @@ func TestCachesFollowWrites(t *testing.T) {
 			ctx := context.Background()
 			db := openDB(t, d)
 			sh := NewShared(db)
-			a, b := botStore(sh, db, "@a:x"), botStore(sh, db, "@b:x")
+			a, b := botStore(t, sh, db, "@a:x"), botStore(t, sh, db, "@b:x")
 			const user = id.UserID("@alice:x")
 			// Keys as Matrix has them: 43 characters of unpadded base64.
 			const master, ssk = id.Ed25519("MasterKeyOfAliceMasterKeyOfAliceMasterKeyOf"), id.Ed25519("SelfSigningKeyOfAliceSelfSigningKeyOfAliceS")
@@ -217,6 +222,47 @@ func TestCachesFollowWrites(t *testing.T) {
 			}
 			if got, _ := a.GetGroupSession(ctx, "!r:x", igs.ID()); got != nil && got.Internal != nil {
 				t.Fatal("a redacted session still comes from the cache")
+			}
+		})
+	}
+}
+
+// An outbound Megolm session is never read back from the database: one an
+// earlier process stored (or left behind a ratchet it had advanced) would
+// make the next process encrypt with message indexes already sent.
+func TestOutboundSessionsLiveInOneProcess(t *testing.T) {
+	for _, d := range storetest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			db := openDB(t, d)
+			const bot, room = id.UserID("@bot:x"), id.RoomID("!r:x")
+			earlier := botStore(t, NewShared(db), db, bot)
+			left, err := crypto.NewOutboundGroupSession(room, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What an earlier version of opsbot wrote after each encryption.
+			if err := earlier.SQLCryptoStore.AddOutboundGroupSession(ctx, left); err != nil {
+				t.Fatal(err)
+			}
+			mine, err := crypto.NewOutboundGroupSession(room, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := earlier.AddOutboundGroupSession(ctx, mine); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := earlier.GetOutboundGroupSession(ctx, room); got != mine {
+				t.Fatal("the process does not get back the session it made")
+			}
+
+			restarted := botStore(t, NewShared(db), db, bot)
+			if got, err := restarted.GetOutboundGroupSession(ctx, room); err != nil || got != nil {
+				t.Fatalf("a new process got an outbound session of an earlier one: %v %v", got, err)
+			}
+			var rows int
+			if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM crypto_megolm_outbound_session WHERE account_id = $1`, bot).Scan(&rows); err != nil || rows != 0 {
+				t.Fatalf("%d outbound sessions left in the database, %v", rows, err)
 			}
 		})
 	}

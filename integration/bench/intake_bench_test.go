@@ -3,25 +3,29 @@ package bench_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix"
 	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"opsbot/appservice/config"
+	"opsbot/appservice/e2ee"
 	"opsbot/appservice/intake"
 	"opsbot/appservice/metrics"
 	"opsbot/appservice/outbox"
 	"opsbot/appservice/pipeline"
+	"opsbot/appservice/stages"
 	"opsbot/appservice/store"
 	"opsbot/appservice/store/storetest"
 	"opsbot/integration/bench"
@@ -174,73 +178,109 @@ func (s ackSkill) Setup(r *skills.Router, cfg skills.Config) error {
 	return nil
 }
 
-// handler is the pipeline's per-event work as appservice.Service.HandleEvent
-// does it for a room event: which bots are in the room (state store), decrypt
-// if encrypted, then the skills engine.
-type handler struct {
-	ss      *store.CachedStateStore
-	bots    []id.UserID
-	engine  *skills.Engine
-	m       *metrics.Metrics
-	decrypt func(ctx context.Context, evt *event.Event) (*event.Event, error)
-	tracker *bench.Tracker
+// roomBots is the membership stage's bot manager for the benchmark: the
+// bot is in every benchmark room (set in the state store beforehand).
+type roomBots struct {
+	ss   *store.CachedStateStore
+	bots []id.UserID
 }
 
-func (h *handler) Handle(ctx context.Context, item *pipeline.Item) pipeline.Outcome {
-	evt, _, err := pipeline.Parse(item.InboxEvent)
+func (r roomBots) RoomBots(ctx context.Context, room id.RoomID) []id.UserID {
+	var out []id.UserID
+	for _, b := range r.bots {
+		if r.ss.IsInRoom(ctx, room, b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (roomBots) HandleMember(context.Context, *event.Event)                 {}
+func (roomBots) HandleTombstone(context.Context, *event.Event, []id.UserID) {}
+
+// machineCrypto is the bot's OlmMachine as the crypto stage and the outbox
+// use it through appservice/e2ee's Manager (whose device set-up needs a
+// homeserver): decryption, and encryption with a room key already shared.
+// Sharing a new room key (every 100 messages of a room, and when members
+// change) means an Olm encryption per recipient device and a to-device
+// request: not part of this benchmark; a new session is made locally.
+type machineCrypto struct {
+	mach *crypto.OlmMachine
+	mu   sync.Mutex
+}
+
+func (c *machineCrypto) HandleState(context.Context, *event.Event, []id.UserID) {}
+
+func (c *machineCrypto) TryDecrypt(ctx context.Context, evt *event.Event, _ []id.UserID) (*event.Event, string, error) {
+	dec, err := c.mach.DecryptMegolmEvent(ctx, evt)
+	switch {
+	case errors.Is(err, crypto.ErrNoSessionFound):
+		return nil, "no_session", err
+	case err != nil:
+		return nil, "error", err
+	}
+	dec.Mautrix.EventSource |= event.SourceDecrypted
+	return dec, "ok", nil
+}
+
+func (c *machineCrypto) WaitForKey(context.Context, *event.Event, []id.UserID, time.Time) <-chan struct{} {
+	return make(chan struct{})
+}
+
+func (c *machineCrypto) RequestKey(context.Context, *event.Event, []id.UserID) {}
+
+func (c *machineCrypto) Encrypt(ctx context.Context, _ id.UserID, room id.RoomID, evtType event.Type, content any) (event.Type, any, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	enc, err := c.mach.EncryptMegolmEvent(ctx, room, evtType, content)
+	if errors.Is(err, crypto.ErrNoGroupSession) || errors.Is(err, crypto.ErrSessionExpired) {
+		if err := shareLocally(ctx, c.mach, room); err != nil {
+			return evtType, nil, err
+		}
+		enc, err = c.mach.EncryptMegolmEvent(ctx, room, evtType, content)
+	}
 	if err != nil {
-		h.tracker.Fail(err)
-		return pipeline.Done
+		return evtType, nil, err
 	}
-	item.Event = evt
-	h.handleEvent(ctx, evt, item.State != nil)
-	return pipeline.Done
+	return event.EventEncrypted, enc, nil
 }
 
-func (h *handler) handleEvent(ctx context.Context, evt *event.Event, _ bool) {
-	if evt.Type.Class == event.ToDeviceEventType {
-		return
+// shareLocally makes a new outbound room key for room and takes it as
+// shared (see machineCrypto).
+func shareLocally(ctx context.Context, mach *crypto.OlmMachine, room id.RoomID) error {
+	ogs, err := crypto.NewOutboundGroupSession(room, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
+	if err != nil {
+		return err
 	}
-	if evt.Type.Class == event.StateEventType {
-		mautrix.UpdateStateStore(ctx, h.ss, evt)
-	}
-	var roomBots []id.UserID
-	for _, bot := range h.bots {
-		if h.ss.IsInRoom(ctx, evt.RoomID, bot) {
-			roomBots = append(roomBots, bot)
-		}
-	}
-	if len(roomBots) == 0 {
-		h.tracker.Fail(fmt.Errorf("no bot in room %s", evt.RoomID))
-		return
-	}
-	if evt.Type == event.EventEncrypted {
-		if h.decrypt == nil {
-			h.tracker.Fail(fmt.Errorf("encrypted event %s and no decrypter", evt.ID))
-			return
-		}
-		decrypted, err := h.decrypt(ctx, evt)
-		if err != nil {
-			h.m.ObserveDecrypt(roomBots[0], "error")
-			h.tracker.Fail(fmt.Errorf("decrypting %s: %w", evt.ID, err))
-			return
-		}
-		h.m.ObserveDecrypt(roomBots[0], "ok")
-		decrypted.Mautrix.EventSource |= event.SourceDecrypted
-		evt = decrypted
-	}
-	h.engine.Handle(ctx, evt, roomBots)
+	ogs.Shared = true
+	return mach.CryptoStore.AddOutboundGroupSession(ctx, ogs)
 }
 
 // inbox is the store as the pipeline's inbox, telling the tracker about
-// every event marked done.
+// every event marked done; with encryption the marks take the message
+// indexes along, as appservice.Service's inbox does.
 type inbox struct {
 	*store.Store
 	tracker *bench.Tracker
+	indexes *e2ee.Shared
 }
 
 func (i inbox) MarkDone(ctx context.Context, fence store.Fence, seqs []int64) error {
-	err := i.Store.MarkDone(ctx, fence, seqs)
+	var batch e2ee.IndexBatch
+	if i.indexes != nil {
+		batch = i.indexes.TakeIndexes()
+	}
+	err := i.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if i.indexes != nil {
+			if err := i.indexes.WriteIndexes(ctx, batch); err != nil {
+				return err
+			}
+		}
+		return i.Store.MarkDone(ctx, fence, seqs)
+	})
+	if err != nil && i.indexes != nil {
+		i.indexes.RestoreIndexes(batch)
+	}
 	if err == nil {
 		for _, seq := range seqs {
 			i.tracker.Marked(seq)
@@ -259,14 +299,15 @@ type fullOpsbot struct {
 	HS      *bench.Homeserver
 }
 
-// newFullOpsbot wires intake, the inbox, the room state store, the pipeline,
-// the skills engine and the outbox the way appservice.New does, for
-// transactions 0..txns-1 of run; reply says whether the skill answers.
-// prepare, if set, runs before the pipeline starts (to set up encryption);
-// decrypt, if set, decrypts m.room.encrypted.
+// newFullOpsbot wires intake, the inbox, the room state store, the
+// pipeline with opsbot's stages, the skills engine and the outbox the way
+// appservice.New does, for transactions 0..txns-1 of run; reply says
+// whether the skill answers. prepare, if set, runs before the pipeline
+// starts and returns the bot's encryption: then the rooms are encrypted,
+// events are decrypted and replies encrypted, and the done marks carry the
+// message indexes, as in opsbot.
 func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
-	prepare func(f *fullOpsbot),
-	decrypt func(ctx context.Context, evt *event.Event) (*event.Event, error),
+	prepare func(f *fullOpsbot) *machineCrypto,
 ) *fullOpsbot {
 	b.Helper()
 	ctx := context.Background()
@@ -321,13 +362,30 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	if err != nil {
 		b.Fatal(err)
 	}
+	bots := roomBots{ss, []id.UserID{bot}}
+	cryptoStage := &stages.Crypto{IsBot: func(u id.UserID) bool { return u == bot }, DecryptWait: 30 * time.Second,
+		Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt}
+	in := inbox{Store: st, tracker: f.Tracker}
 	if prepare != nil {
-		prepare(f)
+		enc := prepare(f)
+		cryptoStage.E2EE = enc
+		ob.Encryptor = enc
+		in.indexes = enc.mach.CryptoStore.(*e2ee.Store).Shared()
+		for i := range bench.Rooms {
+			err := ss.SetEncryptionEvent(ctx, id.RoomID(bench.RoomID(i)), &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
+	path := &stages.Path{Bots: bots, Log: log, Stages: []stages.Stage{
+		&stages.State{Store: ss}, &stages.Membership{Bots: bots}, cryptoStage, &stages.Verification{},
+		&stages.Skills{Engine: func() *skills.Engine { return engine }},
+	}}
 	p := &pipeline.Pipeline{
-		Inbox:   inbox{st, f.Tracker},
+		Inbox:   in,
 		Term:    benchTerm{},
-		Handler: &handler{ss: ss, bots: []id.UserID{bot}, engine: engine, m: m, decrypt: decrypt, tracker: f.Tracker},
+		Handler: path,
 		Log:     log.With().Str("component", "pipeline").Logger(),
 		Observe: m.ObserveEvent,
 	}
@@ -349,7 +407,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 
 func benchFull(b *testing.B, concurrency int, dbType string, reply bool) {
 	run := bench.NewRun()
-	f := newFullOpsbot(b, dbType, run, warmup+b.N, reply, nil, nil)
+	f := newFullOpsbot(b, dbType, run, warmup+b.N, reply, nil)
 	txns := bench.NewPlainTxns(run)
 	b.SetBytes(int64(txns.Size()))
 	bench.Drive(b, bench.Load{URL: f.URL, Concurrency: concurrency, Warmup: warmup,
