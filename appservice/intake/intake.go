@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
+	"opsbot/appservice/pipeline"
 	"opsbot/appservice/store"
 )
 
@@ -115,14 +116,6 @@ type wireTransaction struct {
 type otkCounts map[id.UserID]map[id.DeviceID]mautrix.OTKCount
 
 // eventHeader holds the fields intake needs to file an event.
-type eventHeader struct {
-	Type       string `json:"type"`
-	EventID    string `json:"event_id"`
-	RoomID     string `json:"room_id"`
-	ToUserID   string `json:"to_user_id"`
-	ToDeviceID string `json:"to_device_id"`
-}
-
 func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r) {
 		return
@@ -238,18 +231,24 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 // blocking everything behind it.
 func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
 	for i, raw := range raws {
-		var hdr eventHeader
-		if err := json.Unmarshal(raw, &hdr); err != nil || hdr.Type == "" ||
-			(kind == store.KindPDU && (hdr.EventID == "" || hdr.RoomID == "")) ||
-			(kind == store.KindToDevice && (hdr.ToUserID == "" || hdr.ToDeviceID == "")) {
+		// The one decoding of the event: the pipeline gets it with the
+		// event (store.InboxEvent.Decoded).
+		ev := store.InboxEvent{Kind: kind, Payload: raw}
+		evt, contentErr, err := pipeline.Parse(ev)
+		if err != nil || evt.Type.Type == "" ||
+			(kind == store.KindPDU && (evt.ID == "" || evt.RoomID == "")) ||
+			(kind == store.KindToDevice && (evt.ToUserID == "" || evt.ToDeviceID == "")) {
 			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id, room_id, to_user_id or to_device_id)")
 			continue
 		}
-		ev := store.InboxEvent{EventID: hdr.EventID, RoomID: hdr.RoomID, Kind: kind, Type: hdr.Type, Payload: raw}
+		if contentErr != nil {
+			log.Warn().Err(contentErr).Stringer("event_id", evt.ID).Str("type", evt.Type.Type).Msg("Event content does not fit its type; skills get only the raw content")
+		}
+		ev.EventID, ev.RoomID, ev.Type, ev.Decoded = evt.ID.String(), evt.RoomID.String(), evt.Type.Type, evt
 		if kind == store.KindToDevice {
 			// One queue for all to-device events of a device, in order:
 			// Olm sessions break if their messages are handled out of order.
-			ev.EventID, ev.RoomID = "", "to-device:"+hdr.ToUserID+"|"+hdr.ToDeviceID
+			ev.EventID, ev.RoomID = "", "to-device:"+evt.ToUserID.String()+"|"+evt.ToDeviceID.String()
 		}
 		out = append(out, ev)
 	}

@@ -106,6 +106,11 @@ func TestTransactionRecordedThenAcknowledged(t *testing.T) {
 			if f.pending(t) != 2 || len(f.delivered) != 2 || f.delivered[0].EventID != "$a" {
 				t.Fatalf("pending=%d delivered=%+v", f.pending(t), f.delivered)
 			}
+			// The pipeline gets the event as intake decoded it, content
+			// and all, and does not decode it again.
+			if evt := f.delivered[1].Decoded; evt == nil || evt.ID != "$b" || evt.Content.AsMessage().Body != "!ping" {
+				t.Fatalf("delivered without its decoded event: %+v", evt)
+			}
 			// A retried transaction is acknowledged and not delivered again.
 			code, _ = f.do(t, "PUT", "/_matrix/app/v1/transactions/1", hsToken, txnBody("$a", "$b"))
 			if code != 200 || len(f.delivered) != 2 || f.pending(t) != 2 {
@@ -156,7 +161,8 @@ func TestBadRequestsRecordNothing(t *testing.T) {
 func TestMalformedEventsAreDroppedNotFatal(t *testing.T) {
 	f := newFixture(t, "sqlite")
 	body := `{"events":[42, {"type":"m.room.message"}, {"event_id":"$x","room_id":"!r:x"}, ` +
-		`{"type":"m.room.message","event_id":"$good","room_id":"!r:x","content":"not an object"}],` +
+		`{"type":"m.room.message","event_id":"$bad","room_id":"!r:x","content":"not an object"}, ` +
+		`{"type":"m.room.message","event_id":"$good","room_id":"!r:x","content":{"body":"hi"}}],` +
 		`"ephemeral":[{"type":"m.typing","room_id":"!r:x","content":{"user_ids":[]}}]}`
 	code, _ := f.do(t, "PUT", "/_matrix/app/v1/transactions/m", hsToken, body)
 	if code != 200 {

@@ -184,7 +184,7 @@ func (p *Pipeline) Deliver(events []store.InboxEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ev := range events {
-		p.enqueueLocked(&Item{InboxEvent: ev})
+		p.enqueueLocked(&Item{InboxEvent: ev, Event: ev.Decoded})
 	}
 	p.cond.Broadcast()
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
 )
 
 // Kinds of inbox entries.
@@ -30,6 +31,10 @@ type InboxEvent struct {
 	// finished: it may have acted on them already.
 	Recovered bool
 	Payload   []byte // the event JSON as the homeserver sent it
+	// Decoded is the payload as intake decoded it, handed on with a fresh
+	// event so that it is decoded once; nil for events read back from the
+	// database. It is not stored.
+	Decoded *event.Event
 }
 
 // ErrFenced is returned by the claiming and marking writes when their

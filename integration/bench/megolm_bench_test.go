@@ -4,6 +4,7 @@ package bench_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"testing"
@@ -353,4 +354,91 @@ func benchEncryptedFull(b *testing.B, concurrency int, dbType string, reply bool
 		b.Fatal(err)
 	}
 	checkReplies(b, f, total, reply)
+}
+
+// BenchmarkMegolmEncrypt measures the cost of encrypting one reply: the
+// floor (goolm's outbound group session alone: ratchet, AES, MAC and the
+// Ed25519 signature) and mautrix's OlmMachine.EncryptMegolmEvent as the
+// outbox calls it, on opsbot's crypto store (outbound sessions in memory)
+// and, bare, on mautrix's SQL crypto store (a write per encryption). The
+// room key is shared every sessionMessages replies, locally and untimed.
+func BenchmarkMegolmEncrypt(b *testing.B) {
+	b.Run("floor-goolm", benchEncryptFloor)
+	for _, db := range storetest.Dialects {
+		b.Run("machine-"+db, func(b *testing.B) { benchEncryptMachine(b, db, false) })
+		b.Run("machine-"+db+"-bare", func(b *testing.B) { benchEncryptMachine(b, db, true) })
+	}
+}
+
+// replyContent is what the benchmark skill answers.
+func replyContent() *event.MessageEventContent {
+	return &event.MessageEventContent{MsgType: event.MsgNotice, Body: "pong"}
+}
+
+func benchEncryptFloor(b *testing.B) {
+	room := id.RoomID(bench.RoomID(0))
+	plaintext, err := json.Marshal(map[string]any{"room_id": room, "type": "m.room.message", "content": replyContent()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := session.NewMegolmOutboundSession()
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	b.ResetTimer()
+	cpu0 := bench.CPUTime()
+	start := time.Now()
+	var elapsed, cpu time.Duration
+	for i := range b.N {
+		if i%sessionMessages == sessionMessages-1 {
+			elapsed, cpu = elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0
+			if out, err = session.NewMegolmOutboundSession(); err != nil {
+				b.Fatal(err)
+			}
+			start, cpu0 = time.Now(), bench.CPUTime()
+		}
+		if _, err := out.Encrypt(plaintext); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportPerEvent(b, elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0)
+}
+
+func benchEncryptMachine(b *testing.B, dbType string, bare bool) {
+	ctx := context.Background()
+	st, _ := openStore(b, dbType)
+	ss := store.NewCachedStateStore(st.DB)
+	if err := ss.Upgrade(ctx); err != nil {
+		b.Fatal(err)
+	}
+	mach := newMachineOn(b, st.DB, ss, bare)
+	room := id.RoomID(bench.RoomID(0))
+	encrypt := func() {
+		_, err := mach.EncryptMegolmEvent(ctx, room, event.EventMessage, replyContent())
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	share := func() {
+		if err := shareLocally(ctx, mach, room); err != nil {
+			b.Fatal(err)
+		}
+	}
+	share()
+	encrypt()
+	runtime.GC()
+	b.ResetTimer()
+	var elapsed, cpu time.Duration
+	cpu0 := bench.CPUTime()
+	start := time.Now()
+	for i := range b.N {
+		if i%sessionMessages == sessionMessages-1 {
+			elapsed, cpu = elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0
+			share()
+			start, cpu0 = time.Now(), bench.CPUTime()
+		}
+		encrypt()
+	}
+	reportPerEvent(b, elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0)
 }
