@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,8 +104,14 @@ func startPeer(b *testing.B, hsURL string, tracker *bench.Tracker) *peerProcess 
 	}()
 	b.Cleanup(func() {
 		stopping.Store(true)
-		_ = p.cmd.Process.Kill() // our child, by its pid
-		<-exited
+		// Our child, by its pid: SIGTERM (it exits normally), then SIGKILL.
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-exited
+		}
 	})
 	select {
 	case addr := <-listening:
