@@ -798,9 +798,10 @@ func (t *Tracker) Acknowledged(n int) {
 	}
 }
 
-// Peer is the name of the peer's benchmark at concurrency c, whose results
-// printPeerSummary compares opsbot's full pipeline with.
-func Peer(c int) string { return fmt.Sprintf("BenchmarkPeer/c=%d/matrix-bot-sdk", c) }
+// peerBenchmark is the name of the peer's benchmark at concurrency c
+// (BenchmarkPeer in peer_bench_test.go), whose results printPeerSummary
+// compares opsbot's full pipeline with.
+func peerBenchmark(c int) string { return fmt.Sprintf("BenchmarkPeer/c=%d/matrix-bot-sdk", c) }
 
 // printPeerSummary prints opsbot's full plaintext pipeline as a ratio to the
 // peer, at the concurrencies both ran in this run, and the target of issue
@@ -810,7 +811,7 @@ func Peer(c int) string { return fmt.Sprintf("BenchmarkPeer/c=%d/matrix-bot-sdk"
 func printPeerSummary(w io.Writer) {
 	var cs []int
 	for _, c := range []int{1, 4} {
-		if _, ok := Result(Peer(c), "events/s"); ok {
+		if _, ok := Result(peerBenchmark(c), "events/s"); ok {
 			cs = append(cs, c)
 		}
 	}
@@ -820,7 +821,7 @@ func printPeerSummary(w io.Writer) {
 	fmt.Fprintf(w, "\n== The peer: a matrix-bot-sdk appservice bot (Node, plaintext, memory only), same load, same stub homeserver ==\n")
 	fmt.Fprintf(w, "%-40s %10s %8s %8s %12s %12s %9s\n", "", "events/s", "p50 ms", "p99 ms", "cpu us/ev", "harness us", "peak RSS")
 	for _, c := range cs {
-		name := Peer(c)
+		name := peerBenchmark(c)
 		rate, _ := Result(name, "events/s")
 		p50, _ := Result(name, "p50-ms")
 		p99, _ := Result(name, "p99-ms")
@@ -833,9 +834,9 @@ func printPeerSummary(w io.Writer) {
 
 	var lines []string
 	for _, c := range cs {
-		peerRate, _ := Result(Peer(c), "events/s")
-		peerCPU, _ := Result(Peer(c), "peer-cpu-us/event")
-		harness, _ := Result(Peer(c), "cpu-us/event")
+		peerRate, _ := Result(peerBenchmark(c), "events/s")
+		peerCPU, _ := Result(peerBenchmark(c), "peer-cpu-us/event")
+		harness, _ := Result(peerBenchmark(c), "cpu-us/event")
 		for _, db := range []string{"sqlite", "postgres"} {
 			name := fmt.Sprintf("BenchmarkIntake/c=%d/full-%s", c, db)
 			rate, ok := Result(name, "events/s")
