@@ -653,6 +653,7 @@ func PrintSummary(w io.Writer) {
 	if len(names) == 0 {
 		return
 	}
+	defer printPeerSummary(w) // last, whichever of the sections below returns early
 	fmt.Fprintf(w, "\n== Summary: ratios to the floors, from this run ==\n")
 	fmt.Fprintf(w, "%-52s %10s %8s %8s %8s %8s %9s\n", "transaction intake (50 events x ~600 B)", "events/s", "/nethttp", "/mautrix", "p50 ms", "p99 ms", "cpu us/ev")
 	for _, name := range names {
@@ -745,4 +746,146 @@ func verdict(met bool) string {
 		return "met"
 	}
 	return "NOT met"
+}
+
+// The peer (peer_bench_test.go): a matrix-bot-sdk appservice bot in a Node
+// process of its own, answering the same load against the same stub
+// homeserver, so that opsbot's full pipeline is compared with a bot people
+// really write, in the same run.
+
+// ProcessCPU returns the CPU time (user + system, all threads) that process
+// pid has used so far, from /proc/<pid>/stat.
+func ProcessCPU(pid int) (time.Duration, error) {
+	st := procStat(pid)
+	if st.ppid < 0 {
+		return 0, fmt.Errorf("reading /proc/%d/stat failed (has the process exited?)", pid)
+	}
+	return st.own, nil
+}
+
+// PeakRSS returns the peak resident set size of process pid (VmHWM in
+// /proc/<pid>/status), in bytes.
+func PeakRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/status: VmHWM: %w", pid, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no VmHWM", pid)
+}
+
+// NewPeerHomeserver starts the stub homeserver of NewHomeserver for a bot
+// that asks which rooms it is in before it sends, as matrix-bot-sdk's
+// intents do (GET /joined_rooms, then cached): it answers that with the
+// benchmark rooms, and everything else as NewHomeserver's stub does.
+func NewPeerHomeserver(b testing.TB, tracker *Tracker) *Homeserver {
+	hs := &Homeserver{Tracker: tracker}
+	var joined struct {
+		JoinedRooms []string `json:"joined_rooms"`
+	}
+	for i := range Rooms {
+		joined.JoinedRooms = append(joined.JoinedRooms, RoomID(i))
+	}
+	answer, err := json.Marshal(joined)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs.URL, hs.Conns = Serve(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/joined_rooms") {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(answer)
+			return
+		}
+		hs.serve(w, r)
+	}))
+	return hs
+}
+
+// Acknowledged counts every event of transaction n as handled on the bot's
+// side, for a bot without an inbox (the peer), tracked with replies: such a
+// bot answers the transaction's PUT once it has handed each event to its
+// handlers, so its 200 stands where opsbot's done marks do. Done then waits
+// for the replies too: acknowledged and answered.
+func (t *Tracker) Acknowledged(n int) {
+	if n < 0 || n >= len(t.steps) {
+		return
+	}
+	for range EventsPerTxn {
+		t.step(n)
+	}
+}
+
+// peerBenchmark is the name of the peer's benchmark at concurrency c
+// (BenchmarkPeer in peer_bench_test.go), whose results printPeerSummary
+// compares opsbot's full pipeline with.
+func peerBenchmark(c int) string { return fmt.Sprintf("BenchmarkPeer/c=%d/matrix-bot-sdk", c) }
+
+// printPeerSummary prints opsbot's full plaintext pipeline as a ratio to the
+// peer, at the concurrencies both ran in this run, and the target of issue
+// 15 (at least twice the peer's events/s, opsbot alone being durable). If
+// opsbot's pipeline did not run (the benchmarks were filtered), it prints
+// the peer's numbers alone.
+func printPeerSummary(w io.Writer) {
+	var cs []int
+	for _, c := range []int{1, 4} {
+		if _, ok := Result(peerBenchmark(c), "events/s"); ok {
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n== The peer: a matrix-bot-sdk appservice bot (Node, plaintext, memory only), same load, same stub homeserver ==\n")
+	fmt.Fprintf(w, "%-40s %10s %8s %8s %12s %12s %9s\n", "", "events/s", "p50 ms", "p99 ms", "cpu us/ev", "harness us", "peak RSS")
+	for _, c := range cs {
+		name := peerBenchmark(c)
+		rate, _ := Result(name, "events/s")
+		p50, _ := Result(name, "p50-ms")
+		p99, _ := Result(name, "p99-ms")
+		cpu, _ := Result(name, "peer-cpu-us/event")
+		harness, _ := Result(name, "cpu-us/event")
+		rss, _ := Result(name, "peer-rss-MiB")
+		fmt.Fprintf(w, "%-40s %10.0f %8.2f %8.2f %12.1f %12.1f %5.0f MiB\n", strings.TrimPrefix(name, "Benchmark"), rate, p50, p99, cpu, harness, rss)
+	}
+	fmt.Fprintf(w, "(cpu us/ev: the node process; harness us: this process, i.e. the driver and the stub homeserver, per event)\n")
+
+	var lines []string
+	for _, c := range cs {
+		peerRate, _ := Result(peerBenchmark(c), "events/s")
+		peerCPU, _ := Result(peerBenchmark(c), "peer-cpu-us/event")
+		harness, _ := Result(peerBenchmark(c), "cpu-us/event")
+		for _, db := range []string{"sqlite", "postgres"} {
+			name := fmt.Sprintf("BenchmarkIntake/c=%d/full-%s", c, db)
+			rate, ok := Result(name, "events/s")
+			if !ok {
+				continue
+			}
+			// opsbot's pipeline runs in this process, beside the same driver
+			// and stub: its own CPU is this process's minus the harness's
+			// (measured in the peer's run), plus the Postgres server's.
+			cpu, _ := Result(name, "cpu-us/event")
+			pg, _ := Result(name, "pg-cpu-us/event")
+			own := cpu - harness + pg
+			lines = append(lines, fmt.Sprintf("  %-22s %8.0f / %8.0f events/s = %5.2f x  %-8s cpu %6.1f / %6.1f us/event = %5.2f x  (with the harness: %.1f us, %.2f x)",
+				fmt.Sprintf("c=%d full-%s", c, db), rate, peerRate, rate/peerRate, verdict(rate >= 2*peerRate), own, peerCPU, own/peerCPU, cpu+pg, (cpu+pg)/peerCPU))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nTarget: opsbot's full plaintext pipeline >= 2 x the peer's events/s (end to end: acknowledged and answered; opsbot alone durable)\n")
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+	if rss, err := PeakRSS(os.Getpid()); err == nil {
+		fmt.Fprintf(w, "  (opsbot has no RSS of its own here: this test process, holding every benchmark of the run with the driver and the stub, peaked at %.0f MiB)\n", float64(rss)/(1<<20))
+	}
 }
