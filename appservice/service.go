@@ -237,6 +237,10 @@ func (f termFence) Check(ctx context.Context) error {
 	return t.Check(ctx)
 }
 
+// processStart is about when the process started (this package's
+// initialisation), for the start-up time in the log.
+var processStart = time.Now()
+
 // Run starts opsbot and blocks until ctx is cancelled, then shuts down:
 // intake stops first, in-flight handlers get drainTimeout to finish, and
 // whatever is left stays in the inbox for the next leader.
@@ -286,7 +290,8 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		return err
 	}
 	s.running.Store(true)
-	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).Msg("opsbot is running")
+	s.Log.Info().Str("listen", listener.Addr().String()).Str("bots", s.Bots.Describe()).
+		Dur("start_up", time.Since(processStart)).Msg("opsbot is running")
 
 	select {
 	case <-ctx.Done():

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -431,6 +432,25 @@ func (o *Opsbot) WaitForLogs(t testing.TB, timeout time.Duration, n int, parts .
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// LastLogField returns a field of the last log line that contains msg, as
+// its JSON text.
+func (o *Opsbot) LastLogField(t testing.TB, msg, field string) string {
+	t.Helper()
+	lines := strings.Split(o.Log(), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if !strings.Contains(lines[i], msg) {
+			continue
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(lines[i]), &fields); err != nil || fields[field] == nil {
+			t.Fatalf("no field %q in log line %s", field, lines[i])
+		}
+		return string(fields[field])
+	}
+	t.Fatalf("no log line with %q", msg)
+	return ""
 }
 
 // CountLog counts the log lines (of all runs) that contain all the parts.

@@ -26,6 +26,9 @@ import (
 const (
 	FeatureToDevice   = "msc2409" // to-device events in transactions
 	FeatureDeviceInfo = "msc3202" // device lists and one-time-key counts in transactions
+	// NotPushed notes a probe that no transaction answered: later starts
+	// do not wait for one (evidence of the features still counts).
+	NotPushed = "probe_not_pushed"
 )
 
 // FeatureStore remembers which features the homeserver was seen using, so
@@ -186,38 +189,62 @@ func (t *Transactions) waitFor(ctx context.Context, features ...string) bool {
 // chooseMode resolves encryption.mode auto once the devices are open:
 // appservice when the homeserver advertises MSC2409 and MSC3202, or was
 // seen pushing both (in an earlier run, or now, for a to-device event a
-// bot device sends itself), else sync.
-func (m *Manager) chooseMode(ctx context.Context, versions *mautrix.RespVersions) (mode, why string) {
+// bot device sends itself), else sync; with encryption.msc4190 always
+// appservice, unconfirmed if nothing showed the homeserver pushes keys.
+func (m *Manager) chooseMode(ctx context.Context, versions *mautrix.RespVersions) (mode, why string, unconfirmed bool) {
 	if Advertises(versions) {
-		return ModeAppservice, AdvertisedWhy
+		return ModeAppservice, AdvertisedWhy, false
 	}
 	t := m.Transactions
+	var notPushed time.Time
 	if t.store != nil {
-		since, err := SeenBefore(ctx, t.store)
-		if err != nil {
+		seen, err := t.store.SeenFeatures(ctx)
+		switch {
+		case err != nil:
 			m.opts.Log.Warn().Err(err).Msg("Could not read what the homeserver pushed in earlier transactions")
-		} else if !since.IsZero() {
-			return ModeAppservice, SeenBeforeWhy(since)
+		case !seen[FeatureToDevice].IsZero() && !seen[FeatureDeviceInfo].IsZero():
+			return ModeAppservice, SeenBeforeWhy(seen[FeatureToDevice]), false
+		default:
+			notPushed = seen[NotPushed]
 		}
 	}
 	if len(m.order) == 0 {
-		return ModeSync, "no bot devices"
+		return ModeSync, "no bot devices", false
 	}
 	if err := m.probe(ctx, m.devices[m.order[0]]); err != nil {
 		m.opts.Log.Warn().Err(err).Msg("Could not send the key delivery probe")
 	}
+	if !notPushed.IsZero() && !m.opts.MSC4190 {
+		// Asked before and not answered: not worth a wait at every start.
+		// Should the probe come back now, the homeserver's pushes are
+		// recorded, and the next start uses them.
+		return ModeSync, fmt.Sprintf("the homeserver did not push a to-device event back in a transaction when asked (MSC2409, MSC3202) on %s, so each bot device runs its own /sync",
+			notPushed.UTC().Format(time.RFC3339)), false
+	}
 	pctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
 	if t.waitFor(pctx, FeatureToDevice, FeatureDeviceInfo) {
-		return ModeAppservice, "the homeserver pushed a to-device event, device lists and one-time-key counts in a transaction (MSC2409, MSC3202), though it does not advertise them"
+		return ModeAppservice, "the homeserver pushed a to-device event, device lists and one-time-key counts in a transaction (MSC2409, MSC3202), though it does not advertise them", false
+	}
+	if t.store != nil && ctx.Err() == nil {
+		if err := t.store.RecordFeatures(ctx, NotPushed); err != nil {
+			m.opts.Log.Warn().Err(err).Msg("Could not note that the homeserver did not answer the key delivery probe")
+		}
 	}
 	switch {
+	case m.opts.MSC4190:
+		// Such devices have no token of their own to /sync with: keys come
+		// in transactions or not at all. A homeserver that had the
+		// appservice backed off after an outage (Synapse does) sends the
+		// probe late; each device is reported without keys until a
+		// transaction brings some (Start).
+		return ModeAppservice, fmt.Sprintf("encryption.msc4190 is on, and devices made through the appservice API can get keys only in transactions, though the homeserver did not push any within %v of asking (MSC2409, MSC3202)", ProbeTimeout), true
 	case t.has(FeatureToDevice):
-		return ModeSync, "the homeserver pushes to-device events in transactions (MSC2409) but no device lists or one-time-key counts (MSC3202: on Synapse set experimental_features.msc3202_transaction_extensions), so each bot device runs its own /sync"
+		return ModeSync, "the homeserver pushes to-device events in transactions (MSC2409) but no device lists or one-time-key counts (MSC3202: on Synapse set experimental_features.msc3202_transaction_extensions), so each bot device runs its own /sync", false
 	case t.has(FeatureDeviceInfo):
-		return ModeSync, "the homeserver pushes device lists and one-time-key counts in transactions (MSC3202) but no to-device events (MSC2409: on Synapse set experimental_features.msc2409_to_device_messages_enabled), so each bot device runs its own /sync"
+		return ModeSync, "the homeserver pushes device lists and one-time-key counts in transactions (MSC3202) but no to-device events (MSC2409: on Synapse set experimental_features.msc2409_to_device_messages_enabled), so each bot device runs its own /sync", false
 	}
-	return ModeSync, fmt.Sprintf("the homeserver neither advertises nor pushed (within %v of asking) to-device events, device lists and one-time-key counts in transactions (MSC2409, MSC3202), so each bot device runs its own /sync", ProbeTimeout)
+	return ModeSync, fmt.Sprintf("the homeserver neither advertises nor pushed (within %v of asking) to-device events, device lists and one-time-key counts in transactions (MSC2409, MSC3202), so each bot device runs its own /sync", ProbeTimeout), false
 }
 
 // Advertises reports whether a /versions answer advertises both MSC2409

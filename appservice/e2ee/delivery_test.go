@@ -2,12 +2,15 @@ package e2ee
 
 import (
 	"context"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // fakeFeatures is a FeatureStore in memory.
@@ -162,5 +165,54 @@ func TestTransactionsWithoutDeviceInfo(t *testing.T) {
 	}
 	if since, _ := SeenBefore(context.Background(), store); !since.IsZero() {
 		t.Fatal("still remembered after forgetting")
+	}
+}
+
+// A homeserver asked once and found not to push keys in transactions is
+// not waited for again at every start; evidence that it does wins, and
+// with MSC4190 (devices that cannot /sync) keys can only come in
+// transactions, confirmed or not.
+func TestChooseModeRemembersAnUnansweredProbe(t *testing.T) {
+	hs := &fakeHomeserver{}
+	base := hs.start(t, func(*http.Request) string { return `{}` })
+	client, err := mautrix.NewClient(base, "@bot:example.org", "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.DeviceID = "OPSBOTABCDEFGHIJ"
+	saved := ProbeTimeout
+	ProbeTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { ProbeTimeout = saved })
+	manager := func(features *fakeFeatures, msc4190 bool) *Manager {
+		m := New(Options{Features: features, MSC4190: msc4190, Log: zerolog.Nop()})
+		dev := &Device{UserID: client.UserID, DeviceID: client.DeviceID, Client: client}
+		m.devices[dev.UserID], m.order = dev, []id.UserID{dev.UserID}
+		return m
+	}
+	ctx := context.Background()
+	features := &fakeFeatures{seen: map[string]time.Time{}}
+
+	start := time.Now()
+	mode, why, unconfirmed := manager(features, false).chooseMode(ctx, nil)
+	if mode != ModeSync || unconfirmed || time.Since(start) < ProbeTimeout || features.seen[NotPushed].IsZero() {
+		t.Fatalf("first start: %s (%s) after %v, noted %v", mode, why, time.Since(start), features.seen)
+	}
+	start = time.Now()
+	mode, why, _ = manager(features, false).chooseMode(ctx, nil)
+	if mode != ModeSync || time.Since(start) >= ProbeTimeout || !strings.Contains(why, "when asked") {
+		t.Fatalf("second start: %s (%s) after %v, want sync without the wait", mode, why, time.Since(start))
+	}
+	if probes := len(hs.reqs); probes != 2 {
+		t.Fatalf("%d probes sent, want one per start (a late answer is still recorded)", probes)
+	}
+
+	mode, why, unconfirmed = manager(features, true).chooseMode(ctx, nil)
+	if mode != ModeAppservice || !unconfirmed {
+		t.Fatalf("with MSC4190: %s (%s) unconfirmed=%v, want appservice, unconfirmed", mode, why, unconfirmed)
+	}
+
+	_ = features.RecordFeatures(ctx, FeatureToDevice, FeatureDeviceInfo)
+	if mode, why, _ = manager(features, false).chooseMode(ctx, nil); mode != ModeAppservice {
+		t.Fatalf("with evidence recorded: %s (%s)", mode, why)
 	}
 }

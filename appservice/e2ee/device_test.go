@@ -3,15 +3,22 @@ package e2ee
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -123,4 +130,104 @@ func TestOpenDeviceMSC4190Required(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "set encryption.msc4190: true") {
 		t.Fatalf("err = %v, want it to name encryption.msc4190", err)
 	}
+}
+
+func TestInParallel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var running, most atomic.Int32
+	var got []context.Context
+	var mu sync.Mutex
+	err := inParallel(ctx, 40, func(c context.Context, i int) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		time.Sleep(5 * time.Millisecond)
+		mu.Lock()
+		got = append(got, c)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil || len(got) != 40 || most.Load() > startConcurrency || most.Load() < 2 {
+		t.Fatalf("err=%v ran=%d at most %d at once", err, len(got), most.Load())
+	}
+	// What f starts may outlive the loop: its context is the caller's.
+	for _, c := range got {
+		if c.Err() != nil {
+			t.Fatal("f's context ended with the loop")
+		}
+	}
+	boom := errors.New("boom")
+	var ran atomic.Int32
+	err = inParallel(ctx, 100, func(_ context.Context, i int) error {
+		ran.Add(1)
+		if i == 3 {
+			return boom
+		}
+		time.Sleep(5 * time.Millisecond)
+		return nil
+	})
+	if !errors.Is(err, boom) || ran.Load() == 100 {
+		t.Fatalf("err=%v, ran %d of 100 after an error", err, ran.Load())
+	}
+}
+
+// A restart uses the device's stored access token instead of logging in
+// again, as long as the homeserver takes it for the device.
+func TestResumeDeviceWithStoredToken(t *testing.T) {
+	const bot, dev = id.UserID("@bot:example.org"), id.DeviceID("OPSBOTABCDEFGHIJ")
+	var mu sync.Mutex
+	logins, valid := 0, "" // the homeserver's login count and the token it takes
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.URL.Path == "/_matrix/client/v3/login":
+			logins++
+			valid = fmt.Sprintf("token-%d", logins)
+			fmt.Fprintf(w, `{"user_id":%q,"device_id":%q,"access_token":%q}`, bot, dev, valid)
+		case r.URL.Path == "/_matrix/client/v3/account/whoami" && valid != "" && r.Header.Get("Authorization") == "Bearer "+valid:
+			fmt.Fprintf(w, `{"user_id":%q,"device_id":%q}`, bot, dev)
+		default:
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"errcode":"M_UNKNOWN_TOKEN","error":"Unknown token"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	state := func() (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logins, valid
+	}
+
+	db := openDB(t, "sqlite")
+	store := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(zerolog.Nop()), bot.String(), "", []byte(testPickleKey))
+	m := New(Options{ASToken: "as-token"})
+	start := func(existed bool) *mautrix.Client {
+		t.Helper()
+		client, err := mautrix.NewClient(srv.URL, bot, "as-token")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.resumeDevice(context.Background(), client, store, dev, existed, "opsbot (bot)"); err != nil {
+			t.Fatal(err)
+		}
+		return client
+	}
+	check := func(c *mautrix.Client, wantLogins int, when string) {
+		t.Helper()
+		n, token := state()
+		if n != wantLogins || c.AccessToken != token || c.DeviceID != dev {
+			t.Fatalf("%s: %d logins (want %d), token %q device %q", when, n, wantLogins, c.AccessToken, c.DeviceID)
+		}
+	}
+	check(start(false), 1, "first start")
+	check(start(true), 1, "restart") // the stored token, no login
+	mu.Lock()
+	valid = "" // logged out behind opsbot's back
+	mu.Unlock()
+	check(start(true), 2, "restart after a logout")
+	check(start(true), 2, "restart after the new login")
 }

@@ -103,6 +103,10 @@ type Device struct {
 	viaTransactions bool
 	// noKeys, if set, says why nothing has brought the device keys yet.
 	noKeys atomic.Pointer[string]
+	reused bool // the device existed before this start
+	// ServerKeys is what the homeserver said of the bot's own keys at
+	// start (one query for all bots): device keys, cross-signing keys.
+	ServerKeys *mautrix.RespQueryKeys
 }
 
 // keyProblem says why the device gets no keys, or "".
@@ -153,23 +157,31 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 		return "", "", err
 	}
 	mode, why = m.opts.Mode, "set in encryption.mode"
+	unconfirmed := false // appservice mode without evidence (chooseMode)
 	chosen := make(chan struct{})
 	if mode == "auto" {
 		// The probe's answer is awaited while the devices are set up.
 		go func() {
 			defer close(chosen)
-			mode, why = m.chooseMode(ctx, versions)
+			mode, why, unconfirmed = m.chooseMode(ctx, versions)
 		}()
 	} else {
 		close(chosen)
 	}
 	if m.opts.OnDevice != nil {
-		for _, bot := range m.order {
-			if err := m.opts.OnDevice(ctx, m.devices[bot]); err != nil {
-				<-chosen
-				return "", "", fmt.Errorf("encryption device of %s: %w", bot, err)
+		err := inParallel(ctx, len(m.order), func(ctx context.Context, i int) error {
+			if err := m.opts.OnDevice(ctx, m.devices[m.order[i]]); err != nil {
+				return fmt.Errorf("encryption device of %s: %w", m.order[i], err)
 			}
+			return nil
+		})
+		if err != nil {
+			<-chosen
+			return "", "", err
 		}
+	}
+	for _, dev := range m.devices {
+		dev.ServerKeys = nil // what the start-up needed, not true for long
 	}
 	<-chosen
 	if err := ctx.Err(); err != nil {
@@ -179,15 +191,25 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
 	}
 	m.opts.Mode = mode
-	for _, bot := range m.order {
-		dev := m.devices[bot]
+	unconfirmed = unconfirmed && !m.Transactions.has(FeatureToDevice, FeatureDeviceInfo)
+	err = inParallel(ctx, len(m.order), func(ctx context.Context, i int) error {
+		dev := m.devices[m.order[i]]
 		dev.viaTransactions = mode == ModeAppservice
-		if mode != ModeSync {
-			continue
+		if unconfirmed {
+			problem := "no transaction has brought encryption keys yet: " + why
+			dev.noKeys.Store(&problem)
+			dev.log.Warn().Str("why", why).Msg("This bot's device has not received encryption keys in transactions yet")
+		}
+		// Synapse refuses /sync to the appservice's sender user only; the
+		// other bots' devices sync like any client's, and their sync loops
+		// log what goes wrong. One /sync each would cost a start with many
+		// bots more than all the rest.
+		if mode != ModeSync || dev.UserID != m.opts.Sender {
+			return nil
 		}
 		if err := m.checkSync(ctx, dev); err != nil {
 			if ctx.Err() != nil {
-				return "", "", ctx.Err()
+				return ctx.Err()
 			}
 			// Keys can still come in transactions: if the homeserver
 			// pushes them after all (a late probe), they are taken.
@@ -198,6 +220,10 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 				dev.log.Error().Err(err).Msg("This bot's device cannot receive encryption keys")
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return "", "", err
 	}
 	m.deviceInfoWanted.Store(m.anyViaTransactions())
 	m.Transactions.start(mode, m.keysInTransactions)
@@ -236,15 +262,87 @@ func (m *Manager) open(ctx context.Context) error {
 	if err := store.DB.Upgrade(ctx); err != nil {
 		return fmt.Errorf("migrating the crypto store: %w", err)
 	}
-	for _, bot := range m.opts.Bots {
-		dev, err := m.startDevice(ctx, bot)
-		if err != nil {
-			return fmt.Errorf("encryption device of %s: %w", bot, err)
+	devices := make([]*Device, len(m.opts.Bots))
+	err := inParallel(ctx, len(devices), func(ctx context.Context, i int) (err error) {
+		if devices[i], err = m.startDevice(ctx, m.opts.Bots[i]); err != nil {
+			return fmt.Errorf("encryption device of %s: %w", m.opts.Bots[i], err)
 		}
-		m.devices[bot] = dev
-		m.order = append(m.order, bot)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// One question for all bots' keys, not one per bot.
+	query := &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{}}
+	for _, dev := range devices {
+		query.DeviceKeys[dev.UserID] = mautrix.DeviceIDList{dev.DeviceID}
+	}
+	server, err := devices[0].Client.QueryKeys(ctx, query)
+	if err != nil {
+		return fmt.Errorf("querying the bots' own keys: %w", err)
+	}
+	err = inParallel(ctx, len(devices), func(ctx context.Context, i int) error {
+		devices[i].ServerKeys = server
+		if err := devices[i].ensureKeysOnServer(ctx); err != nil {
+			return fmt.Errorf("encryption device of %s: %w", devices[i].UserID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, dev := range devices {
+		m.devices[dev.UserID] = dev
+		m.order = append(m.order, dev.UserID)
+		if dev.reused {
+			dev.log.Info().Stringer("device_id", dev.DeviceID).Msg("Reusing the bot's encryption device")
+		} else {
+			dev.log.Info().Stringer("device_id", dev.DeviceID).Msg("Created the bot's encryption device")
+		}
 	}
 	return nil
+}
+
+// startConcurrency bounds the bots whose devices start at once: start-up
+// waits mostly for the homeserver, which should not get a hundred logins
+// in the same instant.
+const startConcurrency = 8
+
+// inParallel runs f for 0..n-1, startConcurrency at a time, and returns
+// the first error; after one, no more are started. f gets ctx itself, not
+// a context of the loop: what it starts may outlive the loop.
+func inParallel(ctx context.Context, n int, f func(ctx context.Context, i int) error) error {
+	slots := make(chan struct{}, startConcurrency)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return first != nil
+	}
+	for i := range n {
+		slots <- struct{}{}
+		if failed() || ctx.Err() != nil {
+			<-slots
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := f(ctx, i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		return ctx.Err()
+	}
+	return first
 }
 
 // Indexes is where the message indexes of decrypted events wait to be
@@ -323,7 +421,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	client.Log = log.With().Str("component", "e2ee-client").Logger()
 	client.DefaultHTTPRetries = 3
 	localpart, _, _ := bot.Parse()
-	if err := m.openDevice(ctx, client, deviceID, "opsbot ("+localpart+")"); err != nil {
+	if err := m.resumeDevice(ctx, client, store, deviceID, storedID != "", "opsbot ("+localpart+")"); err != nil {
 		return nil, err
 	}
 	store.DeviceID = deviceID
@@ -345,16 +443,48 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
-	dev := &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log}
-	if err := dev.ensureKeysOnServer(ctx); err != nil {
-		return nil, err
+	return &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log, reused: storedID != ""}, nil
+}
+
+// SecretDeviceToken keeps the access token of a bot's device (not with
+// MSC4190, where the appservice token acts for the device), so that a
+// restart need not log in again: a login is the costliest request of a
+// start on Dendrite and Synapse alike.
+const SecretDeviceToken id.Secret = "org.opsbot.device_token"
+
+// resumeDevice uses the device's stored token if the homeserver still
+// takes it for the device, and otherwise opens the device (openDevice)
+// and stores the new token.
+func (m *Manager) resumeDevice(ctx context.Context, client *mautrix.Client, store *crypto.SQLCryptoStore, deviceID id.DeviceID, existed bool, name string) error {
+	if !m.opts.MSC4190 && existed {
+		token, err := store.GetSecret(ctx, SecretDeviceToken)
+		if err != nil {
+			return fmt.Errorf("reading the device's access token: %w", err)
+		}
+		if token != "" {
+			client.AccessToken, client.DeviceID = token, deviceID
+			who, err := client.Whoami(ctx)
+			switch {
+			case err == nil && who.UserID == client.UserID && who.DeviceID == deviceID:
+				return nil
+			case err == nil, errors.Is(err, mautrix.MUnknownToken):
+				// Logged out, or the device was deleted: log in again.
+			default:
+				return fmt.Errorf("checking the device's access token (GET /account/whoami): %w", err)
+			}
+			client.AccessToken = m.opts.ASToken
+		}
 	}
-	if storedID == "" {
-		log.Info().Stringer("device_id", deviceID).Msg("Created the bot's encryption device")
-	} else {
-		log.Info().Stringer("device_id", deviceID).Msg("Reusing the bot's encryption device")
+	if err := m.openDevice(ctx, client, deviceID, name); err != nil {
+		return err
 	}
-	return dev, nil
+	if m.opts.MSC4190 {
+		return nil
+	}
+	if err := store.PutSecret(ctx, SecretDeviceToken, client.AccessToken); err != nil {
+		return fmt.Errorf("storing the device's access token: %w", err)
+	}
+	return nil
 }
 
 // openDevice creates the bot's device with a fixed ID, or opens it again:
@@ -396,10 +526,7 @@ func (m *Manager) openDevice(ctx context.Context, client *mautrix.Client, device
 // ensureKeysOnServer uploads the device keys the first time, and checks on
 // later starts that the server still has the keys this database holds.
 func (d *Device) ensureKeysOnServer(ctx context.Context) error {
-	resp, err := d.Client.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{d.UserID: {d.DeviceID}}})
-	if err != nil {
-		return fmt.Errorf("querying the device's own keys: %w", err)
-	}
+	resp := d.ServerKeys
 	own := d.Machine.OwnIdentity()
 	shared := d.Machine.GetAccount().Shared
 	keys, ok := resp.DeviceKeys[d.UserID][d.DeviceID]

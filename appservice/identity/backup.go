@@ -46,10 +46,10 @@ type uploader struct {
 // and a backup version on the server that uses it. When restoring (a device
 // created at this start, with a recovery key already in the database), the
 // backup's room keys are imported first.
-func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ssss.Key, restoring bool, log zerolog.Logger) (*uploader, error) {
+func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey func() (*ssss.Key, error), restoring bool, log zerolog.Logger) (*uploader, error) {
 	mach := dev.Machine
 	sqlStore := dev.SQLStore()
-	key, err := backupKey(ctx, mach, ssssKey)
+	key, err := backupKey(ctx, mach, ssssKey, restoring)
 	if err != nil {
 		return nil, err
 	}
@@ -85,9 +85,34 @@ func (m *Manager) setupBackup(ctx context.Context, dev *e2ee.Device, ssssKey *ss
 	return up, nil
 }
 
-// backupKey reads the backup key from secret storage, creating it there the
-// first time.
-func backupKey(ctx context.Context, mach *crypto.OlmMachine, ssssKey *ssss.Key) (*backup.MegolmBackupKey, error) {
+// backupKey returns the backup key: the database's copy, or else the one in
+// secret storage, created there the first time. A restore reads secret
+// storage: the recovery key it was given must unlock it.
+func backupKey(ctx context.Context, mach *crypto.OlmMachine, ssssKey func() (*ssss.Key, error), restoring bool) (*backup.MegolmBackupKey, error) {
+	cached, err := mach.CryptoStore.GetSecret(ctx, SecretBackupKey)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", SecretBackupKey, err)
+	}
+	if raw, err := base64.RawStdEncoding.DecodeString(cached); cached != "" && err == nil && !restoring {
+		if key, err := backup.MegolmBackupKeyFromBytes(raw); err == nil {
+			return key, nil
+		}
+	}
+	key, err := backupKeyFromSSSS(ctx, mach, ssssKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := mach.CryptoStore.PutSecret(ctx, SecretBackupKey, base64.RawStdEncoding.EncodeToString(key.Bytes())); err != nil {
+		return nil, fmt.Errorf("storing %s: %w", SecretBackupKey, err)
+	}
+	return key, nil
+}
+
+func backupKeyFromSSSS(ctx context.Context, mach *crypto.OlmMachine, unlock func() (*ssss.Key, error)) (*backup.MegolmBackupKey, error) {
+	ssssKey, err := unlock()
+	if err != nil {
+		return nil, err
+	}
 	data, err := mach.SSSS.GetDecryptedAccountData(ctx, event.AccountDataMegolmBackupKey, ssssKey)
 	if err == nil {
 		key, err := backup.MegolmBackupKeyFromBytes(data)

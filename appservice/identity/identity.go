@@ -45,6 +45,9 @@ const (
 	// from before they are published until the identity is complete: a
 	// start that finds it finishes the job, whatever stopped the last one.
 	SecretPending id.Secret = "org.opsbot.pending_identity"
+	// SecretBackupKey caches the private key of the bot's room key backup,
+	// so a start need not read it from secret storage.
+	SecretBackupKey id.Secret = "org.opsbot.backup_key"
 )
 
 // ErrRecoveryKeyMissing means the homeserver has cross-signing keys for the
@@ -185,7 +188,10 @@ func (m *Manager) setup(ctx context.Context, dev *e2ee.Device, st *Status) error
 	if err != nil {
 		return fmt.Errorf("reading the restore flag: %w", err)
 	}
-	up, err := m.setupBackup(ctx, dev, key, restore != "", log)
+	if key == nil {
+		key = &ssss.Key{} // unlocked only if the backup key must be read from secret storage
+	}
+	up, err := m.setupBackup(ctx, dev, lazyKey(ctx, mach, key, recoveryKey), restore != "", log)
 	if err != nil {
 		if m.opts.OnBackupFailed != nil {
 			m.opts.OnBackupFailed(dev.UserID, "setup")
@@ -300,7 +306,7 @@ func (m *Manager) finish(ctx context.Context, dev *e2ee.Device, p *pendingIdenti
 			return nil, fmt.Errorf("storing %s: %w", s.name, err)
 		}
 	}
-	for _, s := range []id.Secret{SecretPending, SecretReset} {
+	for _, s := range []id.Secret{SecretPending, SecretReset, SecretBackupKey} {
 		if err := store.DeleteSecret(ctx, s); err != nil {
 			return nil, fmt.Errorf("clearing %s: %w", s, err)
 		}
@@ -310,21 +316,22 @@ func (m *Manager) finish(ctx context.Context, dev *e2ee.Device, p *pendingIdenti
 	return key, nil
 }
 
-// open unlocks a bot's identity with its recovery key: its private
-// cross-signing keys from the database's copy, or else from secret storage
-// (then copied into the database).
+// open unlocks a bot's identity: its private cross-signing keys from the
+// database's copy, or else from secret storage with the recovery key (then
+// copied into the database). It returns the secret storage key if it had
+// to unlock it, else nil.
 func (m *Manager) open(ctx context.Context, mach *crypto.OlmMachine, recoveryKey string, server ownKeys) (*ssss.Key, error) {
-	key, err := unlock(ctx, mach, recoveryKey)
-	if err != nil {
-		return nil, err
-	}
 	cached, err := mach.CryptoStore.GetSecret(ctx, SecretSeeds)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", SecretSeeds, err)
 	}
+	var key *ssss.Key
 	var seeds crypto.CrossSigningSeeds
 	if cached == "" || json.Unmarshal([]byte(cached), &seeds) != nil || mach.ImportCrossSigningKeys(seeds) != nil ||
 		mach.CrossSigningKeys.MasterKey.PublicKey() != server.master {
+		if key, err = unlock(ctx, mach, recoveryKey); err != nil {
+			return nil, err
+		}
 		if err := mach.FetchCrossSigningKeysFromSSSS(ctx, key); err != nil {
 			return nil, fmt.Errorf("fetching the cross-signing keys from secret storage: %w", err)
 		}
@@ -374,6 +381,21 @@ func (m *Manager) passwordAuth(ctx context.Context, dev *e2ee.Device, resp *maut
 	}, nil
 }
 
+// lazyKey returns the secret storage key: key if it is known (its Key
+// set), else unlocked with the recovery key on first use.
+func lazyKey(ctx context.Context, mach *crypto.OlmMachine, key *ssss.Key, recoveryKey string) func() (*ssss.Key, error) {
+	return func() (*ssss.Key, error) {
+		if key.Key == nil {
+			unlocked, err := unlock(ctx, mach, recoveryKey)
+			if err != nil {
+				return nil, err
+			}
+			*key = *unlocked
+		}
+		return key, nil
+	}
+}
+
 // unlock checks a recovery key against the server's default secret storage
 // key.
 func unlock(ctx context.Context, mach *crypto.OlmMachine, recoveryKey string) (*ssss.Key, error) {
@@ -406,9 +428,13 @@ type ownKeys struct {
 // queryOwnKeys asks the homeserver for the bot's published master key and
 // whether its device carries a self-signing signature.
 func queryOwnKeys(ctx context.Context, dev *e2ee.Device) (ownKeys, error) {
-	resp, err := dev.Client.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{dev.UserID: {dev.DeviceID}}})
-	if err != nil {
-		return ownKeys{}, fmt.Errorf("querying the bot's own keys: %w", err)
+	resp := dev.ServerKeys // asked at start for all bots
+	if resp == nil {
+		var err error
+		resp, err = dev.Client.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{dev.UserID: {dev.DeviceID}}})
+		if err != nil {
+			return ownKeys{}, fmt.Errorf("querying the bot's own keys: %w", err)
+		}
 	}
 	var k ownKeys
 	if mk, ok := resp.MasterKeys[dev.UserID]; ok {
