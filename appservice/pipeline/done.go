@@ -15,6 +15,11 @@ import (
 // again.
 const MaxPendingMarks = 64
 
+// markGather is how long the marker lets marks gather before it writes a
+// batch: a mark is a note for the next leader, not something anyone waits
+// for, and one commit for many events costs far less than many commits.
+const markGather = 2 * time.Millisecond
+
 // shutdownMarkTimeout bounds the attempts to write the last marks once the
 // pipeline is stopping.
 var shutdownMarkTimeout = 5 * time.Second
@@ -99,6 +104,14 @@ func (m *marker) loop() {
 		if len(m.pending) == 0 {
 			m.mu.Unlock()
 			return
+		}
+		if !m.closed && len(m.pending) < MaxPendingMarks/2 {
+			m.mu.Unlock()
+			select {
+			case <-time.After(markGather):
+			case <-m.halted:
+			}
+			m.mu.Lock()
 		}
 		batch, m.pending = m.pending, batch[:0]
 		closing := m.closed
