@@ -173,13 +173,19 @@ Flags:
 	return 0
 }
 
+// logTimeFormat is RFC 3339 in UTC with milliseconds: a second is too
+// coarse to follow one event from intake to its reply.
+const logTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
 func newLogger(cfg config.Logging, w io.Writer) zerolog.Logger {
+	zerolog.TimeFieldFormat = logTimeFormat
+	zerolog.TimestampFunc = func() time.Time { return time.Now().UTC() }
 	level, err := zerolog.ParseLevel(cfg.Level)
 	if err != nil {
 		level = zerolog.InfoLevel
 	}
 	if cfg.Format == "pretty" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: logTimeFormat}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }

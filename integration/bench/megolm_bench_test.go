@@ -180,52 +180,65 @@ func BenchmarkMegolmDecrypt(b *testing.B) {
 }
 
 func benchGoolmFloor(b *testing.B) {
-	const warm = sessionMessages
-	total := warm + b.N
 	type msg struct {
 		in         *session.MegolmInboundSession
 		ciphertext []byte
 	}
-	msgs := make([]msg, 0, total)
 	plaintext := megolmPlaintext(bench.RoomID(0))
-	for len(msgs) < total {
-		out, err := session.NewMegolmOutboundSession()
-		if err != nil {
-			b.Fatal(err)
-		}
-		in, err := session.NewMegolmInboundSession([]byte(out.Key()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for range min(sessionMessages, total-len(msgs)) {
+	var out *session.MegolmOutboundSession
+	var in *session.MegolmInboundSession
+	sent := 0
+	// Messages are made a batch at a time, untimed, as in benchMachine.
+	prepare := func(count int) []msg {
+		msgs := make([]msg, 0, count)
+		for len(msgs) < count {
+			if out == nil || sent == sessionMessages {
+				var err error
+				if out, err = session.NewMegolmOutboundSession(); err != nil {
+					b.Fatal(err)
+				}
+				if in, err = session.NewMegolmInboundSession([]byte(out.Key())); err != nil {
+					b.Fatal(err)
+				}
+				sent = 0
+			}
 			ct, err := out.Encrypt(plaintext)
 			if err != nil {
 				b.Fatal(err)
 			}
+			sent++
 			msgs = append(msgs, msg{in, ct})
 		}
+		return msgs
 	}
-	decrypt := func(m msg) int {
+	n := 0
+	decrypt := func(m msg) {
 		pt, _, err := m.in.Decrypt(m.ciphertext)
 		if err != nil {
 			b.Fatal(err)
 		}
-		return len(pt)
+		n += len(pt)
 	}
-	n := 0
-	for _, m := range msgs[:warm] {
-		n += decrypt(m)
+	for _, m := range prepare(sessionMessages) {
+		decrypt(m)
 	}
-	runtime.GC()
 	b.ResetTimer()
-	cpu0 := bench.CPUTime()
-	start := time.Now()
-	for _, m := range msgs[warm:] {
-		n += decrypt(m)
+	var elapsed, cpu time.Duration
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		msgs := prepare(min(500, b.N-done))
+		runtime.GC()
+		b.StartTimer()
+		cpu0, start := bench.CPUTime(), time.Now()
+		for _, m := range msgs {
+			decrypt(m)
+		}
+		done += len(msgs)
+		elapsed, cpu = elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0
 	}
-	reportPerEvent(b, time.Since(start), bench.CPUTime()-cpu0)
-	if n != total*len(plaintext) {
-		b.Fatalf("decrypted %d bytes, want %d", n, total*len(plaintext))
+	reportPerEvent(b, elapsed, cpu)
+	if n != (sessionMessages+b.N)*len(plaintext) {
+		b.Fatalf("decrypted %d bytes, want %d", n, (sessionMessages+b.N)*len(plaintext))
 	}
 }
 
@@ -268,16 +281,22 @@ func benchMachine(b *testing.B, dbType string, bare bool) {
 	s := newSender(b)
 	receive(b, mach, s)
 	run := bench.NewRun()
-	const warm = 2 * bench.EventsPerTxn
-	total := warm + b.N
-	evts := make([]*event.Event, total)
-	for k := range evts {
-		n, i := k/bench.EventsPerTxn, k%bench.EventsPerTxn
-		evt, _, err := pipeline.Parse(store.InboxEvent{Kind: store.KindPDU, Payload: s.encryptedEvent(b, run, n, i)})
-		if err != nil {
-			b.Fatal(err)
+	// Events are made a batch at a time, untimed: all b.N of them at once
+	// would be tens of megabytes live while the timer runs, and the
+	// garbage collector's work on them would be billed to decryption.
+	next := 0
+	prepare := func(count int) []*event.Event {
+		evts := make([]*event.Event, count)
+		for k := range evts {
+			n, i := next/bench.EventsPerTxn, next%bench.EventsPerTxn
+			next++
+			evt, _, err := pipeline.Parse(store.InboxEvent{Kind: store.KindPDU, Payload: s.encryptedEvent(b, run, n, i)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			evts[k] = evt
 		}
-		evts[k] = evt
+		return evts
 	}
 	decrypt := func(evt *event.Event) {
 		dec, err := mach.DecryptMegolmEvent(ctx, evt)
@@ -288,23 +307,29 @@ func benchMachine(b *testing.B, dbType string, bare bool) {
 			b.Fatalf("decrypted %T, not a text message", dec.Content.Parsed)
 		}
 	}
-	for _, evt := range evts[:warm] {
+	for _, evt := range prepare(2 * bench.EventsPerTxn) {
 		decrypt(evt)
 	}
 	flush()
 	flushTime, flushCPU = 0, 0
-	runtime.GC() // the prepared events' garbage is not the decryption's
 	b.ResetTimer()
-	cpu0 := bench.CPUTime()
-	start := time.Now()
-	for k, evt := range evts[warm:] {
-		decrypt(evt)
-		if k%bench.EventsPerTxn == bench.EventsPerTxn-1 {
-			flush()
+	var elapsed, cpu time.Duration
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		evts := prepare(min(10*bench.EventsPerTxn, b.N-done))
+		runtime.GC() // the prepared events' garbage is not the decryption's
+		b.StartTimer()
+		cpu0, start := bench.CPUTime(), time.Now()
+		for _, evt := range evts {
+			decrypt(evt)
+			if done++; done%bench.EventsPerTxn == 0 {
+				flush()
+			}
 		}
+		elapsed, cpu = elapsed+time.Since(start), cpu+bench.CPUTime()-cpu0
 	}
 	flush()
-	reportPerEvent(b, time.Since(start)-flushTime, bench.CPUTime()-cpu0-flushCPU)
+	reportPerEvent(b, elapsed-flushTime, cpu-flushCPU)
 }
 
 // BenchmarkEncryptedIntake is BenchmarkIntake's full pipeline in encrypted
