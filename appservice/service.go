@@ -181,7 +181,7 @@ func (s *Service) newPath() *stages.Path {
 		Log:            s.Log.With().Str("component", "crypto").Logger(),
 	}
 	verify := &stages.Verification{}
-	path := &stages.Path{Bots: s.Bots, Log: s.Log.With().Str("component", "stages").Logger()}
+	path := &stages.Path{Bots: s.Bots, Log: s.Log.With().Str("component", "stages").Logger(), Observe: s.Metrics.ObserveEvent}
 	if s.E2EE != nil {
 		crypto.E2EE = s.E2EE
 		verify.Verifier = s.Verification

@@ -15,6 +15,7 @@ package stages
 
 import (
 	"context"
+	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
@@ -77,6 +78,9 @@ type Path struct {
 	ToDevice ToDevice
 	Bots     RoomBots
 	Log      zerolog.Logger
+	// Observe, if set, is told the type and handling time of each event
+	// HandleSynced runs (the pipeline tells it of the others).
+	Observe func(evtType string, took time.Duration)
 }
 
 // Handle runs an item through the stages, from where it parked, if it did.
@@ -125,13 +129,18 @@ func (p *Path) HandleSynced(ctx context.Context, bot id.UserID, evt *event.Event
 	if len(roomBots) == 0 || roomBots[0] != bot {
 		return
 	}
+	start := time.Now()
 	ev := &Event{Item: &pipeline.Item{}, Evt: evt, RoomBots: roomBots}
 	for _, s := range p.Stages {
 		if _, ok := s.(*Membership); ok {
 			continue // RoomBots is known
 		}
 		if r := s.Run(ctx, ev); r.Stop || r.Park != nil {
-			return
+			break
 		}
 	}
+	if p.Observe != nil {
+		p.Observe(evt.Type.Type, time.Since(start))
+	}
+	p.Log.Debug().Stringer("room_id", evt.RoomID).Str("type", evt.Type.Type).Dur("took", time.Since(start)).Msg("Handled ephemeral event from /sync")
 }

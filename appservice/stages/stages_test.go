@@ -254,3 +254,23 @@ func TestPathOrderAndResume(t *testing.T) {
 		t.Fatalf("to-device: %d to the devices, stages %v", td.n, ran)
 	}
 }
+
+// Typing and receipts from a bot device's /sync run the stages (but
+// membership: the room's bots are known) for the room's first bot only,
+// and are counted like events from the inbox.
+func TestHandleSynced(t *testing.T) {
+	var ran []string
+	var observed []string
+	p := &Path{Bots: &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@first:x", "@second:x"}}},
+		Stages:  []Stage{&recordStage{name: "a", ran: &ran, parkOn: "-"}, &Membership{}, &recordStage{name: "b", ran: &ran, parkOn: "-"}},
+		Observe: func(typ string, _ time.Duration) { observed = append(observed, typ) }}
+	receipt := &event.Event{Type: event.EphemeralEventReceipt, RoomID: "!r:x"}
+	p.HandleSynced(context.Background(), "@second:x", receipt)
+	if len(ran) != 0 || len(observed) != 0 {
+		t.Fatalf("the room's second bot handled it: stages %v, observed %v", ran, observed)
+	}
+	p.HandleSynced(context.Background(), "@first:x", receipt)
+	if !slices.Equal(ran, []string{"a", "b"}) || !slices.Equal(observed, []string{"m.receipt"}) {
+		t.Fatalf("stages %v, observed %v", ran, observed)
+	}
+}
