@@ -1,4 +1,4 @@
-module opsbot
+module github.com/opsbot/opsbot
 
 go 1.26.0
 

@@ -12,9 +12,9 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/policy"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/policy"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Engine returns the skills engine in use.

@@ -17,11 +17,11 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/discovery"
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/intake"
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/discovery"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/intake"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // CheckResult is one line of `opsbot-appservice check`.

@@ -9,10 +9,10 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/identity"
-	"opsbot/appservice/store"
-	"opsbot/appservice/verification"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/identity"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/verification"
 )
 
 // newEncryption builds the bots' encryption devices, their identities and

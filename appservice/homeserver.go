@@ -10,8 +10,8 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/discovery"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/discovery"
 )
 
 // waitForHomeserver blocks until /versions answers, logging while it waits,

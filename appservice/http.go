@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"time"
 
-	"opsbot/appservice/health"
-	"opsbot/appservice/intake"
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/health"
+	"github.com/opsbot/opsbot/appservice/intake"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // Handler returns the HTTP handler of the appservice listener: the

@@ -6,9 +6,9 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/statememory"
-	"opsbot/appservice/store"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/statememory"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // memoryRouter hands each skill the memory backend the config chose for it:

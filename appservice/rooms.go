@@ -7,7 +7,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/outbox"
+	"github.com/opsbot/opsbot/appservice/outbox"
 )
 
 // roomActions are the outbox's room actions plus fetching earlier events,

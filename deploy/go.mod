@@ -1,4 +1,4 @@
-module opsbot/deploy
+module github.com/opsbot/opsbot/deploy
 
 go 1.26.0
 

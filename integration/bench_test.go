@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // The end-to-end and footprint measurements of docs/performance.md, run by

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 const (

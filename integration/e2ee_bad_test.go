@@ -11,10 +11,10 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/store"
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // Bad input on the encryption path: each case is logged (and answered where

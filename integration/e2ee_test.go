@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 const echobotID = "@echobot:localhost"

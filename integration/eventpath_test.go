@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/store/storetest"
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // These tests are the event path as people notice it: a room waiting for a

@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/config"
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const weatherJSBot = "@weatherjs:localhost"

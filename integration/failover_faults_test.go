@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // replicas are opsbot processes behind a readiness-checking front, as a

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // service stands in for a Kubernetes Service: it forwards each request to a

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // Synapse as installed, without the experimental appservice features that

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/store/storetest"
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 var (

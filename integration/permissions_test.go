@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // Per-skill permissions, rate limits with a polite notice, and the

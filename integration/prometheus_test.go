@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // TestPrometheus runs a real Prometheus (Debian's package) that scrapes a

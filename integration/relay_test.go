@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/config"
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // relay stands in for what no homeserver here does: a homeserver that

@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"testing"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // Skill configuration reloads without a restart: by an admin's !reload and

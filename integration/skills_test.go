@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const (

@@ -20,9 +20,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 // These tests are the bots' trust as people see it, with matrix-js-sdk 37.5

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/integration/harness"
-	"opsbot/integration/peers"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
 )
 
 const notesBots = `

@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/store/storetest"
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // tlsFront plays the https web server of a domain: it listens on

@@ -8,7 +8,7 @@ import (
 
 	"maunium.net/go/mautrix/event"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // docs/events.md is generated from the catalog: they must not differ.

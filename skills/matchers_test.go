@@ -14,9 +14,9 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/skills"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 // funcSkill registers whatever setup says.

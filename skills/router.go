@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"opsbot/skills/schedule"
+	"github.com/opsbot/opsbot/skills/schedule"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"

@@ -11,12 +11,12 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/skills"
-	"opsbot/skills/echo"
-	"opsbot/skills/help"
-	"opsbot/skills/ping"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/echo"
+	"github.com/opsbot/opsbot/skills/help"
+	"github.com/opsbot/opsbot/skills/ping"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const (

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/config"
 )
 
 // Placeholder tokens used in registration.example.yaml at the repo root.

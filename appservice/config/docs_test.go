@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/config"
 )
 
 // configKeys lists every key of the config as docs/configuration.md writes

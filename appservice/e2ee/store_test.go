@@ -14,8 +14,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
 )
 
 const testPickleKey = "pickle-key-for-tests-0123456789"

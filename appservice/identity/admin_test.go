@@ -9,8 +9,8 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto/utils"
 
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
 )
 
 func newKey(t *testing.T) string {

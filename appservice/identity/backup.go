@@ -17,7 +17,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/e2ee"
 )
 
 // How often room keys are swept into the backup even without a new-key

@@ -24,7 +24,7 @@ import (
 	"maunium.net/go/mautrix/crypto/ssss"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/e2ee"
 )
 
 // Secrets opsbot keeps in each bot's crypto store (encrypted with the

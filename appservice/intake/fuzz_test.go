@@ -11,7 +11,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // memRecorder records in memory, for fuzzing the handler without a database.

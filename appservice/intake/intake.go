@@ -19,8 +19,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/pipeline"
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // Recorder durably records transactions (appservice/store implements it).

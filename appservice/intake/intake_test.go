@@ -15,9 +15,9 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/intake"
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/appservice/intake"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
 )
 
 const hsToken = "hs-token-for-tests-0123456789"

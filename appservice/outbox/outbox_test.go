@@ -18,7 +18,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/outbox"
+	"github.com/opsbot/opsbot/appservice/outbox"
 )
 
 const (

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // MaxPendingMarks bounds the events handled but not yet marked done. Workers

@@ -30,7 +30,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // Inbox is the durable side of the pipeline (appservice/store implements it).

@@ -13,7 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // fakeInbox records the marks; mark, if set, runs before each batch is taken

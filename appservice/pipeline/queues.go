@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // queue holds the events of one room, or of one bot device's to-device

@@ -11,7 +11,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/config"
 )
 
 // Policy decides for the skills engine.

@@ -7,7 +7,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/config"
 )
 
 func intp(n int) *int { return &n }

@@ -9,9 +9,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/pipeline"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Encryption is what the crypto stage needs of the bots' devices

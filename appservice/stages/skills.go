@@ -6,7 +6,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Skills hands the event to the skills of every bot in the room. Engine is

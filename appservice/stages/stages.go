@@ -21,8 +21,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/pipeline"
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // Event is an event on its way through the stages.

@@ -11,10 +11,10 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/pipeline"
-	"opsbot/appservice/store"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // allStages is one of each stage, as appservice.Service lines them up.

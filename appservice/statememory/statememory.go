@@ -20,7 +20,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // EventType is the state event type that holds skill memory.

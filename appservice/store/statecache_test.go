@@ -16,8 +16,8 @@ import (
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/sqlstatestore"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // The cached store must still be what mautrix and opsbot's encryption ask for.

@@ -15,7 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 
-	"opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/config"
 )
 
 //go:embed upgrades/*.sql

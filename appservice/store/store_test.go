@@ -15,9 +15,9 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
 )
 
 func open(t *testing.T, cfg config.Database) *store.Store {

@@ -29,7 +29,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/e2ee"
 )
 
 // Options configure a Manager.

@@ -13,9 +13,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
 )
 
 func TestStore(t *testing.T) {

@@ -14,10 +14,10 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/identity"
-	"opsbot/appservice/store"
-	"opsbot/appservice/verification"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/identity"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/verification"
 )
 
 // The operator's commands for the bots' trust: recovery keys and pending

@@ -19,17 +19,17 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/intake"
-	"opsbot/appservice/metrics"
-	"opsbot/appservice/outbox"
-	"opsbot/appservice/pipeline"
-	"opsbot/appservice/stages"
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
-	"opsbot/integration/bench"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/intake"
+	"github.com/opsbot/opsbot/appservice/metrics"
+	"github.com/opsbot/opsbot/appservice/outbox"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/stages"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/bench"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // warmup transactions run before the timer starts in every variant.

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"opsbot/integration/bench"
+	"github.com/opsbot/opsbot/integration/bench"
 )
 
 // TestMain prints the ratios to the floors after the benchmarks of a run

@@ -18,11 +18,11 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/e2ee"
-	"opsbot/appservice/pipeline"
-	"opsbot/appservice/store"
-	"opsbot/appservice/store/storetest"
-	"opsbot/integration/bench"
+	"github.com/opsbot/opsbot/appservice/e2ee"
+	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/bench"
 )
 
 // sessionMessages is how many messages a sender encrypts with one Megolm

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/bench"
+	"github.com/opsbot/opsbot/integration/bench"
 )
 
 // peerDir holds the peer: bot.js and its pinned matrix-bot-sdk (make

@@ -14,7 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // TestDemo runs the demo twice on one directory, with a real opsbot binary

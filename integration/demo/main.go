@@ -37,7 +37,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 const (

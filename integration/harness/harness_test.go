@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 func TestConversationSurvivesRestart(t *testing.T) { onEachServer(t, conversationSurvivesRestart) }

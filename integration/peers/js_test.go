@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // TestJSPeers has two matrix-js-sdk peers talk in an encrypted room through

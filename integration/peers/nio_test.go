@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // TestNioPeers has two matrix-nio (libolm) peers talk in an encrypted room

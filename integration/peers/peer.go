@@ -50,7 +50,7 @@ import (
 	"testing"
 	"time"
 
-	"opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/harness"
 )
 
 // Peer is one logged-in device of a person, driven over the protocol.

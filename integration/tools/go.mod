@@ -1,4 +1,4 @@
-module opsbot/integration/tools
+module github.com/opsbot/opsbot/integration/tools
 
 go 1.26
 

@@ -9,7 +9,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // StatusFunc produces the status report.

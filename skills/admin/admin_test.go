@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/admin"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/admin"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestStatusIsForAdminsOnly(t *testing.T) {

@@ -26,7 +26,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Settings is the skills.alertmanager config section.

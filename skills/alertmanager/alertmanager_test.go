@@ -18,10 +18,10 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/skills"
-	"opsbot/skills/alertmanager"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/alertmanager"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const token = "alert-token-0123456789"

@@ -4,9 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/echo"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/echo"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestEcho(t *testing.T) {

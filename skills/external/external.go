@@ -28,8 +28,8 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Defaults of the transport; tests shorten them.

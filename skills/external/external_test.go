@@ -24,9 +24,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/appservice/config"
-	"opsbot/skills"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const (

@@ -9,9 +9,9 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
-	"opsbot/skills/files"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/files"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestChecksumAndMirror(t *testing.T) {

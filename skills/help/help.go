@@ -8,7 +8,7 @@ import (
 	"html"
 	"strings"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Skill answers !help.

@@ -4,11 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/echo"
-	"opsbot/skills/help"
-	"opsbot/skills/ping"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/echo"
+	"github.com/opsbot/opsbot/skills/help"
+	"github.com/opsbot/opsbot/skills/ping"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestHelpListsEverySkillsCommands(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Settings is the skills.notes config section.

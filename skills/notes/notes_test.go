@@ -4,10 +4,10 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/help"
-	"opsbot/skills/notes"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/help"
+	"github.com/opsbot/opsbot/skills/notes"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestNotes(t *testing.T) {

@@ -5,7 +5,7 @@ package ping
 import (
 	"context"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Skill answers !ping.

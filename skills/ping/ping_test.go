@@ -4,9 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/ping"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/ping"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 func TestPing(t *testing.T) {

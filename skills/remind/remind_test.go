@@ -11,9 +11,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
-	"opsbot/skills/help"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/help"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 // clock is a settable time source for the skill.

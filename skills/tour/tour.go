@@ -16,7 +16,7 @@ import (
 
 	"maunium.net/go/mautrix/event"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Skill is the tour.

@@ -13,8 +13,8 @@ import (
 	"text/template"
 	"unicode/utf8"
 
-	"opsbot/skills"
-	"opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
 const (

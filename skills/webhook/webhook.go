@@ -23,7 +23,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
-	"opsbot/skills"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Settings is the skills.webhook config section.

@@ -10,9 +10,9 @@ import (
 	"sync"
 	"testing"
 
-	"opsbot/skills"
-	"opsbot/skills/skilltest"
-	"opsbot/skills/webhook"
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/skilltest"
+	"github.com/opsbot/opsbot/skills/webhook"
 )
 
 const (
