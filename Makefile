@@ -12,7 +12,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.Version=$(VERSION)
 UNIT_PKGS := ./appservice/... ./skills/... ./cmd/...
 
-.PHONY: all build build-cgo dendrite synapse demo test lint unit rules-test rules-update integration deploy-test bench bench-peer bench-e2e fuzz fuzz-short soak clean
+.PHONY: all build build-cgo dendrite synapse demo test lint unit examples rules-test rules-update integration deploy-test bench bench-peer bench-e2e fuzz fuzz-short soak clean
 
 all: build
 
@@ -40,12 +40,18 @@ demo: build $(HOMESERVER)
 # The whole suite: formatting, vet, unit tests with the race detector on both
 # databases, the alert rules' tests, and the integration tests against a real
 # Dendrite, a real Synapse, Postgres and Prometheus.
-test: lint build build-cgo dendrite synapse unit rules-test fuzz-short integration deploy-test
+test: lint build build-cgo dendrite synapse unit examples rules-test fuzz-short integration deploy-test
 
 lint:
-	@out=$$(gofmt -l appservice skills cmd integration deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l appservice skills cmd integration deploy examples); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags goolm ./...
 	CGO_ENABLED=1 $(GO) vet ./...
+
+# The module of docs/skills.md "Your own skills, your own binary": opsbot
+# with a skill of its own, built against this checkout (its go.mod replaces
+# the opsbot module with ../..). The integration tests run the binary.
+examples:
+	cd examples/hello && $(GO) vet -tags goolm ./... && CGO_ENABLED=1 $(GO) test -race -count=1 -tags goolm ./...
 
 unit:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -tags goolm $(UNIT_PKGS)
@@ -74,7 +80,7 @@ deploy-test:
 # test finds is written to the package's testdata/fuzz, to be committed.
 FUZZERS := ./appservice/intake:FuzzTransaction ./appservice/config:FuzzParse \
 	./appservice/discovery:FuzzParseWellKnown ./skills:FuzzCommand ./skills:FuzzParse \
-	./skills/schedule:FuzzParse ./skills/webhook:FuzzWebhook ./skills/external:FuzzParseAnswer
+	./skills/internal/cron:FuzzParse ./skills/builtin/webhook:FuzzWebhook ./skills/external:FuzzParseAnswer
 FUZZTIME ?= 60s
 
 fuzz:

@@ -15,6 +15,7 @@ import (
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/policy"
 	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/external"
 )
 
 // Engine returns the skills engine in use.
@@ -40,10 +41,38 @@ func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
 		Limit:     pol.Limit,
 		Memory:    s.memory,
 		Log:       s.Log.With().Str("component", "skills").Logger(),
-		Decode:    config.DecodeStrict,
 		Observe:   s.Metrics.ObserveSkill,
+		Host:      engineHost{s, cfg},
 	}, s.skillsFor(cfg), cfg.Skills, specs)
 }
+
+// skillsFor returns the skills a config can name: the Go skills compiled
+// in and the config's external skills.
+func (s *Service) skillsFor(cfg *config.Config) []skills.Skill {
+	var all []skills.Skill
+	if s.skills != nil {
+		all = s.skills()
+	}
+	return append(all, external.FromConfig(cfg.ExternalSkills, s.Log.With().Str("component", "skills").Logger())...)
+}
+
+// engineHost is the skills.Host that the skills of one configuration see:
+// its admins, and this service's status and reload.
+type engineHost struct {
+	s   *Service
+	cfg *config.Config
+}
+
+func (h engineHost) Admins() []id.UserID {
+	ids := make([]id.UserID, len(h.cfg.Permissions.Admins))
+	for i, a := range h.cfg.Permissions.Admins {
+		ids[i] = id.UserID(a)
+	}
+	return ids
+}
+
+func (h engineHost) Status(ctx context.Context) string          { return h.s.Status(ctx) }
+func (h engineHost) Reload(ctx context.Context) (string, error) { return h.s.Reload(ctx) }
 
 // Reload re-reads the config file and swaps in skills set up from it,
 // without dropping transactions: events in flight finish on the old skills,

@@ -71,9 +71,11 @@ type Service struct {
 	versions *mautrix.RespVersions
 
 	// engine is swapped by Reload; handlers in flight finish on the old one.
-	engine    atomic.Pointer[skills.Engine]
-	skillsFor func(*config.Config) []skills.Skill
-	memory    skills.MemoryStore
+	engine atomic.Pointer[skills.Engine]
+	// skills returns the Go skills compiled in, new ones on every call
+	// (an engine is set up at start and at every reload).
+	skills func() []skills.Skill
+	memory skills.MemoryStore
 	// ConfigPath is re-read by Reload.
 	ConfigPath string
 	// stopSchedules stops the cron jobs of the current engine.
@@ -86,9 +88,9 @@ type Service struct {
 // that every config error (unknown skill, bad regex, bad skill settings)
 // refuses start-up before anything happens.
 //
-// skillsFor returns the skills available for a config (built-in and
-// external ones); it is called again on every reload.
-func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) []skills.Skill, version string) (*Service, error) {
+// goSkills returns the Go skills compiled into the binary, new instances on
+// every call; the external skills of the config are added to them.
+func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
 	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version}
 	s.Metrics = metrics.New(version, func() int64 {
 		if s.Pipeline == nil {
@@ -140,7 +142,7 @@ func New(cfg *config.Config, log zerolog.Logger, skillsFor func(*config.Config) 
 		s.newEncryption()
 	}
 	s.memory = memory
-	s.skillsFor = skillsFor
+	s.skills = goSkills
 	engine, err := s.buildEngine(cfg)
 	if err != nil {
 		s.Store.Close()

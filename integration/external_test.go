@@ -23,6 +23,7 @@ import (
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/integration/harness"
 	"github.com/opsbot/opsbot/integration/peers"
+	"github.com/opsbot/opsbot/skills/external"
 	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
@@ -60,7 +61,7 @@ func TestExternalSkills(t *testing.T) {
 	downPort := freePort(t) // nothing listens there
 
 	// The JavaScript skill's secret comes from the environment, as in Kubernetes.
-	t.Setenv(config.ExternalSecretEnv("weather-js"), jsSecret)
+	t.Setenv(external.SecretEnv("weather-js"), jsSecret)
 	extra := fmt.Sprintf(`external_skills:
   - name: weather-py
     url: %s

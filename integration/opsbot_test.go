@@ -60,6 +60,9 @@ type Opsbot struct {
 	URL     string // the appservice listener, http://127.0.0.1:PORT
 	// MetricsURL is the Prometheus endpoint.
 	MetricsURL string
+	// Binary, if set, is the opsbot binary to run instead of
+	// opsbot-appservice (one built with skills of its own).
+	Binary string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -147,12 +150,17 @@ type worldOptions struct {
 	PublicURL string
 	// Workers, if set, is appservice.workers.
 	Workers int
+	// Binary, if set, is the opsbot binary to run (Opsbot.Binary).
+	Binary string
 }
 
 func newWorldWith(t *testing.T, opts worldOptions) *world {
 	t.Helper()
 	dbType, bots, extra, via := opts.DB, opts.Bots, opts.Extra, opts.Via
-	bin := opsbotBinary(t)
+	bin := opts.Binary
+	if bin == "" {
+		bin = opsbotBinary(t)
+	}
 	dir := t.TempDir()
 	port := freePort(t)
 	publicURL := fmt.Sprintf("http://127.0.0.1:%d", port)
@@ -233,6 +241,7 @@ logging:
 		t.Fatal(err)
 	}
 	ob := newOpsbot(t, dir, cfgPath, cfg, port, metricsPort)
+	ob.Binary = opts.Binary
 	ob.Start()
 	return &world{HS: hs, Bot: ob}
 }
@@ -313,7 +322,11 @@ func (o *Opsbot) Ready() bool {
 func (o *Opsbot) start(probe string) {
 	o.t.Helper()
 	o.mu.Lock()
-	cmd := exec.Command(opsbotBinary(o.t), "-c", o.CfgPath)
+	bin := o.Binary
+	if bin == "" {
+		bin = opsbotBinary(o.t)
+	}
+	cmd := exec.Command(bin, "-c", o.CfgPath)
 	cmd.Stdout = o.log
 	cmd.Stderr = o.log
 	if err := cmd.Start(); err != nil {
@@ -510,7 +523,11 @@ func (o *Opsbot) WaitMetric(t testing.TB, series string, want float64) {
 func (o *Opsbot) Run(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, opsbotBinary(o.t), append([]string{"-c", o.CfgPath}, args...)...).CombinedOutput()
+	bin := o.Binary
+	if bin == "" {
+		bin = opsbotBinary(o.t)
+	}
+	out, err := exec.CommandContext(ctx, bin, append([]string{"-c", o.CfgPath}, args...)...).CombinedOutput()
 	return string(out), err
 }
 

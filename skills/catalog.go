@@ -113,7 +113,7 @@ when they differ (regenerate with ` + "`OPSBOT_UPDATE_DOCS=1 go test ./skills -r
 For every event type: how it arrives, the Go type of its content
 (` + "`ev.Raw.Content.Parsed`" + `), which matcher catches it, how a skill sends one, what
 changes in encrypted rooms, and what opsbot itself does or ignores.
-The [tour skill](../skills/tour/README.md) does each of these, and the integration
+The [tour skill](../skills/builtin/tour/README.md) does each of these, and the integration
 tests use it to check every type in and out, in plain and encrypted rooms.
 
 Event types not listed here still reach ` + "`r.Event`" + ` matchers with their raw

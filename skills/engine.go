@@ -56,8 +56,8 @@ type Options struct {
 	// Observe, if set, is told each handler run's skill, outcome (ok, error,
 	// panic) and duration.
 	Observe func(skill, outcome string, took time.Duration)
-	// Decode decodes skill config sections strictly (appservice/config.DecodeStrict).
-	Decode func(node *yaml.Node, v any, path string) error
+	// Host, if set, is what Router.Host gives skills.
+	Host Host
 }
 
 // Engine routes events to the skills of each bot.
@@ -120,11 +120,12 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 		s := byName[name]
 		var cfg Config
 		if node, ok := sections[name]; ok {
-			cfg = NewConfig(name, &node, opts.Decode)
+			cfg = NewConfig(name, &node)
 		} else {
-			cfg = NewConfig(name, nil, opts.Decode)
+			cfg = NewConfig(name, nil)
 		}
 		r := newRouter(name)
+		r.host = opts.Host
 		if err := s.Setup(r, cfg); err != nil {
 			return nil, fmt.Errorf("skill %s: %w", name, err)
 		}

@@ -14,7 +14,6 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/skills"
 	"github.com/opsbot/opsbot/skills/skilltest"
 )
@@ -86,7 +85,7 @@ func (m *memSchedules) SetLastRun(ctx context.Context, key string, at time.Time)
 
 func newEngineWith(t *testing.T, s skills.Skill, sched skills.ScheduleStore) (*skills.Engine, *skilltest.Sender) {
 	f := &skilltest.Sender{}
-	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Decode: config.DecodeStrict, Schedules: sched, Memory: skilltest.NewMemory()},
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Schedules: sched, Memory: skilltest.NewMemory()},
 		[]skills.Skill{s}, nil, []skills.BotSpec{{ID: "@bot:x", Prefix: "!", Skills: []string{s.Name()}, ConfigKey: "bots[0]"}})
 	if err != nil {
 		t.Fatal(err)

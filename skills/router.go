@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opsbot/opsbot/skills/schedule"
+	"github.com/opsbot/opsbot/skills/internal/cron"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -20,9 +20,14 @@ import (
 // options (Help, InRooms, FromUsers, ForBots) after the handler.
 type Router struct {
 	skill  string
+	host   Host
 	routes []*route
 	err    error
 }
+
+// Host is the opsbot running the skill, for the few skills that act on it
+// (the admin skill); nil where there is none, as in most tests.
+func (r *Router) Host() Host { return r.host }
 
 type routeKind int
 
@@ -43,7 +48,7 @@ type route struct {
 	regex   *regexp.Regexp
 	evtType event.Type
 	parse   *parsePattern
-	cron    schedule.Schedule
+	cron    cron.Schedule
 	spec    string // cron spec or webhook path, as registered
 	handler Handler
 	webhook WebhookHandler
@@ -178,7 +183,7 @@ func (r *Router) Parse(pattern string, h Handler, opts ...Option) {
 // schedules; each run is recorded, so a restart neither repeats nor (beyond
 // the latest missed run) replays them.
 func (r *Router) Cron(spec string, h Handler, opts ...Option) {
-	s, err := schedule.Parse(spec)
+	s, err := cron.Parse(spec)
 	if err != nil {
 		r.fail(fmt.Errorf("skill %s: %w", r.skill, err))
 		return

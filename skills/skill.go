@@ -3,9 +3,10 @@
 // handler receives (with its actions: reply, react, edit, redact, ...), and
 // the per-skill, per-room Memory.
 //
-// A skill is a folder of its own (skills/ping, skills/echo, ...) with a
-// constructor returning a Skill; cmd/opsbot-appservice lists the built-in
-// ones. Handlers never talk HTTP to the homeserver: every action goes through
+// A skill is a package of its own with a constructor returning a Skill: the
+// built-in ones under skills/builtin, anyone else's in their own module
+// (appservice/cli builds a binary with them). A skill imports this package
+// and no part of the host. Handlers never talk HTTP to the homeserver: every action goes through
 // opsbot's outbox, which sends as the right bot user, encrypts where needed,
 // and de-duplicates retries.
 package skills
@@ -29,6 +30,18 @@ type Skill interface {
 	Setup(r *Router, cfg Config) error
 }
 
+// Host is what a skill may ask of the opsbot that runs it beyond its rooms:
+// who administers it, how it is doing, and a reload of the skill
+// configuration. appservice.Service provides it (Router.Host).
+type Host interface {
+	// Admins are permissions.admins of the configuration being set up.
+	Admins() []id.UserID
+	// Status is a short report for admins.
+	Status(ctx context.Context) string
+	// Reload re-reads the skill configuration and says what happened.
+	Reload(ctx context.Context) (string, error)
+}
+
 // Handler handles one matched event. A returned error is logged and the
 // sender gets a short apology; the error text itself is not shown in the room.
 type Handler func(ctx context.Context, ev *Event) error
@@ -37,14 +50,11 @@ type Handler func(ctx context.Context, ev *Event) error
 type Config struct {
 	name string
 	node *yaml.Node
-	// decode is the strict decoder from appservice/config, injected so that
-	// unknown keys and bad values are reported with their full key path.
-	decode func(node *yaml.Node, v any, path string) error
 }
 
-// NewConfig wraps a skill's config section. decode must reject unknown keys.
-func NewConfig(name string, node *yaml.Node, decode func(*yaml.Node, any, string) error) Config {
-	return Config{name: name, node: node, decode: decode}
+// NewConfig wraps a skill's config section (node nil: none in the file).
+func NewConfig(name string, node *yaml.Node) Config {
+	return Config{name: name, node: node}
 }
 
 // Present reports whether the config file has a section for this skill.
@@ -57,10 +67,7 @@ func (c Config) Decode(v any) error {
 	if !c.Present() {
 		return nil
 	}
-	if c.decode == nil {
-		return c.node.Decode(v)
-	}
-	return c.decode(c.node, v, "skills."+c.name)
+	return DecodeStrict(c.node, v, "skills."+c.name)
 }
 
 // Errorf returns a config error that names this skill's section, for

@@ -11,11 +11,10 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/skills"
-	"github.com/opsbot/opsbot/skills/echo"
-	"github.com/opsbot/opsbot/skills/help"
-	"github.com/opsbot/opsbot/skills/ping"
+	"github.com/opsbot/opsbot/skills/builtin/echo"
+	"github.com/opsbot/opsbot/skills/builtin/help"
+	"github.com/opsbot/opsbot/skills/builtin/ping"
 	"github.com/opsbot/opsbot/skills/skilltest"
 )
 
@@ -31,7 +30,7 @@ func newEngine(t *testing.T, extra []skills.Skill, sections map[string]yaml.Node
 	if len(bots) == 0 {
 		bots = []skills.BotSpec{{ID: bot1, Prefix: "!", Skills: []string{"ping", "help", "echo"}, ConfigKey: "bots[0]"}}
 	}
-	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Decode: config.DecodeStrict}, avail, sections, bots)
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop()}, avail, sections, bots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +268,7 @@ func TestTxnIDsAreStablePerAction(t *testing.T) {
 
 func TestSetupErrors(t *testing.T) {
 	f := &skilltest.Sender{}
-	opts := skills.Options{Sender: f, Log: zerolog.Nop(), Decode: config.DecodeStrict}
+	opts := skills.Options{Sender: f, Log: zerolog.Nop()}
 	bots := []skills.BotSpec{testBots()}
 	cases := []struct {
 		name     string
@@ -333,7 +332,7 @@ func TestEditsDoNotRerunByDefault(t *testing.T) {
 func TestPermissionsAndRateLimit(t *testing.T) {
 	f := &skilltest.Sender{}
 	budget := 2
-	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Decode: config.DecodeStrict,
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(),
 		Allow: func(ctx context.Context, skill string, room id.RoomID, sender id.UserID) bool {
 			return !(skill == "echo" && sender == "@mallory:x")
 		},

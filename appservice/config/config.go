@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/external"
 )
 
 // Config is the whole of opsbot.yaml.
@@ -26,13 +29,13 @@ type Config struct {
 	Bots       []Bot                `yaml:"bots"`
 	Skills     map[string]yaml.Node `yaml:"skills"`
 	// ExternalSkills are skills in any language, reached over HTTP.
-	ExternalSkills []ExternalSkill `yaml:"external_skills"`
-	Permissions    Permissions     `yaml:"permissions"`
-	Memory         Memory          `yaml:"memory"`
-	Rooms          Rooms           `yaml:"rooms"`
-	Metrics        Metrics         `yaml:"metrics"`
-	Leader         Leader          `yaml:"leader"`
-	Logging        Logging         `yaml:"logging"`
+	ExternalSkills []external.Config `yaml:"external_skills"`
+	Permissions    Permissions       `yaml:"permissions"`
+	Memory         Memory            `yaml:"memory"`
+	Rooms          Rooms             `yaml:"rooms"`
+	Metrics        Metrics           `yaml:"metrics"`
+	Leader         Leader            `yaml:"leader"`
+	Logging        Logging           `yaml:"logging"`
 }
 
 // Leader configures leadership among replicas (Postgres).
@@ -40,35 +43,6 @@ type Leader struct {
 	// Lease is how long a leader that stops renewing (paused, stuck, cut
 	// off from the database) keeps leadership before a standby takes over.
 	Lease Duration `yaml:"lease"`
-}
-
-// ExternalSkill is a skill served by another process over HTTP: opsbot
-// POSTs a signed JSON description of each matched event and performs the
-// actions the JSON answer asks for (docs/skills.md#external-skills).
-type ExternalSkill struct {
-	// Name is the skill's name in bots[].skills.
-	Name string `yaml:"name"`
-	// URL receives the POSTs.
-	URL string `yaml:"url"`
-	// Secret signs each request (HMAC-SHA256 of the body, header
-	// X-Opsbot-Signature: sha256=<hex>). Also settable as
-	// OPSBOT_SKILL_<NAME>_SECRET.
-	Secret string `yaml:"secret"`
-	// Commands, Regexes and Events say what the skill matches, like the
-	// Go router's Command, Regex and Event.
-	Commands []ExternalCommand `yaml:"commands"`
-	Regexes  []string          `yaml:"regexes"`
-	Events   []string          `yaml:"events"`
-	// Timeout bounds one request; Retries is how often a failed request
-	// (network error or 5xx) is repeated with backoff.
-	Timeout Duration `yaml:"timeout"`
-	Retries int      `yaml:"retries"`
-}
-
-// ExternalCommand is one command of an external skill.
-type ExternalCommand struct {
-	Pattern string `yaml:"pattern"`
-	Help    string `yaml:"help"`
 }
 
 // Memory says where skills keep their memory.
@@ -224,22 +198,9 @@ type Logging struct {
 	Format string `yaml:"format"` // json or pretty
 }
 
-// Duration is a time.Duration written as "30s", "5m" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML parses Go duration strings.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return err
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration like 30s or 5m", s)
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is a duration written as Go writes them (30s, 5m); the skills
+// runtime defines it, so skills' own sections read durations the same way.
+type Duration = skills.Duration
 
 // Defaults used when a key is left out.
 const (
@@ -261,12 +222,6 @@ var envOverrides = []struct {
 	{"OPSBOT_PICKLE_KEY", func(c *Config, v string) { c.Encryption.PickleKey = v }},
 	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
 	{"OPSBOT_DENDRITE_ADMIN_TOKEN", func(c *Config, v string) { c.Encryption.DendriteAdminToken = v }},
-}
-
-// ExternalSecretEnv names the variable that overrides an external skill's
-// secret: OPSBOT_SKILL_<NAME>_SECRET, the name upper-cased, '-' as '_'.
-func ExternalSecretEnv(name string) string {
-	return "OPSBOT_SKILL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_SECRET"
 }
 
 // EnvNames lists the environment variables Load reads, for docs and --help.
@@ -299,7 +254,7 @@ func Parse(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("not valid YAML: %w", err)
 	}
 	cfg := &Config{}
-	if err := DecodeStrict(&root, cfg, ""); err != nil {
+	if err := skills.DecodeStrict(&root, cfg, ""); err != nil {
 		return nil, err
 	}
 	for _, o := range envOverrides {
@@ -308,9 +263,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	for i := range cfg.ExternalSkills {
-		if v := os.Getenv(ExternalSecretEnv(cfg.ExternalSkills[i].Name)); v != "" {
-			cfg.ExternalSkills[i].Secret = v
-		}
+		cfg.ExternalSkills[i].ApplyEnv()
 	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -354,9 +307,7 @@ func (c *Config) applyDefaults() {
 		c.Rooms.LeaveUpgraded = &yes
 	}
 	for i := range c.ExternalSkills {
-		if c.ExternalSkills[i].Timeout == 0 {
-			c.ExternalSkills[i].Timeout = Duration(5 * time.Second)
-		}
+		c.ExternalSkills[i].ApplyDefaults()
 	}
 	if c.Permissions.RateLimit.UserPerMinute == nil {
 		n := 20
@@ -544,27 +495,8 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("permissions.invite.users[%d]", i), "%q is not a user ID like @alice:example.org", u)
 		}
 	}
-	skillNameRe := regexp.MustCompile(`^[a-z][a-z0-9_-]{0,40}$`)
 	for i, x := range c.ExternalSkills {
-		key := fmt.Sprintf("external_skills[%d]", i)
-		if !skillNameRe.MatchString(x.Name) {
-			bad(key+".name", "%q must be a lowercase word (letters, digits, - and _)", x.Name)
-		}
-		if err := checkHTTPURL(x.URL); err != nil {
-			bad(key+".url", "%v", err)
-		}
-		if len(x.Secret) < 16 {
-			bad(key+".secret", "missing or shorter than 16 characters (set it in the file or in %s)", ExternalSecretEnv(x.Name))
-		}
-		if len(x.Commands)+len(x.Regexes)+len(x.Events) == 0 {
-			bad(key, "matches nothing: give it commands, regexes or events")
-		}
-		if x.Timeout < 0 || time.Duration(x.Timeout) > 5*time.Minute {
-			bad(key+".timeout", "must be between 0s and 5m")
-		}
-		if x.Retries < 0 || x.Retries > 10 {
-			bad(key+".retries", "must be between 0 and 10")
-		}
+		errs = append(errs, x.Check(fmt.Sprintf("external_skills[%d]", i))...)
 	}
 	for i, skill := range c.Memory.InRoomState {
 		if !c.botRuns(skill) {

@@ -356,7 +356,6 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	engine, err := skills.NewEngine(skills.Options{
 		Sender:  ob,
 		Log:     log.With().Str("component", "skills").Logger(),
-		Decode:  config.DecodeStrict,
 		Observe: m.ObserveSkill,
 	}, []skills.Skill{ackSkill{reply}}, nil, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{"ack"}, ConfigKey: "bots[0]"}})
 	if err != nil {

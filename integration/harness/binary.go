@@ -157,7 +157,7 @@ func pinnedDendriteVersion(goMod string) (string, error) {
 }
 
 // RepoRoot returns the directory of the opsbot main module: the nearest
-// ancestor of the working directory whose go.mod declares "module opsbot".
+// ancestor of the working directory whose go.mod declares "module github.com/opsbot/opsbot".
 func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
@@ -165,12 +165,12 @@ func RepoRoot() (string, error) {
 	}
 	for {
 		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && modulePath(data) == "opsbot" {
+		if err == nil && modulePath(data) == "github.com/opsbot/opsbot" {
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("no go.mod with \"module opsbot\" above the working directory")
+			return "", errors.New("no go.mod with \"module github.com/opsbot/opsbot\" above the working directory")
 		}
 		dir = parent
 	}

@@ -25,7 +25,7 @@
 // # The Dendrite binary
 //
 // Start runs the binary named by $DENDRITE_BIN, else <repo>/.build/bin/dendrite
-// (<repo> is the directory whose go.mod says "module opsbot"). If that file is
+// (<repo> is the directory whose go.mod says "module github.com/opsbot/opsbot"). If that file is
 // missing, or was built from another Dendrite version than the one pinned in
 // integration/tools/go.mod, the harness builds it with
 //

@@ -50,7 +50,7 @@ func StartNio(t testing.TB) *Peer {
 }
 
 // nioScript finds nio_peer.py next to this source file, or else under the
-// repository root (the directory whose go.mod says "module opsbot").
+// repository root (the directory whose go.mod says "module github.com/opsbot/opsbot").
 func nioScript() (string, error) {
 	const name = "nio_peer.py"
 	if _, file, _, ok := runtime.Caller(0); ok {

@@ -28,7 +28,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/skills"
 )
 
@@ -54,7 +53,7 @@ var ErrNonsense = errors.New("answered nonsense")
 
 // Skill is one external skill.
 type Skill struct {
-	c   config.ExternalSkill
+	c   Config
 	key string // "external_skills[2]", for config errors
 	log zerolog.Logger
 	// setupErr refuses Setup (a name given twice in external_skills).
@@ -69,14 +68,14 @@ type Skill struct {
 }
 
 // New returns the skill described by one external_skills entry.
-func New(c config.ExternalSkill, log zerolog.Logger) skills.Skill {
+func New(c Config, log zerolog.Logger) skills.Skill {
 	return newSkill(c, "external_skills["+c.Name+"]", log)
 }
 
 // FromConfig returns one skill per external_skills entry, to be offered
 // beside the built-in skills. A name given twice makes the later entry's
 // Setup fail.
-func FromConfig(list []config.ExternalSkill, log zerolog.Logger) []skills.Skill {
+func FromConfig(list []Config, log zerolog.Logger) []skills.Skill {
 	out := make([]skills.Skill, 0, len(list))
 	first := map[string]int{}
 	for i, c := range list {
@@ -91,9 +90,9 @@ func FromConfig(list []config.ExternalSkill, log zerolog.Logger) []skills.Skill 
 	return out
 }
 
-func newSkill(c config.ExternalSkill, key string, log zerolog.Logger) *Skill {
+func newSkill(c Config, key string, log zerolog.Logger) *Skill {
 	if c.Timeout <= 0 {
-		c.Timeout = config.Duration(DefaultTimeout)
+		c.Timeout = skills.Duration(DefaultTimeout)
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 8
@@ -155,7 +154,7 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 		return fmt.Errorf("%s.url: %q is not an http(s) URL", s.key, s.c.URL)
 	}
 	if s.c.Secret == "" {
-		return fmt.Errorf("%s.secret: missing (set it in the file or in %s)", s.key, config.ExternalSecretEnv(s.c.Name))
+		return fmt.Errorf("%s.secret: missing (set it in the file or in %s)", s.key, SecretEnv(s.c.Name))
 	}
 	if len(s.c.Commands)+len(s.c.Regexes)+len(s.c.Events) == 0 {
 		return fmt.Errorf("%s: matches nothing: give it commands, regexes or events", s.key)

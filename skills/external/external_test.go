@@ -24,7 +24,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/skills"
 	"github.com/opsbot/opsbot/skills/skilltest"
 )
@@ -131,19 +130,19 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func baseConfig(url string) config.ExternalSkill {
-	return config.ExternalSkill{
+func baseConfig(url string) Config {
+	return Config{
 		Name:     "weather",
 		URL:      url,
 		Secret:   secret,
-		Commands: []config.ExternalCommand{{Pattern: "weather {city...?}", Help: "the weather"}, {Pattern: "forecast {days} {city...}"}},
+		Commands: []Command{{Pattern: "weather {city...?}", Help: "the weather"}, {Pattern: "forecast {days} {city...}"}},
 		Regexes:  []string{`(?i)\bthanks\b`, `(?i)^temp (?P<unit>[cf])$`},
 		Events:   []string{"m.reaction", "m.room.member"},
-		Timeout:  config.Duration(2 * time.Second),
+		Timeout:  skills.Duration(2 * time.Second),
 	}
 }
 
-func newRig(t *testing.T, c config.ExternalSkill, tweak func(*Skill)) *rig {
+func newRig(t *testing.T, c Config, tweak func(*Skill)) *rig {
 	t.Helper()
 	r, err := setupRig(t, c, tweak, nil)
 	if err != nil {
@@ -152,10 +151,10 @@ func newRig(t *testing.T, c config.ExternalSkill, tweak func(*Skill)) *rig {
 	return r
 }
 
-func setupRig(t *testing.T, c config.ExternalSkill, tweak func(*Skill), section *string) (*rig, error) {
+func setupRig(t *testing.T, c Config, tweak func(*Skill), section *string) (*rig, error) {
 	r := &rig{t: t, sender: &skilltest.Sender{}, memory: skilltest.NewMemory(), log: &syncBuffer{}}
 	log := zerolog.New(r.log)
-	r.skill = FromConfig([]config.ExternalSkill{c}, log)[0].(*Skill)
+	r.skill = FromConfig([]Config{c}, log)[0].(*Skill)
 	r.skill.backoff = time.Millisecond
 	if tweak != nil {
 		tweak(r.skill)
@@ -169,7 +168,7 @@ func setupRig(t *testing.T, c config.ExternalSkill, tweak func(*Skill), section 
 		sections[c.Name] = *root.Content[0]
 	}
 	var err error
-	r.engine, err = skills.NewEngine(skills.Options{Sender: r.sender, Media: r.sender, Memory: r.memory, Log: log, Decode: config.DecodeStrict},
+	r.engine, err = skills.NewEngine(skills.Options{Sender: r.sender, Media: r.sender, Memory: r.memory, Log: log},
 		[]skills.Skill{r.skill}, sections, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{c.Name}, ConfigKey: "bots[0]"}})
 	return r, err
 }
@@ -450,7 +449,7 @@ func TestTimeout(t *testing.T) {
 		return 200, `{"actions":[]}`
 	})
 	defer close(release) // before the server's Close, which waits for handlers
-	r := newRig(t, baseConfig(ss.srv.URL), func(s *Skill) { s.c.Timeout = config.Duration(50 * time.Millisecond) })
+	r := newRig(t, baseConfig(ss.srv.URL), func(s *Skill) { s.c.Timeout = skills.Duration(50 * time.Millisecond) })
 	start := time.Now()
 	_, errText := r.say("!weather")
 	if want := "external skill weather: no answer from " + ss.srv.URL + ": timed out after 50ms"; errText != want {
@@ -695,27 +694,27 @@ func TestEventsAndHelp(t *testing.T) {
 func TestSetupErrors(t *testing.T) {
 	cases := []struct {
 		name    string
-		change  func(c *config.ExternalSkill)
+		change  func(c *Config)
 		section string
 		want    string
 	}{
-		{"bad pattern", func(c *config.ExternalSkill) { c.Commands[1].Pattern = "forecast {days" },
+		{"bad pattern", func(c *Config) { c.Commands[1].Pattern = "forecast {days" },
 			"", `external_skills[0].commands[1].pattern: command pattern "forecast {days": malformed placeholder "{days"`},
-		{"pattern starts with placeholder", func(c *config.ExternalSkill) { c.Commands[0].Pattern = "{city}" },
+		{"pattern starts with placeholder", func(c *Config) { c.Commands[0].Pattern = "{city}" },
 			"", `external_skills[0].commands[0].pattern: command pattern "{city}" must start with the command word`},
-		{"same pattern twice", func(c *config.ExternalSkill) { c.Commands[1].Pattern = "Weather  {city...?}" },
+		{"same pattern twice", func(c *Config) { c.Commands[1].Pattern = "Weather  {city...?}" },
 			"", `external_skills[0].commands[1].pattern: "Weather  {city...?}" is also commands[0]`},
-		{"bad regex", func(c *config.ExternalSkill) { c.Regexes[1] = "(unclosed" },
+		{"bad regex", func(c *Config) { c.Regexes[1] = "(unclosed" },
 			"", "external_skills[0].regexes[1]: invalid regex \"(unclosed\": error parsing regexp: missing closing ): `(unclosed`"},
-		{"bad event type", func(c *config.ExternalSkill) { c.Events[0] = "m.room message" },
+		{"bad event type", func(c *Config) { c.Events[0] = "m.room message" },
 			"", `external_skills[0].events[0]: "m.room message" is not an event type`},
-		{"account data", func(c *config.ExternalSkill) { c.Events[1] = "m.direct" },
+		{"account data", func(c *Config) { c.Events[1] = "m.direct" },
 			"", `external_skills[0].events[1]: "m.direct" is account data: skills only see room events`},
-		{"nothing matched", func(c *config.ExternalSkill) { c.Commands, c.Regexes, c.Events = nil, nil, nil },
+		{"nothing matched", func(c *Config) { c.Commands, c.Regexes, c.Events = nil, nil, nil },
 			"", `external_skills[0]: matches nothing`},
-		{"no secret", func(c *config.ExternalSkill) { c.Secret = "" },
+		{"no secret", func(c *Config) { c.Secret = "" },
 			"", `external_skills[0].secret: missing (set it in the file or in OPSBOT_SKILL_WEATHER_SECRET)`},
-		{"bad url", func(c *config.ExternalSkill) { c.URL = "ftp://x" },
+		{"bad url", func(c *Config) { c.URL = "ftp://x" },
 			"", `external_skills[0].url: "ftp://x" is not an http(s) URL`},
 		{"settings section", nil, "units: metric\n", `skills.weather.units: unknown key`},
 	}
@@ -741,7 +740,7 @@ func TestSetupErrors(t *testing.T) {
 		t.Errorf("empty section: %v", err)
 	}
 	// A name given twice.
-	list := FromConfig([]config.ExternalSkill{baseConfig("http://a:1/"), baseConfig("http://b:1/")}, zerolog.Nop())
+	list := FromConfig([]Config{baseConfig("http://a:1/"), baseConfig("http://b:1/")}, zerolog.Nop())
 	_, err := skilltest.Setup(list[1:], nil)
 	if err == nil || !strings.Contains(err.Error(), `external_skills[1].name: "weather" is already the name of external_skills[0]`) {
 		t.Errorf("duplicate name: %v", err)

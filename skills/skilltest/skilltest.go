@@ -18,7 +18,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/skills"
 )
 
@@ -98,6 +97,19 @@ func (f *Sender) Bodies() []string {
 	return out
 }
 
+// Host is a skills.Host for tests: its admins, a fixed status report, and a
+// reload that says what it was given.
+type Host struct {
+	AdminIDs     []id.UserID
+	StatusReport string
+	ReloadResult string
+	ReloadErr    error
+}
+
+func (h *Host) Admins() []id.UserID                    { return h.AdminIDs }
+func (h *Host) Status(context.Context) string          { return h.StatusReport }
+func (h *Host) Reload(context.Context) (string, error) { return h.ReloadResult, h.ReloadErr }
+
 // Bot is the bot user a Harness runs as.
 const Bot = id.UserID("@opsbot:example.org")
 
@@ -122,6 +134,12 @@ func New(t testing.TB, available []skills.Skill, sections map[string]string) *Ha
 
 // Setup is New for tests that expect setup to fail: it returns the error.
 func Setup(available []skills.Skill, sections map[string]string) (*Harness, error) {
+	return SetupWithHost(nil, available, sections)
+}
+
+// SetupWithHost is Setup with a Host for skills that use Router.Host (a
+// Host value of this package will do).
+func SetupWithHost(host skills.Host, available []skills.Skill, sections map[string]string) (*Harness, error) {
 	nodes := map[string]yaml.Node{}
 	for name, text := range sections {
 		var root yaml.Node
@@ -136,7 +154,7 @@ func Setup(available []skills.Skill, sections map[string]string) (*Harness, erro
 	}
 	h := &Harness{Sender: &Sender{}, Memory: NewMemory()}
 	var err error
-	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Memory: h.Memory, Log: zerolog.Nop(), Decode: config.DecodeStrict},
+	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Memory: h.Memory, Log: zerolog.Nop(), Host: host},
 		available, nodes, []skills.BotSpec{{ID: Bot, Prefix: "!", Skills: names, ConfigKey: "bots[0]"}})
 	if err != nil {
 		return nil, err
