@@ -103,3 +103,33 @@ func TestRoomStateMemorySurvivesDatabaseLoss(t *testing.T) {
 		t.Fatalf("after losing the database: %s", ev)
 	}
 }
+
+// Whoever may send a tombstone can point it at any room. The bot follows
+// only a room whose create event names the old room as its predecessor:
+// pointed at someone else's public room it joins, sees the lie, leaves
+// again and moves nothing; pointed at an invite-only room, an invite from
+// a user permissions.invite does not allow is refused as always.
+func TestTombstoneToAnotherRoom(t *testing.T) {
+	w := newWorld(t, "sqlite", notesBots, "permissions:\n  invite:\n    users: [\"@alice:localhost\"]\n")
+	alice := w.HS.RegisterUser(t, "alice")
+	mallory := w.HS.RegisterUser(t, "mallory")
+	room := alice.CreateRoom(t, harness.RoomOptions{Preset: "public_chat", Invite: []string{botID}})
+	botJoined(t, alice, room, botID)
+	if ev := ask(t, alice, room, "!note add stays here", botID); ev.Body() != "Noted (1)." {
+		t.Fatalf("got %s", ev)
+	}
+
+	elsewhere := mallory.CreateRoom(t, harness.RoomOptions{Preset: "public_chat"})
+	alice.SendState(t, room, "m.room.tombstone", "", map[string]any{"body": "moved", "replacement_room": elsewhere})
+	w.Bot.WaitForLog(t, wait, "does not name this room as its predecessor", elsewhere)
+	botLeft(t, mallory, elsewhere, botID)
+	if ev := ask(t, alice, room, "!note list", botID); ev.Body() != "1. stays here" {
+		t.Fatalf("notes after the false tombstone: %s", ev)
+	}
+
+	closed := mallory.CreateRoom(t, harness.RoomOptions{})
+	alice.SendState(t, room, "m.room.tombstone", "", map[string]any{"body": "moved again", "replacement_room": closed})
+	w.Bot.WaitForLog(t, wait, "Cannot join the replacement room yet", closed)
+	mallory.Invite(t, closed, botID)
+	w.Bot.WaitForLog(t, wait, "Rejected invite from a user not allowed by permissions.invite", closed)
+}

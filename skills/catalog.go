@@ -66,7 +66,7 @@ var Events = []EventInfo{
 	{Type: event.StateTopic, Arrives: arrivesState, Match: "`r.Event(event.StateTopic, ...)`", Send: "`ev.SetTopic`", Encrypted: notEncrypted, Opsbot: "none"},
 	{Type: event.StateRoomAvatar, Arrives: arrivesState, Match: "`r.Event(event.StateRoomAvatar, ...)`", Send: "`ev.SetRoomAvatar`", Encrypted: notEncrypted, Opsbot: "none"},
 	{Type: event.StateTombstone, Arrives: arrivesState, Match: "`r.Event(event.StateTombstone, ...)`", Send: "",
-		Encrypted: notEncrypted, Opsbot: "every bot follows the room to its replacement (joining, or accepting an invite there), skill memory moves along, and the bots leave the old room unless `rooms.leave_upgraded` is false"},
+		Encrypted: notEncrypted, Opsbot: "every bot follows the room to its replacement (joining, or accepting an invite there that `permissions.invite` allows) if the replacement's create event names the old room as its predecessor (a tombstone pointing elsewhere is logged, and a bot that joined leaves again); skill memory moves along, and the bots leave the old room unless `rooms.leave_upgraded` is false"},
 	{Type: event.StateEncryption, Arrives: arrivesState, Match: "`r.Event(event.StateEncryption, ...)`", Send: "",
 		Encrypted: "turns encryption on: from then on every send is encrypted, and with encryption off the bots stay silent", Opsbot: "recorded in the state store"},
 	{Type: event.StatePowerLevels, Arrives: arrivesState, Match: "`r.Event(event.StatePowerLevels, ...)`", Send: "`ev.SetState`", Encrypted: notEncrypted, Opsbot: "recorded in the state store"},

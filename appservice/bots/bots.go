@@ -169,8 +169,10 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 	}
 	switch content.Membership {
 	case event.MembershipInvite:
-		upgradedFrom, _ := m.Profiles.UpgradeOf(ctx, evt.RoomID)
-		if upgradedFrom == "" && !m.mayInvite(evt.Sender) {
+		// An invite to the replacement of an upgraded room is judged like
+		// any other: whoever sends the tombstone picks the replacement,
+		// and may not pick who may invite the bots.
+		if !m.mayInvite(evt.Sender) {
 			log.Warn().Stringer("bot", target).Msg("Rejected invite from a user not allowed by permissions.invite")
 			_, err := m.AS.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
 				Reason: "Sorry, you are not allowed to invite this bot. Ask the opsbot admin to add you to permissions.invite.",
@@ -210,16 +212,17 @@ func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, r
 
 // HandleTombstone follows a room upgrade: every bot in the old room joins
 // the replacement (or, when it is invite-only, waits for an invite there,
-// which is accepted even from a user permissions.invite would refuse, since
-// the room is one the bot was already allowed in). Skill memory moves once
-// a bot is in the new room.
+// which permissions.invite judges like any other). Anyone who may send the
+// tombstone can name any room, so a replacement is followed only if its
+// create event names the old room as its predecessor; otherwise the bot
+// leaves it again. Skill memory moves once a bot is in the new room.
 func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
 	content, ok := evt.Content.Parsed.(*event.TombstoneEventContent)
 	if !ok || content.ReplacementRoom == "" || evt.GetStateKey() != "" {
 		return
 	}
 	newRoom := content.ReplacementRoom
-	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("replacement", newRoom).Logger()
+	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("replacement", newRoom).Stringer("sender", evt.Sender).Logger()
 	log.Info().Msg("Room was upgraded; following it")
 	if err := m.Profiles.RecordUpgrade(ctx, evt.RoomID, newRoom); err != nil {
 		log.Error().Err(err).Msg("Could not record the room upgrade")
@@ -230,8 +233,16 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 		intent := m.AS.Intent(bot)
 		_, err := intent.JoinRoom(ctx, newRoom.String(), &mautrix.ReqJoinRoom{Via: []string{server}})
 		if err != nil {
-			log.Info().Err(err).Stringer("bot", bot).Msg("Cannot join the replacement room yet; an invite there will be accepted")
+			log.Info().Err(err).Stringer("bot", bot).Msg("Cannot join the replacement room yet; an invite there from someone permissions.invite allows will be accepted")
 			continue
+		}
+		if !m.succeeds(ctx, bot, evt.RoomID, newRoom) {
+			log.Warn().Stringer("bot", bot).Msg("The replacement room does not name this room as its predecessor; left it again and did not move anything")
+			if _, err := intent.LeaveRoom(ctx, newRoom, &mautrix.ReqLeave{Reason: "This room is not the upgrade of the room that pointed here."}); err != nil {
+				log.Error().Err(err).Stringer("bot", bot).Msg("Could not leave the false replacement room")
+			}
+			_ = m.Profiles.FinishUpgrade(ctx, newRoom)
+			return
 		}
 		if err := m.FetchState(ctx, bot, newRoom); err != nil {
 			log.Warn().Err(err).Stringer("bot", bot).Msg("Joined the replacement room, but could not fetch its state")
@@ -239,6 +250,17 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 		log.Info().Stringer("bot", bot).Msg("Joined the replacement room")
 		m.finishUpgrade(ctx, bot, newRoom)
 	}
+}
+
+// succeeds reports whether newRoom's create event, as bot reads it, names
+// oldRoom as its predecessor.
+func (m *Manager) succeeds(ctx context.Context, bot id.UserID, oldRoom, newRoom id.RoomID) bool {
+	var create event.CreateEventContent
+	if err := m.AS.Intent(bot).StateEvent(ctx, newRoom, event.StateCreate, "", &create); err != nil {
+		m.Log.Warn().Err(err).Stringer("room_id", newRoom).Msg("Could not read the create event of a replacement room")
+		return false
+	}
+	return create.GetPredecessor().RoomID == oldRoom
 }
 
 // finishUpgrade completes a pending upgrade once bot is in newRoom: memory
@@ -249,6 +271,13 @@ func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.R
 		return
 	}
 	log := m.Log.With().Stringer("room_id", oldRoom).Stringer("replacement", newRoom).Logger()
+	if !m.succeeds(ctx, bot, oldRoom, newRoom) {
+		// Invited there by someone permissions.invite allows, but the room
+		// is not the old one's upgrade: the bot stays, the memory does not move.
+		log.Warn().Stringer("bot", bot).Msg("The room a tombstone pointed to does not name the old room as its predecessor; not moving skill memory")
+		_ = m.Profiles.FinishUpgrade(ctx, newRoom)
+		return
+	}
 	if m.MoveMemory != nil {
 		if err := m.MoveMemory(ctx, oldRoom, newRoom); err != nil {
 			log.Error().Err(err).Msg("Could not move skill memory to the replacement room")
