@@ -256,9 +256,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("appservice.listen: %w", err)
 	}
-	server := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	server := newServer(s.Handler())
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- server.Serve(listener) }()
+	go func() { serveErr <- server.Serve(guard(listener)) }()
 	defer server.Close()
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()

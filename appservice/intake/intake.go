@@ -99,7 +99,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // wireTransaction is the part of a transaction opsbot reads at intake. The
-// events stay raw: they are stored as sent and parsed once, by the pipeline.
+// events stay raw here: each is stored as sent and decoded once, when filed.
 type wireTransaction struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
@@ -115,7 +115,8 @@ type wireTransaction struct {
 
 type otkCounts map[id.UserID]map[id.DeviceID]mautrix.OTKCount
 
-// eventHeader holds the fields intake needs to file an event.
+// putTransaction files a pushed transaction in the inbox, once per
+// transaction ID, and answers the homeserver only when it is stored.
 func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r) {
 		return
