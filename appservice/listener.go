@@ -20,7 +20,7 @@ var (
 	headerTimeout = 10 * time.Second
 	// bodyGrace and minBodyRate bound reading a body: a 16 MiB transaction
 	// over a 64 KiB/s link still gets through (4 min 26 s).
-	bodyGrace   = 10 * time.Second
+	bodyGrace         = 10 * time.Second
 	minBodyRate int64 = 64 << 10 // bytes per second
 	// maxBodyTime caps the body deadline whatever the announced length.
 	maxBodyTime = 5 * time.Minute
@@ -120,7 +120,9 @@ type guardedListener struct {
 	pending []*guardedConn // oldest first
 }
 
-func guard(l net.Listener) *guardedListener { return &guardedListener{Listener: l, max: maxUnauthenticated} }
+func guard(l net.Listener) *guardedListener {
+	return &guardedListener{Listener: l, max: maxUnauthenticated}
+}
 
 func (l *guardedListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
