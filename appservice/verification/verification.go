@@ -263,6 +263,14 @@ type botVerifier struct {
 	txns   *verificationhelper.InMemoryVerificationStore
 	log    zerolog.Logger
 
+	// helperMu serialises everything handed to the helper. The helper reads
+	// a transaction, lets go of its lock, then handles the event: two
+	// events handled at once act on stale copies. That happened when the
+	// person's done arrived (from the event path) while a held MAC was
+	// still being handled (from Run, right after the operator confirmed):
+	// the done saw the transaction before the MAC exchange and cancelled.
+	helperMu sync.Mutex
+
 	mu sync.Mutex
 	// confirmed are the transactions the operator confirmed; held are the
 	// other side's MACs that arrived before that.
@@ -290,6 +298,8 @@ func (b *botVerifier) dispatch(ctx context.Context, evt *event.Event) {
 		}
 		b.mu.Unlock()
 	}
+	b.helperMu.Lock()
+	defer b.helperMu.Unlock()
 	b.syncer.Dispatch(ctx, evt)
 }
 
@@ -374,9 +384,13 @@ func (b *botVerifier) confirm(ctx context.Context, p Pending) {
 		return
 	}
 	b.log.Info().Stringer("transaction_id", p.TransactionID).Msg("The operator confirmed the short authentication string")
+	// The other side's MAC (held until now) is handled before any later
+	// event of the transaction, such as its done.
+	b.helperMu.Lock()
+	defer b.helperMu.Unlock()
 	if err := b.helper.ConfirmSAS(ctx, p.TransactionID); err != nil {
 		b.log.Warn().Err(err).Stringer("transaction_id", p.TransactionID).Msg("Confirming the verification failed")
-		b.cancel(ctx, p, event.VerificationCancelCodeUser, "the bot could not confirm: "+err.Error(), "cancelled")
+		b.cancelLocked(ctx, p, event.VerificationCancelCodeUser, "the bot could not confirm: "+err.Error(), "cancelled")
 		return
 	}
 	b.mu.Lock()
@@ -393,6 +407,12 @@ func (b *botVerifier) confirm(ctx context.Context, p Pending) {
 }
 
 func (b *botVerifier) cancel(ctx context.Context, p Pending, code event.VerificationCancelCode, reason, outcome string) {
+	b.helperMu.Lock()
+	defer b.helperMu.Unlock()
+	b.cancelLocked(ctx, p, code, reason, outcome)
+}
+
+func (b *botVerifier) cancelLocked(ctx context.Context, p Pending, code event.VerificationCancelCode, reason, outcome string) {
 	b.log.Warn().Stringer("transaction_id", p.TransactionID).Str("code", string(code)).Str("reason", reason).Msg("Cancelling a verification")
 	if err := b.helper.CancelVerification(ctx, p.TransactionID, code, reason); err != nil {
 		b.log.Warn().Err(err).Msg("Could not send the cancellation")
