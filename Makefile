@@ -80,7 +80,8 @@ deploy-test:
 # test finds is written to the package's testdata/fuzz, to be committed.
 FUZZERS := ./appservice/intake:FuzzTransaction ./appservice/config:FuzzParse \
 	./appservice/discovery:FuzzParseWellKnown ./skills:FuzzCommand ./skills:FuzzParse \
-	./skills/internal/cron:FuzzParse ./skills/builtin/webhook:FuzzWebhook ./skills/external:FuzzParseAnswer
+	./skills/internal/cron:FuzzParse ./skills/builtin/webhook:FuzzWebhook ./skills/external:FuzzParseAnswer \
+	./appservice/sanitize:FuzzHTML
 FUZZTIME ?= 60s
 
 fuzz:

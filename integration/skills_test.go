@@ -24,6 +24,7 @@ const (
 	placeholderRoom = "!placeholder:localhost"
 	alertToken      = "alertmanager-token-0123456789"
 	hookSecret      = "github-hook-secret-0123456789"
+	carelessToken   = "careless-hook-token-0123456789"
 )
 
 const skillsExtra = `skills:
@@ -38,6 +39,11 @@ const skillsExtra = `skills:
         hmac_secret: ` + hookSecret + `
         template: '{{header "X-GitHub-Event"}}: {{.pusher.name}} pushed {{len .commits}} commit(s) to {{.repository.full_name}}'
         html_template: '<b>{{.pusher.name}}</b> pushed to <code>{{.repository.full_name}}</code>'
+      - name: careless
+        room: "` + placeholderRoom + `"
+        token: ` + carelessToken + `
+        template: '@room {{.who}} did it'
+        html_template: '<img src="https://tracker.example/p.png" alt="{{.who}}" onerror="alert(1)"><a href="{{.url}}" onclick="x()">view</a><style>*{display:none}</style>'
 `
 
 // The built-in skills remind, alertmanager and webhook against Dendrite.
@@ -201,5 +207,22 @@ func testWebhookSkill(t *testing.T, w *world, alice *harness.User, room string) 
 	msg := alice.WaitForMessage(t, room, wait, harness.From(botID))
 	if msg.Body() != "push: alice pushed 2 commit(s) to acme/app" || msg.Content["formatted_body"] != "<b>alice</b> pushed to <code>acme/app</code>" {
 		t.Fatalf("webhook message: %v", msg.Content)
+	}
+
+	// A careless template (a remote tracking image, handlers, a style that
+	// hides the room) and a hostile payload (a javascript: link, "@room"
+	// and markup in a value): the room gets the spec's HTML subset, and
+	// nobody is pinged.
+	careless := w.Bot.URL + "/skills/webhook/careless"
+	payload := `{"who":"<b>mallory</b>","url":"javascript:alert(document.cookie)"}`
+	if code := postWebhook(t, careless, payload, map[string]string{"Authorization": "Bearer " + carelessToken}); code != 200 {
+		t.Fatalf("careless hook: HTTP %d\n%s", code, w.Bot.LogTail(20))
+	}
+	msg = alice.WaitForMessage(t, room, wait, harness.From(botID))
+	if want := "&lt;b&gt;mallory&lt;/b&gt;<a>view</a>"; msg.Content["formatted_body"] != want {
+		t.Fatalf("careless hook's HTML sent as %q, want %q", msg.Content["formatted_body"], want)
+	}
+	if m, ok := msg.Content["m.mentions"].(map[string]any); !ok || len(m) != 0 {
+		t.Fatalf("careless hook's @room: m.mentions = %v, want {}", msg.Content["m.mentions"])
 	}
 }

@@ -59,6 +59,13 @@ func New(as *mas.AppService, log zerolog.Logger) *Outbox {
 // Send sends a message event as bot. The context bounds the total time
 // spent, retries included.
 func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtType event.Type, content any, txnID string) (id.EventID, error) {
+	if evtType == event.EventMessage {
+		safe, err := safeMessage(content)
+		if err != nil {
+			return "", err
+		}
+		content = safe
+	}
 	encrypted, err := o.AS.StateStore.IsEncrypted(ctx, room)
 	if err != nil {
 		return "", fmt.Errorf("checking whether %s is encrypted: %w", room, err)

@@ -34,6 +34,7 @@ type fakeHomeserver struct {
 	times    []time.Time
 	lookups  int
 	users    []string
+	bodies   []map[string]any
 }
 
 func (f *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -48,6 +49,9 @@ func (f *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.txnIDs = append(f.txnIDs, parts[len(parts)-1])
 	f.times = append(f.times, time.Now())
 	f.users = append(f.users, r.URL.Query().Get("user_id"))
+	var body map[string]any
+	_ = json.NewDecoder(r.Body).Decode(&body)
+	f.bodies = append(f.bodies, body)
 	if len(f.failures) > 0 {
 		fail := f.failures[0]
 		f.failures = f.failures[1:]
@@ -314,5 +318,46 @@ func TestFencedOutboxSendsNothing(t *testing.T) {
 	}
 	if puts != 0 {
 		t.Fatalf("%d requests reached the homeserver", puts)
+	}
+}
+
+// Whatever HTML a skill writes, the room gets the spec's subset; text
+// that says @room pings nobody unless the content says so itself.
+func TestSentMessagesAreSafe(t *testing.T) {
+	hs := &fakeHomeserver{}
+	o := setup(t, hs)
+	ctx := context.Background()
+	hostile := `<b>deploy</b> @room <script>steal()</script><a href="javascript:alert(1)" onclick="x()">log</a><img src="https://evil.example/t.png" alt="pic">`
+	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: "deploy @room", Format: event.FormatHTML, FormattedBody: hostile}
+	c.SetEdit("$old") // moves the content into m.new_content
+	c.Body, c.Format, c.FormattedBody = "* deploy @room", event.FormatHTML, "* "+hostile
+	if _, err := o.Send(ctx, bot, room, event.EventMessage, c, "opsbot.html1"); err != nil {
+		t.Fatal(err)
+	}
+	// External skills' content arrives as raw JSON, not mautrix structs.
+	raw := json.RawMessage(`{"msgtype":"m.notice","body":"x","format":"org.matrix.custom.html","formatted_body":"<iframe src=x></iframe><i>ok</i>","m.mentions":{"user_ids":["@a:example.org"]}}`)
+	if _, err := o.Send(ctx, bot, room, event.EventMessage, raw, "opsbot.html2"); err != nil {
+		t.Fatal(err)
+	}
+	const want = `<b>deploy</b> @room <a>log</a>pic`
+	first := hs.bodies[0]
+	newContent, _ := first["m.new_content"].(map[string]any)
+	if first["formatted_body"] != "* "+want || newContent["formatted_body"] != want {
+		t.Errorf("sent HTML %q / new content %q, want %q", first["formatted_body"], newContent["formatted_body"], want)
+	}
+	for name, m := range map[string]any{"message": first["m.mentions"], "m.new_content": newContent["m.mentions"]} {
+		if mm, ok := m.(map[string]any); !ok || len(mm) != 0 {
+			t.Errorf("%s m.mentions = %v, want {} (nobody pinged)", name, m)
+		}
+	}
+	second := hs.bodies[1]
+	if second["formatted_body"] != "<i>ok</i>" {
+		t.Errorf("raw content's HTML sent as %q", second["formatted_body"])
+	}
+	if mm, _ := second["m.mentions"].(map[string]any); fmt.Sprint(mm["user_ids"]) != "[@a:example.org]" {
+		t.Errorf("a skill's own m.mentions was changed: %v", second["m.mentions"])
+	}
+	if second[outbox.TxnMarker] != "opsbot.html2" {
+		t.Errorf("marker lost: %v", second)
 	}
 }

@@ -449,6 +449,7 @@ class Peer:
         return {
             "event_id": rec.event_id, "body": c.get("body", ""), "msgtype": c.get("msgtype", ""),
             "encrypted": rec.encrypted, "sender": rec.sender,
+            "formatted_body": c.get("formatted_body", ""), "mentions": c.get("m.mentions"),
         }
 
     async def cmd_wait_file(self, req):

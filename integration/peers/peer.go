@@ -75,6 +75,16 @@ type Message struct {
 	MsgType   string `json:"msgtype"`
 	Encrypted bool   `json:"encrypted"`
 	Sender    string `json:"sender"`
+	// FormattedBody is the HTML the client was given, if any.
+	FormattedBody string `json:"formatted_body"`
+	// Mentions is the message's m.mentions, nil when it has none.
+	Mentions *Mentions `json:"mentions"`
+}
+
+// Mentions is what a message says it pings (m.mentions).
+type Mentions struct {
+	UserIDs []string `json:"user_ids"`
+	Room    bool     `json:"room"`
 }
 
 // File is what wait_file returns.

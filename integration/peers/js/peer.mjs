@@ -554,7 +554,10 @@ const commands = {
         needClient();
         const ev = await waitFor(req.room_id, req.sender, req.timeout_ms ?? 30000, false);
         const c = ev.getContent();
-        return { event_id: ev.getId(), body: c.body ?? "", msgtype: c.msgtype ?? "", encrypted: ev.isEncrypted(), sender: ev.getSender() };
+        return {
+            event_id: ev.getId(), body: c.body ?? "", msgtype: c.msgtype ?? "", encrypted: ev.isEncrypted(), sender: ev.getSender(),
+            formatted_body: c.formatted_body ?? "", mentions: c["m.mentions"] ?? null,
+        };
     },
 
     async send_file(req) {
