@@ -39,29 +39,6 @@ type Config struct {
 // runtime defines it, so skills' own sections read durations the same way.
 type Duration = skills.Duration
 
-// Environment variables that override secrets and connection strings, so
-// Kubernetes Secrets never have to be written into the ConfigMap.
-var envOverrides = []struct {
-	name string
-	set  func(*Config, string)
-}{
-	{"OPSBOT_AS_TOKEN", func(c *Config, v string) { c.AppService.ASToken = v }},
-	{"OPSBOT_HS_TOKEN", func(c *Config, v string) { c.AppService.HSToken = v }},
-	{"OPSBOT_DATABASE_URI", func(c *Config, v string) { c.Database.URI = v }},
-	{"OPSBOT_PICKLE_KEY", func(c *Config, v string) { c.Encryption.PickleKey = v }},
-	{"OPSBOT_HOMESERVER_ADDRESS", func(c *Config, v string) { c.Homeserver.Address = v }},
-	{"OPSBOT_DENDRITE_ADMIN_TOKEN", func(c *Config, v string) { c.Encryption.DendriteAdminToken = v }},
-}
-
-// EnvNames lists the environment variables Load reads, for docs and --help.
-func EnvNames() []string {
-	names := make([]string, len(envOverrides))
-	for i, o := range envOverrides {
-		names[i] = o.name
-	}
-	return names
-}
-
 // Load reads, decodes and validates a config file. Environment overrides are
 // applied before validation.
 func Load(path string) (*Config, error) {
@@ -86,14 +63,7 @@ func Parse(data []byte) (*Config, error) {
 	if err := skills.DecodeStrict(&root, cfg, ""); err != nil {
 		return nil, err
 	}
-	for _, o := range envOverrides {
-		if v, ok := os.LookupEnv(o.name); ok && v != "" {
-			o.set(cfg, v)
-		}
-	}
-	for i := range cfg.ExternalSkills {
-		cfg.ExternalSkills[i].ApplyEnv()
-	}
+	skills.ApplyEnv(cfg)
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
