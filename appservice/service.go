@@ -128,16 +128,9 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
 	s.Outbox.Observe = s.Metrics.ObserveSend
 	s.Outbox.Fence = termFence{s}
-	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
-	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: &statememory.Store{AS: s.AS,
-		BotFor: func(ctx context.Context, room id.RoomID) (id.UserID, bool) {
-			bots := s.Bots.RoomBots(ctx, room)
-			if len(bots) == 0 {
-				return "", false
-			}
-			return bots[0], true
-		}}}
-	s.Bots.MoveMemory = memory.move
+	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.AS, s.firstBotIn)}
+	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Profiles: s.Store, MoveMemory: memory.move,
+		Log: log.With().Str("component", "bots").Logger()})
 	if cfg.Encryption.Enabled {
 		s.newEncryption()
 	}
