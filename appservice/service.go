@@ -143,7 +143,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	}
 	s.engine.Store(engine)
 	s.Path = s.newPath()
-	s.Pipeline = &pipeline.Pipeline{
+	s.Pipeline = pipeline.New(pipeline.Options{
 		Inbox:   s.inbox(),
 		Handler: s.Path,
 		Workers: cfg.AppService.Workers,
@@ -155,7 +155,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 				t.Release(context.Background()) // ends the term: Run stops
 			}
 		},
-	}
+	})
 	s.Metrics.ParkedFrom(func() (int, time.Duration) {
 		if s.Pipeline == nil || !s.running.Load() {
 			return 0, 0
@@ -347,8 +347,7 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
-	s.Pipeline.Term = term
-	if err := s.Pipeline.Start(workCtx); err != nil {
+	if err := s.Pipeline.Start(workCtx, term); err != nil {
 		return fmt.Errorf("picking up unfinished events: %w", err)
 	}
 	// Transactions are recorded from now on, but handled only once the
