@@ -31,7 +31,7 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
 	}))
-	(&health.Checker{
+	health.New(health.Options{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {
 			if !s.accepting.Load() {

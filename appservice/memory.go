@@ -38,3 +38,14 @@ func (r *memoryRouter) move(ctx context.Context, oldRoom, newRoom id.RoomID) err
 	}
 	return nil
 }
+
+// firstBotIn is a bot joined to room that can act on its state, for the
+// room-state memory. It reads s.Bots, which New sets before anything runs
+// (memory and bots need each other, so one side is reached through s).
+func (s *Service) firstBotIn(ctx context.Context, room id.RoomID) (id.UserID, bool) {
+	bots := s.Bots.RoomBots(ctx, room)
+	if len(bots) == 0 {
+		return "", false
+	}
+	return bots[0], true
+}

@@ -128,16 +128,9 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
 	s.Outbox.Observe = s.Metrics.ObserveSend
 	s.Outbox.Fence = termFence{s}
-	s.Bots = bots.New(cfg, s.AS, s.Store, log.With().Str("component", "bots").Logger())
-	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: &statememory.Store{AS: s.AS,
-		BotFor: func(ctx context.Context, room id.RoomID) (id.UserID, bool) {
-			bots := s.Bots.RoomBots(ctx, room)
-			if len(bots) == 0 {
-				return "", false
-			}
-			return bots[0], true
-		}}}
-	s.Bots.MoveMemory = memory.move
+	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.AS, s.firstBotIn)}
+	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Profiles: s.Store, MoveMemory: memory.move,
+		Log: log.With().Str("component", "bots").Logger()})
 	if cfg.Encryption.Enabled {
 		s.newEncryption()
 	}
@@ -150,7 +143,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	}
 	s.engine.Store(engine)
 	s.Path = s.newPath()
-	s.Pipeline = &pipeline.Pipeline{
+	s.Pipeline = pipeline.New(pipeline.Options{
 		Inbox:   s.inbox(),
 		Handler: s.Path,
 		Workers: cfg.AppService.Workers,
@@ -162,7 +155,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 				t.Release(context.Background()) // ends the term: Run stops
 			}
 		},
-	}
+	})
 	s.Metrics.ParkedFrom(func() (int, time.Duration) {
 		if s.Pipeline == nil || !s.running.Load() {
 			return 0, 0
@@ -354,8 +347,7 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
-	s.Pipeline.Term = term
-	if err := s.Pipeline.Start(workCtx); err != nil {
+	if err := s.Pipeline.Start(workCtx, term); err != nil {
 		return fmt.Errorf("picking up unfinished events: %w", err)
 	}
 	// Transactions are recorded from now on, but handled only once the

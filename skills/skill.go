@@ -13,10 +13,8 @@ package skills
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -45,36 +43,6 @@ type Host interface {
 // Handler handles one matched event. A returned error is logged and the
 // sender gets a short apology; the error text itself is not shown in the room.
 type Handler func(ctx context.Context, ev *Event) error
-
-// Config is a skill's own section of opsbot.yaml (skills.<name>).
-type Config struct {
-	name string
-	node *yaml.Node
-}
-
-// NewConfig wraps a skill's config section (node nil: none in the file).
-func NewConfig(name string, node *yaml.Node) Config {
-	return Config{name: name, node: node}
-}
-
-// Present reports whether the config file has a section for this skill.
-func (c Config) Present() bool { return c.node != nil && c.node.Kind != 0 }
-
-// Decode decodes the section into v (a pointer to a struct with yaml tags).
-// Unknown keys and wrong types are errors naming skills.<name>.<key>.
-// A missing section leaves v as it is, so set defaults before calling.
-func (c Config) Decode(v any) error {
-	if !c.Present() {
-		return nil
-	}
-	return DecodeStrict(c.node, v, "skills."+c.name)
-}
-
-// Errorf returns a config error that names this skill's section, for
-// validation done by the skill itself.
-func (c Config) Errorf(key, format string, args ...any) error {
-	return fmt.Errorf("skills.%s.%s: %s", c.name, key, fmt.Sprintf(format, args...))
-}
 
 // Sender performs actions in rooms. opsbot's outbox implements it; tests
 // may use a fake. txnID makes the send idempotent: the homeserver answers a

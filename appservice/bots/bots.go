@@ -35,27 +35,41 @@ type Store interface {
 // MemoryMover moves skill memory from a room to its replacement.
 type MemoryMover func(ctx context.Context, oldRoom, newRoom id.RoomID) error
 
-// Manager runs the configured bots.
-type Manager struct {
+// Options configure a Manager.
+type Options struct {
+	// Config gives the bots, the domain, permissions.invite and
+	// rooms.leave_upgraded.
+	Config   *config.Config
 	AS       *mas.AppService
 	Profiles Store
 	Log      zerolog.Logger
 	// MoveMemory, if set, carries skill memory over a room upgrade.
 	MoveMemory MemoryMover
-	// LeaveUpgraded makes bots leave a room they followed to its replacement.
-	LeaveUpgraded bool
-	bots          []config.Bot
-	ids           []id.UserID
-	domain        string
-	invite        config.InvitePolicy
 	// OnJoined, if set, is called after a bot joined a room and fetched its state.
 	OnJoined func(ctx context.Context, bot id.UserID, room id.RoomID)
 }
 
-// New returns a manager for the bots in cfg.
-func New(cfg *config.Config, as *mas.AppService, profiles Store, log zerolog.Logger) *Manager {
-	m := &Manager{AS: as, Profiles: profiles, Log: log, bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite,
-		LeaveUpgraded: cfg.Rooms.LeaveUpgraded == nil || *cfg.Rooms.LeaveUpgraded}
+// Manager runs the configured bots.
+type Manager struct {
+	as         *mas.AppService
+	profiles   Store
+	log        zerolog.Logger
+	moveMemory MemoryMover
+	onJoined   func(ctx context.Context, bot id.UserID, room id.RoomID)
+	// leaveUpgraded makes bots leave a room they followed to its replacement.
+	leaveUpgraded bool
+	bots          []config.Bot
+	ids           []id.UserID
+	domain        string
+	invite        config.InvitePolicy
+}
+
+// New returns a manager for the bots in opts.Config.
+func New(opts Options) *Manager {
+	cfg := opts.Config
+	m := &Manager{as: opts.AS, profiles: opts.Profiles, log: opts.Log, moveMemory: opts.MoveMemory, onJoined: opts.OnJoined,
+		bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite,
+		leaveUpgraded: cfg.Rooms.LeaveUpgraded == nil || *cfg.Rooms.LeaveUpgraded}
 	for _, b := range cfg.Bots {
 		m.ids = append(m.ids, id.NewUserID(b.Localpart, cfg.Homeserver.Domain))
 	}
@@ -72,8 +86,8 @@ func (m *Manager) IsBot(userID id.UserID) bool { return slices.Contains(m.ids, u
 func (m *Manager) Start(ctx context.Context) error {
 	for i, b := range m.bots {
 		userID := m.ids[i]
-		intent := m.AS.Intent(userID)
-		err := outbox.Retry(ctx, m.Log, "register "+userID.String(), time.Second, 30*time.Second, func() error {
+		intent := m.as.Intent(userID)
+		err := outbox.Retry(ctx, m.log, "register "+userID.String(), time.Second, 30*time.Second, func() error {
 			return intent.EnsureRegistered(ctx)
 		})
 		if err != nil {
@@ -83,13 +97,13 @@ func (m *Manager) Start(ctx context.Context) error {
 			return fmt.Errorf("setting the profile of bot %s: %w", userID, err)
 		}
 		m.learnRooms(ctx, userID)
-		m.Log.Info().Stringer("bot", userID).Strs("skills", b.Skills).Msg("Bot ready")
+		m.log.Info().Stringer("bot", userID).Strs("skills", b.Skills).Msg("Bot ready")
 	}
 	return nil
 }
 
 func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b config.Bot) error {
-	name, avatar, err := m.Profiles.BotProfile(ctx, intent.UserID)
+	name, avatar, err := m.profiles.BotProfile(ctx, intent.UserID)
 	if err != nil {
 		return err
 	}
@@ -110,32 +124,32 @@ func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b conf
 			return fmt.Errorf("avatar: %w", err)
 		}
 	}
-	m.Log.Info().Stringer("bot", intent.UserID).Str("displayname", b.Displayname).Msg("Updated bot profile")
-	return m.Profiles.SetBotProfile(ctx, intent.UserID, b.Displayname, b.Avatar)
+	m.log.Info().Stringer("bot", intent.UserID).Str("displayname", b.Displayname).Msg("Updated bot profile")
+	return m.profiles.SetBotProfile(ctx, intent.UserID, b.Displayname, b.Avatar)
 }
 
 // learnRooms fetches the state of rooms the bot is in but the state store
 // does not know (a new or restored database), so that the bot answers there
 // again without being re-invited.
 func (m *Manager) learnRooms(ctx context.Context, bot id.UserID) {
-	resp, err := m.AS.Intent(bot).Client.JoinedRooms(ctx)
+	resp, err := m.as.Intent(bot).Client.JoinedRooms(ctx)
 	if err != nil {
-		m.Log.Warn().Err(err).Stringer("bot", bot).Msg("Could not list the bot's rooms")
+		m.log.Warn().Err(err).Stringer("bot", bot).Msg("Could not list the bot's rooms")
 		return
 	}
 	learned := 0
 	for _, room := range resp.JoinedRooms {
-		if m.AS.StateStore.IsInRoom(ctx, room, bot) {
+		if m.as.StateStore.IsInRoom(ctx, room, bot) {
 			continue
 		}
 		if err := m.FetchState(ctx, bot, room); err != nil {
-			m.Log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not fetch the state of a joined room")
+			m.log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not fetch the state of a joined room")
 			continue
 		}
 		learned++
 	}
 	if learned > 0 {
-		m.Log.Info().Stringer("bot", bot).Int("rooms", learned).Msg("Learned rooms the bot was already in")
+		m.log.Info().Stringer("bot", bot).Int("rooms", learned).Msg("Learned rooms the bot was already in")
 	}
 }
 
@@ -160,7 +174,7 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 		return
 	}
 	target := id.UserID(*evt.StateKey)
-	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("sender", evt.Sender).Logger()
+	log := m.log.With().Stringer("room_id", evt.RoomID).Stringer("sender", evt.Sender).Logger()
 	if !m.IsBot(target) {
 		if content.Membership.IsLeaveOrBan() {
 			m.leaveIfAlone(ctx, evt.RoomID)
@@ -174,7 +188,7 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 		// and may not pick who may invite the bots.
 		if !m.mayInvite(evt.Sender) {
 			log.Warn().Stringer("bot", target).Msg("Rejected invite from a user not allowed by permissions.invite")
-			_, err := m.AS.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
+			_, err := m.as.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
 				Reason: "Sorry, you are not allowed to invite this bot. Ask the opsbot admin to add you to permissions.invite.",
 			})
 			if err != nil {
@@ -191,7 +205,7 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 }
 
 func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, room id.RoomID) {
-	intent := m.AS.Intent(bot)
+	intent := m.as.Intent(bot)
 	err := outbox.Retry(ctx, log, "join", time.Second, 30*time.Second, func() error {
 		_, err := intent.JoinRoomByID(ctx, room)
 		return err
@@ -205,8 +219,8 @@ func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, r
 	}
 	log.Info().Stringer("bot", bot).Msg("Joined room")
 	m.finishUpgrade(ctx, bot, room)
-	if m.OnJoined != nil {
-		m.OnJoined(ctx, bot, room)
+	if m.onJoined != nil {
+		m.onJoined(ctx, bot, room)
 	}
 }
 
@@ -222,15 +236,15 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 		return
 	}
 	newRoom := content.ReplacementRoom
-	log := m.Log.With().Stringer("room_id", evt.RoomID).Stringer("replacement", newRoom).Stringer("sender", evt.Sender).Logger()
+	log := m.log.With().Stringer("room_id", evt.RoomID).Stringer("replacement", newRoom).Stringer("sender", evt.Sender).Logger()
 	log.Info().Msg("Room was upgraded; following it")
-	if err := m.Profiles.RecordUpgrade(ctx, evt.RoomID, newRoom); err != nil {
+	if err := m.profiles.RecordUpgrade(ctx, evt.RoomID, newRoom); err != nil {
 		log.Error().Err(err).Msg("Could not record the room upgrade")
 		return
 	}
 	_, server, _ := evt.Sender.Parse()
 	for _, bot := range roomBots {
-		intent := m.AS.Intent(bot)
+		intent := m.as.Intent(bot)
 		_, err := intent.JoinRoom(ctx, newRoom.String(), &mautrix.ReqJoinRoom{Via: []string{server}})
 		if err != nil {
 			log.Info().Err(err).Stringer("bot", bot).Msg("Cannot join the replacement room yet; an invite there from someone permissions.invite allows will be accepted")
@@ -241,7 +255,7 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 			if _, err := intent.LeaveRoom(ctx, newRoom, &mautrix.ReqLeave{Reason: "This room is not the upgrade of the room that pointed here."}); err != nil {
 				log.Error().Err(err).Stringer("bot", bot).Msg("Could not leave the false replacement room")
 			}
-			_ = m.Profiles.FinishUpgrade(ctx, newRoom)
+			_ = m.profiles.FinishUpgrade(ctx, newRoom)
 			return
 		}
 		if err := m.FetchState(ctx, bot, newRoom); err != nil {
@@ -256,8 +270,8 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 // oldRoom as its predecessor.
 func (m *Manager) succeeds(ctx context.Context, bot id.UserID, oldRoom, newRoom id.RoomID) bool {
 	var create event.CreateEventContent
-	if err := m.AS.Intent(bot).StateEvent(ctx, newRoom, event.StateCreate, "", &create); err != nil {
-		m.Log.Warn().Err(err).Stringer("room_id", newRoom).Msg("Could not read the create event of a replacement room")
+	if err := m.as.Intent(bot).StateEvent(ctx, newRoom, event.StateCreate, "", &create); err != nil {
+		m.log.Warn().Err(err).Stringer("room_id", newRoom).Msg("Could not read the create event of a replacement room")
 		return false
 	}
 	return create.GetPredecessor().RoomID == oldRoom
@@ -266,20 +280,20 @@ func (m *Manager) succeeds(ctx context.Context, bot id.UserID, oldRoom, newRoom 
 // finishUpgrade completes a pending upgrade once bot is in newRoom: memory
 // moves (once) and the bot leaves the old room if so configured.
 func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.RoomID) {
-	oldRoom, err := m.Profiles.UpgradeOf(ctx, newRoom)
+	oldRoom, err := m.profiles.UpgradeOf(ctx, newRoom)
 	if err != nil || oldRoom == "" {
 		return
 	}
-	log := m.Log.With().Stringer("room_id", oldRoom).Stringer("replacement", newRoom).Logger()
+	log := m.log.With().Stringer("room_id", oldRoom).Stringer("replacement", newRoom).Logger()
 	if !m.succeeds(ctx, bot, oldRoom, newRoom) {
 		// Invited there by someone permissions.invite allows, but the room
 		// is not the old one's upgrade: the bot stays, the memory does not move.
 		log.Warn().Stringer("bot", bot).Msg("The room a tombstone pointed to does not name the old room as its predecessor; not moving skill memory")
-		_ = m.Profiles.FinishUpgrade(ctx, newRoom)
+		_ = m.profiles.FinishUpgrade(ctx, newRoom)
 		return
 	}
-	if m.MoveMemory != nil {
-		if err := m.MoveMemory(ctx, oldRoom, newRoom); err != nil {
+	if m.moveMemory != nil {
+		if err := m.moveMemory(ctx, oldRoom, newRoom); err != nil {
 			log.Error().Err(err).Msg("Could not move skill memory to the replacement room")
 		} else {
 			log.Info().Msg("Moved skill memory to the replacement room")
@@ -287,19 +301,19 @@ func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.R
 	}
 	// Later bots find nothing left to move; keep the record until every bot
 	// of the old room has left or followed, which is cheap to leave as is.
-	if m.LeaveUpgraded {
-		if _, err := m.AS.Intent(bot).LeaveRoom(ctx, oldRoom, &mautrix.ReqLeave{Reason: "This room was upgraded; I moved to the new one."}); err != nil {
+	if m.leaveUpgraded {
+		if _, err := m.as.Intent(bot).LeaveRoom(ctx, oldRoom, &mautrix.ReqLeave{Reason: "This room was upgraded; I moved to the new one."}); err != nil {
 			log.Warn().Err(err).Stringer("bot", bot).Msg("Could not leave the upgraded room")
 		}
 	}
 	stillThere := false
 	for _, b := range m.ids {
-		if b != bot && m.AS.StateStore.IsInRoom(ctx, oldRoom, b) && !m.AS.StateStore.IsInRoom(ctx, newRoom, b) {
+		if b != bot && m.as.StateStore.IsInRoom(ctx, oldRoom, b) && !m.as.StateStore.IsInRoom(ctx, newRoom, b) {
 			stillThere = true
 		}
 	}
-	if !stillThere || !m.LeaveUpgraded {
-		_ = m.Profiles.FinishUpgrade(ctx, newRoom)
+	if !stillThere || !m.leaveUpgraded {
+		_ = m.profiles.FinishUpgrade(ctx, newRoom)
 	}
 }
 
@@ -307,9 +321,9 @@ func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.R
 // join the homeserver does not push the room's earlier state, and without it
 // opsbot would not know that the room is encrypted or who is in it.
 func (m *Manager) FetchState(ctx context.Context, bot id.UserID, room id.RoomID) error {
-	intent := m.AS.Intent(bot)
+	intent := m.as.Intent(bot)
 	var state mautrix.RoomStateMap
-	err := outbox.Retry(ctx, m.Log, "fetch state", time.Second, 30*time.Second, func() error {
+	err := outbox.Retry(ctx, m.log, "fetch state", time.Second, 30*time.Second, func() error {
 		var err error
 		state, err = intent.Client.State(ctx, room)
 		return err
@@ -321,13 +335,13 @@ func (m *Manager) FetchState(ctx context.Context, bot id.UserID, room id.RoomID)
 	for _, byKey := range state {
 		for _, evt := range byKey {
 			evt.RoomID = room
-			mautrix.UpdateStateStore(ctx, m.AS.StateStore, evt)
+			mautrix.UpdateStateStore(ctx, m.as.StateStore, evt)
 			if evt.Type == event.StateMember {
 				members++
 			}
 		}
 	}
-	m.Log.Debug().Stringer("room_id", room).Int("state_types", len(state)).Int("members", members).Msg("Fetched room state")
+	m.log.Debug().Stringer("room_id", room).Int("state_types", len(state)).Int("members", members).Msg("Fetched room state")
 	return nil
 }
 
@@ -335,7 +349,7 @@ func (m *Manager) FetchState(ctx context.Context, bot id.UserID, room id.RoomID)
 func (m *Manager) RoomBots(ctx context.Context, room id.RoomID) []id.UserID {
 	var out []id.UserID
 	for _, b := range m.ids {
-		if m.AS.StateStore.IsInRoom(ctx, room, b) {
+		if m.as.StateStore.IsInRoom(ctx, room, b) {
 			out = append(out, b)
 		}
 	}
@@ -344,9 +358,9 @@ func (m *Manager) RoomBots(ctx context.Context, room id.RoomID) []id.UserID {
 
 // leaveIfAlone makes our bots leave a room that has no one but them left.
 func (m *Manager) leaveIfAlone(ctx context.Context, room id.RoomID) {
-	members, err := m.AS.StateStore.GetRoomJoinedOrInvitedMembers(ctx, room)
+	members, err := m.as.StateStore.GetRoomJoinedOrInvitedMembers(ctx, room)
 	if err != nil {
-		m.Log.Warn().Err(err).Stringer("room_id", room).Msg("Could not list room members")
+		m.log.Warn().Err(err).Stringer("room_id", room).Msg("Could not list room members")
 		return
 	}
 	var ours []id.UserID
@@ -357,11 +371,11 @@ func (m *Manager) leaveIfAlone(ctx context.Context, room id.RoomID) {
 		ours = append(ours, u)
 	}
 	for _, bot := range ours {
-		if _, err := m.AS.Intent(bot).LeaveRoom(ctx, room); err != nil && !errors.Is(err, mautrix.MForbidden) {
-			m.Log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not leave empty room")
+		if _, err := m.as.Intent(bot).LeaveRoom(ctx, room); err != nil && !errors.Is(err, mautrix.MForbidden) {
+			m.log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not leave empty room")
 			continue
 		}
-		m.Log.Info().Stringer("bot", bot).Stringer("room_id", room).Msg("Left room: everyone else has gone")
+		m.log.Info().Stringer("bot", bot).Stringer("room_id", room).Msg("Left room: everyone else has gone")
 	}
 }
 

@@ -124,7 +124,7 @@ func verificationCommand(ctx context.Context, cfg *config.Config, args []string,
 		return 1
 	}
 	defer st.Close()
-	pending := &verification.Store{DB: st.DB}
+	pending := verification.NewStore(st.DB)
 	if err := pending.Init(ctx); err != nil {
 		fmt.Fprintf(stderr, "opsbot: %v\n", err)
 		return 1

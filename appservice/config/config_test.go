@@ -177,3 +177,22 @@ bots: [{localpart: helper, skills: [ping]}, {localpart: second}]
 		t.Errorf("BotIDs: %v", ids)
 	}
 }
+
+// An external skill's secret comes from the environment like the host's
+// own secrets; the list of names --help prints stays the host's fixed ones.
+func TestEnvironmentOverridesExternalSecret(t *testing.T) {
+	t.Setenv("OPSBOT_SKILL_WEATHER_JS_SECRET", "secret-from-the-environment")
+	cfg := mustParse(t, `
+homeserver: {domain: example.org, address: "https://matrix.example.org"}
+appservice: {as_token: aaaaaaaaaaaaaaaaaaaa, hs_token: bbbbbbbbbbbbbbbbbbbb}
+bots: [{localpart: helper, skills: [weather-js]}]
+external_skills: [{name: weather-js, url: "http://127.0.0.1:8082", commands: [{pattern: weather}]}]
+`)
+	if cfg.ExternalSkills[0].Secret != "secret-from-the-environment" {
+		t.Fatalf("secret not taken from the environment: %+v", cfg.ExternalSkills[0])
+	}
+	want := []string{"OPSBOT_AS_TOKEN", "OPSBOT_HS_TOKEN", "OPSBOT_DATABASE_URI", "OPSBOT_PICKLE_KEY", "OPSBOT_HOMESERVER_ADDRESS", "OPSBOT_DENDRITE_ADMIN_TOKEN"}
+	if got := config.EnvNames(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("EnvNames() = %v, want %v", got, want)
+	}
+}

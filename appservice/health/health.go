@@ -20,16 +20,22 @@ type Check struct {
 	Run  func(ctx context.Context) error
 }
 
-// Checker runs readiness checks, at most once per CacheFor, so that probes
-// cannot hammer the database or the homeserver.
-type Checker struct {
-	Checks   []Check
+// Options configure a Checker.
+type Options struct {
+	Checks []Check
+	// CacheFor is how long check results are reused.
 	CacheFor time.Duration
 	// Gate, if set, is checked on every request, before (and without) the
 	// cache: it makes a standby replica not ready, and a new leader ready,
 	// at once.
 	Gate func() error
 	Log  zerolog.Logger
+}
+
+// Checker runs readiness checks, at most once per CacheFor, so that probes
+// cannot hammer the database or the homeserver.
+type Checker struct {
+	opts Options
 
 	mu      sync.Mutex
 	last    time.Time
@@ -39,14 +45,17 @@ type Checker struct {
 	wasReady *bool
 }
 
+// New returns a Checker; Register serves it.
+func New(opts Options) *Checker { return &Checker{opts: opts} }
+
 // Register adds /healthz and /readyz to mux.
 func (c *Checker) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if c.Gate != nil {
-			if err := c.Gate(); err != nil {
+		if c.opts.Gate != nil {
+			if err := c.opts.Gate(); err != nil {
 				write(w, http.StatusServiceUnavailable, map[string]string{"leader": "standby"})
 				return
 			}
@@ -64,24 +73,24 @@ func (c *Checker) Register(mux *http.ServeMux) {
 func (c *Checker) Ready(ctx context.Context) (bool, map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.results != nil && time.Since(c.last) < c.CacheFor {
+	if c.results != nil && time.Since(c.last) < c.opts.CacheFor {
 		return c.ready, c.results
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	results := map[string]string{}
 	ready := true
-	for _, chk := range c.Checks {
+	for _, chk := range c.opts.Checks {
 		if err := chk.Run(ctx); err != nil {
 			results[chk.Name] = "failing"
 			ready = false
-			c.Log.Warn().Err(err).Str("check", chk.Name).Msg("Readiness check failing")
+			c.opts.Log.Warn().Err(err).Str("check", chk.Name).Msg("Readiness check failing")
 		} else {
 			results[chk.Name] = "ok"
 		}
 	}
 	if c.wasReady == nil || *c.wasReady != ready {
-		c.Log.Info().Bool("ready", ready).Interface("checks", results).Msg("Readiness changed")
+		c.opts.Log.Info().Bool("ready", ready).Interface("checks", results).Msg("Readiness changed")
 		c.wasReady = &ready
 	}
 	c.last, c.results, c.ready = time.Now(), results, ready

@@ -143,14 +143,14 @@ func (m *marker) write(seqs []int64, closing bool) error {
 		giveUp, stopping = time.After(shutdownMarkTimeout), nil
 	}
 	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 10*time.Second) {
-		err := m.p.Inbox.MarkDone(context.Background(), m.p.Term, seqs)
+		err := m.p.opts.Inbox.MarkDone(context.Background(), m.p.term, seqs)
 		if err == nil || errors.Is(err, store.ErrFenced) {
 			return err
 		}
-		m.p.Log.Error().Err(err).Int("events", len(seqs)).Int64("first_seq", seqs[0]).Dur("retry_in", wait).Msg("Could not mark events done")
+		m.p.opts.Log.Error().Err(err).Int("events", len(seqs)).Int64("first_seq", seqs[0]).Dur("retry_in", wait).Msg("Could not mark events done")
 		select {
 		case <-giveUp:
-			m.p.Log.Warn().Int("events", len(seqs)).Msg("Stopping without marking events done: they run again after the restart")
+			m.p.opts.Log.Warn().Int("events", len(seqs)).Msg("Stopping without marking events done: they run again after the restart")
 			return err
 		case <-time.After(wait):
 		case <-stopping: // try once more at once, then until giveUp

@@ -93,10 +93,9 @@ type ParkedRoom struct {
 	Since  time.Time // when its first event started waiting
 }
 
-// Pipeline runs the queues. All fields are required unless noted.
-type Pipeline struct {
+// Options configure a Pipeline. All are required unless noted.
+type Options struct {
 	Inbox   Inbox
-	Term    Term
 	Handler Handler
 	Log     zerolog.Logger
 	// Workers is how many events are handled at once (default 8).
@@ -112,6 +111,13 @@ type Pipeline struct {
 	OnFenced func(error)
 	// ClaimEvery is how often unclaimed events are looked for (default 1 s).
 	ClaimEvery time.Duration
+}
+
+// Pipeline runs the queues.
+type Pipeline struct {
+	opts Options
+	// term is the leadership the pipeline works under, given to Start.
+	term Term
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -127,6 +133,17 @@ type Pipeline struct {
 	marks   marker
 }
 
+// New returns a pipeline that does nothing until Start.
+func New(opts Options) *Pipeline {
+	if opts.Workers <= 0 {
+		opts.Workers = 8
+	}
+	if opts.ClaimEvery <= 0 {
+		opts.ClaimEvery = time.Second
+	}
+	return &Pipeline{opts: opts}
+}
+
 // claimBatch bounds one claim from the inbox; maxInMemory bounds how many
 // events the pipeline holds before it leaves the rest in the inbox for later.
 const (
@@ -134,17 +151,12 @@ const (
 	maxInMemory = 20_000
 )
 
-// Start claims what an earlier leader left (or another replica recorded),
+// Start, under term, claims what an earlier leader left (or another replica recorded),
 // starts the workers, which wait for Open, the claimer and the marker.
 // Call it before intake delivers, so that older events go first. Everything
 // stops when ctx ends; Drain first lets started work finish.
-func (p *Pipeline) Start(ctx context.Context) error {
-	if p.Workers <= 0 {
-		p.Workers = 8
-	}
-	if p.ClaimEvery <= 0 {
-		p.ClaimEvery = time.Second
-	}
+func (p *Pipeline) Start(ctx context.Context, term Term) error {
+	p.term = term
 	p.cond = sync.NewCond(&p.mu)
 	p.queues = map[string]*queue{}
 	p.gate = make(chan struct{})
@@ -154,9 +166,9 @@ func (p *Pipeline) Start(ctx context.Context) error {
 		return err
 	}
 	if n > 0 {
-		p.Log.Info().Int("events", n).Msg("Picked up events that were recorded but not finished before")
+		p.opts.Log.Info().Int("events", n).Msg("Picked up events that were recorded but not finished before")
 	}
-	for range p.Workers {
+	for range p.opts.Workers {
 		p.workers.Add(1)
 		go p.work(ctx)
 	}
@@ -193,7 +205,7 @@ func (p *Pipeline) Deliver(events []store.InboxEvent) {
 // ClaimEvery, while the pipeline is not full.
 func (p *Pipeline) claimLoop(ctx context.Context) {
 	defer p.claimer.Done()
-	t := time.NewTicker(p.ClaimEvery)
+	t := time.NewTicker(p.opts.ClaimEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -206,9 +218,9 @@ func (p *Pipeline) claimLoop(ctx context.Context) {
 				p.fenced(err)
 				return
 			}
-			p.Log.Warn().Err(err).Msg("Could not look for unclaimed events in the inbox")
+			p.opts.Log.Warn().Err(err).Msg("Could not look for unclaimed events in the inbox")
 		} else if n > 0 {
-			p.Log.Info().Int("events", n).Msg("Picked up events no leader had taken (recorded by another replica, or left by an earlier leader)")
+			p.opts.Log.Info().Int("events", n).Msg("Picked up events no leader had taken (recorded by another replica, or left by an earlier leader)")
 		}
 	}
 }
@@ -218,7 +230,7 @@ func (p *Pipeline) claimLoop(ctx context.Context) {
 func (p *Pipeline) claim(ctx context.Context) (int, error) {
 	total := 0
 	for p.backlog.Load() < maxInMemory {
-		events, err := p.Inbox.ClaimPending(ctx, p.Term, claimBatch)
+		events, err := p.opts.Inbox.ClaimPending(ctx, p.term, claimBatch)
 		if err != nil {
 			return total, err
 		}
@@ -232,9 +244,9 @@ func (p *Pipeline) claim(ctx context.Context) (int, error) {
 }
 
 func (p *Pipeline) fenced(err error) {
-	p.Log.Error().Err(err).Msg("No longer the leader: stopping")
-	if p.OnFenced != nil {
-		p.OnFenced(err)
+	p.opts.Log.Error().Err(err).Msg("No longer the leader: stopping")
+	if p.opts.OnFenced != nil {
+		p.opts.OnFenced(err)
 	}
 }
 
@@ -267,19 +279,19 @@ func (p *Pipeline) handle(ctx context.Context, item *Item) Outcome {
 	if item.Since.IsZero() {
 		item.Since = start
 	}
-	log := p.Log.With().Str("event_id", item.EventID).Str("room_id", item.RoomID).Logger()
+	log := p.opts.Log.With().Str("event_id", item.EventID).Str("room_id", item.RoomID).Logger()
 	ctx = log.WithContext(ctx)
-	if item.Recovered && p.Recover != nil {
-		ctx = p.Recover(ctx, id.RoomID(item.RoomID), id.EventID(item.EventID))
+	if item.Recovered && p.opts.Recover != nil {
+		ctx = p.opts.Recover(ctx, id.RoomID(item.RoomID), id.EventID(item.EventID))
 	}
-	outcome := p.Handler.Handle(ctx, item)
+	outcome := p.opts.Handler.Handle(ctx, item)
 	if outcome.Park == nil {
 		typ := item.Type
 		if item.Event != nil {
 			typ = item.Event.Type.Type
 		}
-		if p.Observe != nil {
-			p.Observe(typ, time.Since(item.Since))
+		if p.opts.Observe != nil {
+			p.opts.Observe(typ, time.Since(item.Since))
 		}
 		log.Debug().Str("type", typ).Dur("took", time.Since(start)).Msg("Handled event")
 	}

@@ -116,16 +116,26 @@ func inboxEvents(from, n int) []store.InboxEvent {
 	return out
 }
 
-func newPipeline(in *fakeInbox, h Handler) *Pipeline {
+func newPipeline(in *fakeInbox, h Handler, tweaks ...func(*Options)) *Pipeline {
 	in.done = map[int64]int{}
-	return &Pipeline{Inbox: in, Term: &fakeTerm{}, Handler: h, Log: zerolog.Nop(), Workers: 4, ClaimEvery: 20 * time.Millisecond}
+	opts := Options{Inbox: in, Handler: h, Log: zerolog.Nop(), Workers: 4, ClaimEvery: 20 * time.Millisecond}
+	for _, tweak := range tweaks {
+		tweak(&opts)
+	}
+	return New(opts)
 }
 
 // run starts and opens a pipeline, and stops it at the end of the test.
 func run(t *testing.T, p *Pipeline) context.CancelFunc {
 	t.Helper()
+	return runUnder(t, p, &fakeTerm{})
+}
+
+// runUnder is run under a given term.
+func runUnder(t *testing.T, p *Pipeline, term Term) context.CancelFunc {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, term); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()
@@ -158,7 +168,7 @@ func TestMarksAreBatchedAndLowerTheBacklog(t *testing.T) {
 	p := newPipeline(in, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, &fakeTerm{}); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()
@@ -197,14 +207,14 @@ func TestMarkBackPressure(t *testing.T) {
 	p := newPipeline(in, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, &fakeTerm{}); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()
 	p.Deliver(inboxEvents(1, 500))
 	// The first mark is taken at once and blocks; then MaxPendingMarks
 	// queue, and each worker handles one more event that waits for room.
-	limit := int64(2*MaxPendingMarks + p.Workers) // the first batch takes up to MaxPendingMarks
+	limit := int64(2*MaxPendingMarks + p.opts.Workers) // the first batch takes up to MaxPendingMarks
 	waitFor(t, "workers to stall", func() bool { return h.n.Load() >= int64(1+MaxPendingMarks) })
 	time.Sleep(50 * time.Millisecond)
 	if n := h.n.Load(); n > limit {
@@ -226,7 +236,7 @@ func TestStopFlushesMarks(t *testing.T) {
 	h := &countHandler{}
 	p := newPipeline(in, h)
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, &fakeTerm{}); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()
@@ -238,7 +248,7 @@ func TestStopFlushesMarks(t *testing.T) {
 	n, _ := in.marked()
 	// Every handled event is marked, except ones whose handling ended
 	// after the stop (those run again after a restart).
-	if n < handled-p.Workers || n > handled {
+	if n < handled-p.opts.Workers || n > handled {
 		t.Fatalf("%d handled, %d marked after Wait", handled, n)
 	}
 }
@@ -256,7 +266,7 @@ func TestStopGivesUpOnMarksWhenTheDatabaseIsDown(t *testing.T) {
 	h := &countHandler{}
 	p := newPipeline(in, h)
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, &fakeTerm{}); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()
@@ -299,8 +309,7 @@ func TestPerRoomOrderUnderConcurrency(t *testing.T) {
 		seen[item.RoomID] = append(seen[item.RoomID], item.Seq)
 		mu.Unlock()
 		return Done
-	}))
-	p.Workers = 8
+	}), func(o *Options) { o.Workers = 8 })
 	run(t, p)
 	for i := 0; i < 20; i++ {
 		p.Deliver(inboxEvents(1+i*50, 50))
@@ -334,8 +343,7 @@ func TestParkedRoomHoldsOnlyItself(t *testing.T) {
 		order = append(order, item.EventID)
 		mu.Unlock()
 		return Done
-	}))
-	p.Workers = 1 // even with one worker
+	}), func(o *Options) { o.Workers = 1 }) // even with one worker
 	run(t, p)
 	p.Deliver([]store.InboxEvent{
 		{Seq: 1, EventID: "$slow-1", RoomID: "!slow:x", Kind: store.KindPDU},
@@ -414,8 +422,7 @@ func TestKeyNeverQueuesBehindItsMessage(t *testing.T) {
 		}
 		order = append(order, item.EventID)
 		return Done
-	}))
-	p.Workers = 1
+	}), func(o *Options) { o.Workers = 1 })
 	run(t, p)
 	start := time.Now()
 	p.Deliver([]store.InboxEvent{
@@ -457,16 +464,14 @@ func TestFencedMarksStopThePipeline(t *testing.T) {
 		return fmt.Errorf("%w: newer epoch", store.ErrFenced)
 	}
 	h := &countHandler{}
-	p := newPipeline(in, h)
-	p.Term = term
 	var fenced atomic.Bool
-	p.OnFenced = func(error) { fenced.Store(true) }
-	run(t, p)
+	p := newPipeline(in, h, func(o *Options) { o.OnFenced = func(error) { fenced.Store(true) } })
+	runUnder(t, p, term)
 	p.Deliver(inboxEvents(1, 200))
 	waitFor(t, "OnFenced", fenced.Load)
 	n := h.n.Load()
 	time.Sleep(100 * time.Millisecond)
-	if more := h.n.Load() - n; more > int64(p.Workers) {
+	if more := h.n.Load() - n; more > int64(p.opts.Workers) {
 		t.Fatalf("%d more events handled after the term ended", more)
 	}
 	if marked, _ := in.marked(); marked != 0 {
@@ -485,7 +490,7 @@ func TestDrainAndRelease(t *testing.T) {
 		return Done
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, &fakeTerm{}); err != nil {
 		t.Fatal(err)
 	}
 	p.Open()

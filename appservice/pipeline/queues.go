@@ -90,7 +90,7 @@ func (p *Pipeline) next() (*queue, *Item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
-		if p.stopping || (p.Term != nil && !p.Term.Valid()) {
+		if p.stopping || (p.term != nil && !p.term.Valid()) {
 			return nil, nil
 		}
 		if q := p.ready.pop(); q != nil {
@@ -200,13 +200,13 @@ func (p *Pipeline) Wait() {
 		}
 	}
 	p.mu.Unlock()
-	if len(unstarted) == 0 || p.Term == nil {
+	if len(unstarted) == 0 || p.term == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := p.Inbox.ReleaseClaims(ctx, p.Term, unstarted); err != nil {
-		p.Log.Warn().Err(err).Int("events", len(unstarted)).Msg("Could not give unstarted events back; the next leader runs them with its recovery checks")
+	if err := p.opts.Inbox.ReleaseClaims(ctx, p.term, unstarted); err != nil {
+		p.opts.Log.Warn().Err(err).Int("events", len(unstarted)).Msg("Could not give unstarted events back; the next leader runs them with its recovery checks")
 	}
 }
 

@@ -32,9 +32,14 @@ const MaxValueBytes = 32 << 10
 
 // Store reads and writes memory through the bots.
 type Store struct {
-	AS *mas.AppService
-	// BotFor returns a bot joined to the room that can act there.
-	BotFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)
+	as     *mas.AppService
+	botFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)
+}
+
+// New returns a Store acting through as; botFor returns a bot joined to
+// the room that can act there.
+func New(as *mas.AppService, botFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)) *Store {
+	return &Store{as: as, botFor: botFor}
 }
 
 // ErrNoBot means no bot is in the room to read or write its state.
@@ -58,11 +63,11 @@ type roomMemory struct {
 }
 
 func (m *roomMemory) client(ctx context.Context) (*mautrix.Client, error) {
-	bot, ok := m.s.BotFor(ctx, m.room)
+	bot, ok := m.s.botFor(ctx, m.room)
 	if !ok {
 		return nil, ErrNoBot
 	}
-	return m.s.AS.Intent(bot).Client, nil
+	return m.s.as.Intent(bot).Client, nil
 }
 
 // keyRe keeps state keys to characters every homeserver routes the same
@@ -151,11 +156,11 @@ func (m *roomMemory) Keys(ctx context.Context) ([]string, error) {
 
 // entries returns every non-deleted memory entry of a room by state key.
 func (s *Store) entries(ctx context.Context, room id.RoomID) (map[string]json.RawMessage, error) {
-	bot, ok := s.BotFor(ctx, room)
+	bot, ok := s.botFor(ctx, room)
 	if !ok {
 		return nil, ErrNoBot
 	}
-	state, err := s.AS.Intent(bot).Client.State(ctx, room)
+	state, err := s.as.Intent(bot).Client.State(ctx, room)
 	if err != nil {
 		return nil, fmt.Errorf("reading room state: %w", err)
 	}
@@ -176,11 +181,11 @@ func (s *Store) Move(ctx context.Context, oldRoom, newRoom id.RoomID) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	bot, ok := s.BotFor(ctx, newRoom)
+	bot, ok := s.botFor(ctx, newRoom)
 	if !ok {
 		return 0, ErrNoBot
 	}
-	cli := s.AS.Intent(bot).Client
+	cli := s.as.Intent(bot).Client
 	n := 0
 	for sk, value := range all {
 		if _, err := cli.SendStateEvent(ctx, newRoom, EventType, sk, content{Value: value}); err != nil {

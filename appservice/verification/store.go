@@ -62,12 +62,15 @@ func (p Pending) SAS() string {
 // and are cleared at every start, so the table is created as it is, outside
 // the versioned schema.
 type Store struct {
-	DB *dbutil.Database
+	db *dbutil.Database
 }
+
+// NewStore returns the Store in db.
+func NewStore(db *dbutil.Database) *Store { return &Store{db: db} }
 
 // Init creates the table if needed.
 func (s *Store) Init(ctx context.Context) error {
-	_, err := s.DB.Exec(ctx, `CREATE TABLE IF NOT EXISTS opsbot_verification_pending (
+	_, err := s.db.Exec(ctx, `CREATE TABLE IF NOT EXISTS opsbot_verification_pending (
 		transaction_id TEXT PRIMARY KEY,
 		bot_id         TEXT NOT NULL,
 		user_id        TEXT NOT NULL,
@@ -88,7 +91,7 @@ func (s *Store) Init(ctx context.Context) error {
 func (s *Store) Add(ctx context.Context, p Pending) error {
 	emojis, _ := json.Marshal(p.Emojis)
 	decimals, _ := json.Marshal(p.Decimals)
-	_, err := s.DB.Exec(ctx, `INSERT INTO opsbot_verification_pending
+	_, err := s.db.Exec(ctx, `INSERT INTO opsbot_verification_pending
 		(transaction_id, bot_id, user_id, device_id, emojis, decimals, created_at, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		p.TransactionID, p.Bot, p.User, p.Device, string(emojis), string(decimals), p.Created.UnixMilli(), p.Expires.UnixMilli())
@@ -97,7 +100,7 @@ func (s *Store) Add(ctx context.Context, p Pending) error {
 
 // List returns the pending verifications, oldest first.
 func (s *Store) List(ctx context.Context) ([]Pending, error) {
-	rows, err := s.DB.Query(ctx, `SELECT transaction_id, bot_id, user_id, device_id, emojis, decimals, decision, created_at, expires_at
+	rows, err := s.db.Query(ctx, `SELECT transaction_id, bot_id, user_id, device_id, emojis, decimals, decision, created_at, expires_at
 		FROM opsbot_verification_pending ORDER BY created_at`)
 	if err != nil {
 		return nil, err
@@ -122,7 +125,7 @@ func (s *Store) List(ctx context.Context) ([]Pending, error) {
 // Decide records the operator's decision (DecisionConfirm or
 // DecisionCancel) on a verification that waits for one.
 func (s *Store) Decide(ctx context.Context, txn id.VerificationTransactionID, decision string) error {
-	res, err := s.DB.Exec(ctx, `UPDATE opsbot_verification_pending SET decision = $2 WHERE transaction_id = $1 AND decision = ''`, txn, decision)
+	res, err := s.db.Exec(ctx, `UPDATE opsbot_verification_pending SET decision = $2 WHERE transaction_id = $1 AND decision = ''`, txn, decision)
 	if err != nil {
 		return err
 	}
@@ -134,18 +137,18 @@ func (s *Store) Decide(ctx context.Context, txn id.VerificationTransactionID, de
 
 // SetDecision overwrites the decision.
 func (s *Store) SetDecision(ctx context.Context, txn id.VerificationTransactionID, decision string) error {
-	_, err := s.DB.Exec(ctx, `UPDATE opsbot_verification_pending SET decision = $2 WHERE transaction_id = $1`, txn, decision)
+	_, err := s.db.Exec(ctx, `UPDATE opsbot_verification_pending SET decision = $2 WHERE transaction_id = $1`, txn, decision)
 	return err
 }
 
 // Delete removes a verification.
 func (s *Store) Delete(ctx context.Context, txn id.VerificationTransactionID) error {
-	_, err := s.DB.Exec(ctx, `DELETE FROM opsbot_verification_pending WHERE transaction_id = $1`, txn)
+	_, err := s.db.Exec(ctx, `DELETE FROM opsbot_verification_pending WHERE transaction_id = $1`, txn)
 	return err
 }
 
 // DeleteAll removes every pending verification.
 func (s *Store) DeleteAll(ctx context.Context) error {
-	_, err := s.DB.Exec(ctx, `DELETE FROM opsbot_verification_pending`)
+	_, err := s.db.Exec(ctx, `DELETE FROM opsbot_verification_pending`)
 	return err
 }

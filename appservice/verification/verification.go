@@ -69,7 +69,7 @@ func New(opts Options) *Manager {
 	if opts.Poll == 0 {
 		opts.Poll = 500 * time.Millisecond
 	}
-	return &Manager{opts: opts, store: &Store{DB: opts.DB}, bots: map[id.UserID]*botVerifier{}, txnBots: map[id.VerificationTransactionID]id.UserID{}}
+	return &Manager{opts: opts, store: NewStore(opts.DB), bots: map[id.UserID]*botVerifier{}, txnBots: map[id.VerificationTransactionID]id.UserID{}}
 }
 
 // Init creates the table of pending verifications and clears what a

@@ -27,7 +27,7 @@ func TestStore(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			s := &Store{DB: st.DB}
+			s := NewStore(st.DB)
 			if err := s.Init(ctx); err != nil {
 				t.Fatal(err)
 			}

@@ -381,16 +381,15 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 		&stages.State{Store: ss}, &stages.Membership{Bots: bots}, cryptoStage, &stages.Verification{},
 		&stages.Skills{Engine: func() *skills.Engine { return engine }},
 	}}
-	p := &pipeline.Pipeline{
+	p := pipeline.New(pipeline.Options{
 		Inbox:   in,
-		Term:    benchTerm{},
 		Handler: path,
 		Log:     log.With().Str("component", "pipeline").Logger(),
 		Observe: m.ObserveEvent,
-	}
+	})
 	backlog = p.Backlog
 	workCtx, stop := context.WithCancel(ctx)
-	if err := p.Start(workCtx); err != nil {
+	if err := p.Start(workCtx, benchTerm{}); err != nil {
 		b.Fatal(err)
 	}
 	p.Open()

@@ -3,9 +3,7 @@ package external
 import (
 	"fmt"
 	"net/url"
-	"os"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/opsbot/opsbot/skills"
@@ -43,15 +41,12 @@ type Command struct {
 
 // SecretEnv names the variable that overrides an external skill's secret:
 // OPSBOT_SKILL_<NAME>_SECRET, the name upper-cased, '-' as '_'.
-func SecretEnv(name string) string {
-	return "OPSBOT_SKILL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_SECRET"
-}
+func SecretEnv(name string) string { return skills.EnvName(name, "secret") }
 
-// ApplyEnv takes the secret from the environment, if it is set there.
-func (c *Config) ApplyEnv() {
-	if v := os.Getenv(SecretEnv(c.Name)); v != "" {
-		c.Secret = v
-	}
+// EnvOverrides lets the secret come from the environment; the host applies
+// it with skills.ApplyEnv, as it does its own.
+func (c *Config) EnvOverrides() []skills.EnvOverride {
+	return []skills.EnvOverride{{Name: SecretEnv(c.Name), Apply: func(v string) { c.Secret = v }}}
 }
 
 // ApplyDefaults fills in what the file left out.

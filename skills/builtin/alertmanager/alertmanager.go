@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"html"
 	"net/url"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -46,11 +45,20 @@ type Settings struct {
 	MaxAlerts int `yaml:"max_alerts"`
 }
 
-// Environment variables that override the secrets.
+// Environment variables that override the secrets (skills.EnvName's rule).
 const (
 	EnvToken      = "OPSBOT_SKILL_ALERTMANAGER_TOKEN"
 	EnvHMACSecret = "OPSBOT_SKILL_ALERTMANAGER_HMAC_SECRET"
 )
+
+// EnvOverrides lets the secrets come from the environment; cfg.Decode
+// applies them.
+func (s *Settings) EnvOverrides() []skills.EnvOverride {
+	return []skills.EnvOverride{
+		{Name: EnvToken, Apply: func(v string) { s.Token = v }},
+		{Name: EnvHMACSecret, Apply: func(v string) { s.HMACSecret = v }},
+	}
+}
 
 const (
 	// staleAfter: a group not heard of for this long is forgotten; its next
@@ -83,12 +91,6 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 	s.settings = Settings{Resolved: "edit", HMACHeader: "X-Hub-Signature-256", MaxAlerts: 10}
 	if err := cfg.Decode(&s.settings); err != nil {
 		return err
-	}
-	if v := os.Getenv(EnvToken); v != "" {
-		s.settings.Token = v
-	}
-	if v := os.Getenv(EnvHMACSecret); v != "" {
-		s.settings.HMACSecret = v
 	}
 	if len(s.settings.Rooms) == 0 {
 		return cfg.Errorf("rooms", "required: the IDs of the rooms to post alerts into, e.g. [\"!abc:example.org\"]")

@@ -14,7 +14,6 @@ import (
 	htmltemplate "html/template"
 	"io"
 	"net/url"
-	"os"
 	"reflect"
 	"regexp"
 	"strings"
@@ -59,8 +58,19 @@ var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 // EnvName is the environment variable that overrides a hook's secret
 // (what is "token" or "hmac_secret"): OPSBOT_SKILL_WEBHOOK_<NAME>_TOKEN,
 // the name upper-cased with '-' as '_'.
-func EnvName(hook, what string) string {
-	return "OPSBOT_SKILL_WEBHOOK_" + strings.ToUpper(strings.ReplaceAll(hook, "-", "_")) + "_" + strings.ToUpper(what)
+func EnvName(hook, what string) string { return skills.EnvName("webhook", hook, what) }
+
+// EnvOverrides lets each hook's secrets come from the environment;
+// cfg.Decode applies them.
+func (s *Settings) EnvOverrides() []skills.EnvOverride {
+	var out []skills.EnvOverride
+	for i := range s.Hooks {
+		h := &s.Hooks[i]
+		out = append(out,
+			skills.EnvOverride{Name: EnvName(h.Name, "token"), Apply: func(v string) { h.Token = v }},
+			skills.EnvOverride{Name: EnvName(h.Name, "hmac_secret"), Apply: func(v string) { h.HMACSecret = v }})
+	}
+	return out
 }
 
 // Skill posts webhook calls into rooms.
@@ -102,12 +112,6 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 		seen[hc.Name] = true
 		if !strings.HasPrefix(hc.Room, "!") || len(hc.Room) > 255 || strings.ContainsAny(hc.Room, " \t\n") {
 			return cfg.Errorf(key("room"), "%q is not a room ID (like !abc:example.org)", hc.Room)
-		}
-		if v := os.Getenv(EnvName(hc.Name, "token")); v != "" {
-			hc.Token = v
-		}
-		if v := os.Getenv(EnvName(hc.Name, "hmac_secret")); v != "" {
-			hc.HMACSecret = v
 		}
 		if hc.Token == "" && hc.HMACSecret == "" {
 			return cfg.Errorf(key("token"), "set token and/or hmac_secret (or %s / %s): the webhook must be authenticated",
