@@ -2,9 +2,7 @@ package skills
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/opsbot/opsbot/skills/auth"
 )
 
 // WebhookHandler returns the HTTP handler for POST /skills/<skill>/<path>.
@@ -93,31 +93,20 @@ func (e *Engine) webhookRoute(skill, path string) (*route, *BotSpec) {
 // checkWebhookAuth verifies the token and/or HMAC signature in constant time.
 func checkWebhookAuth(rt *route, r *http.Request, body []byte) error {
 	if rt.opts.token != "" {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			got = r.URL.Query().Get("token")
-		}
+		got := auth.Token(r, "token")
 		if got == "" {
 			return errors.New("missing token")
 		}
-		if subtle.ConstantTimeCompare([]byte(got), []byte(rt.opts.token)) != 1 {
+		if !auth.TokenMatches(got, rt.opts.token) {
 			return errors.New("wrong token")
 		}
 	}
 	if rt.opts.hmacSecret != "" {
-		sig, ok := strings.CutPrefix(r.Header.Get(rt.opts.hmacHeader), "sha256=")
-		if !ok {
+		err := auth.CheckHMAC(rt.opts.hmacSecret, body, r.Header.Get(rt.opts.hmacHeader))
+		if errors.Is(err, auth.ErrNoSignature) {
 			return errors.New("missing signature header " + rt.opts.hmacHeader)
 		}
-		got, err := hex.DecodeString(sig)
-		if err != nil {
-			return errors.New("malformed signature")
-		}
-		mac := hmac.New(sha256.New, []byte(rt.opts.hmacSecret))
-		mac.Write(body)
-		if !hmac.Equal(got, mac.Sum(nil)) {
-			return errors.New("wrong signature")
-		}
+		return err
 	}
 	return nil
 }
