@@ -3,6 +3,9 @@
 // longer after each failure: the first wait doubles up to a ceiling, and a
 // wait the server asked for (Retry-After, retry_after_ms) replaces it. The
 // caller says which errors are worth retrying; the context ends it all.
+//
+// Ours: no backoff library among the fixed dependencies (go.mau.fi/util
+// brings retryafter, which the callers use to read Retry-After).
 package retry
 
 import (
