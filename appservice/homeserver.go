@@ -12,29 +12,31 @@ import (
 
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/discovery"
+	"github.com/opsbot/opsbot/skills/retry"
 )
 
 // waitForHomeserver blocks until /versions answers, logging while it waits,
 // so that opsbot can start before its homeserver (as in a Kubernetes pod).
 func (s *Service) waitForHomeserver(ctx context.Context) error {
-	for attempt := 1; ; attempt++ {
+	err := retry.Do(ctx, retry.Policy{
+		Min: time.Second, Max: time.Second,
+		Notify: retry.Every(10, func(_ int, err error, _ time.Duration) {
+			s.Log.Warn().Err(err).Str("homeserver", s.Cfg.Homeserver.Address).Msg("Homeserver not reachable yet; waiting")
+		}),
+	}, func() error {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 		versions, err := s.AS.BotClient().Versions(cctx)
-		cancel()
 		if err == nil {
 			s.versions = versions
-			s.Log.Info().Str("homeserver", s.Cfg.Homeserver.Address).Strs("versions", versionStrings(versions)).Msg("Homeserver reachable")
-			return nil
 		}
-		if attempt == 1 || attempt%10 == 0 {
-			s.Log.Warn().Err(err).Str("homeserver", s.Cfg.Homeserver.Address).Msg("Homeserver not reachable yet; waiting")
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("homeserver %s never became reachable: %w", s.Cfg.Homeserver.Address, errors.Join(err, ctx.Err()))
-		case <-time.After(time.Second):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("homeserver %s never became reachable: %w", s.Cfg.Homeserver.Address, lastAndStop(err))
 	}
+	s.Log.Info().Str("homeserver", s.Cfg.Homeserver.Address).Strs("versions", versionStrings(s.versions)).Msg("Homeserver reachable")
+	return nil
 }
 
 // DiscoverHomeserver fills in an empty homeserver.address from
@@ -48,28 +50,37 @@ func DiscoverHomeserver(ctx context.Context, cfg *config.Config, log zerolog.Log
 	}
 	domain := cfg.Homeserver.Domain
 	client := &http.Client{}
-	delay := time.Second
-	for attempt := 1; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		res, err := discovery.Resolve(cctx, client, domain)
-		cancel()
-		if err == nil {
-			log.Info().Str("domain", domain).Str("well_known", res.WellKnownURL).Str("base_url", res.BaseURL).
-				Strs("versions", res.Versions).Msg("Discovered the homeserver through .well-known")
-			cfg.Homeserver.Address = res.BaseURL
-			return nil
-		}
-		err = discoveryError(domain, err)
-		if attempt == 1 || attempt%10 == 0 {
+	var res *discovery.Result
+	err := retry.Do(ctx, retry.Policy{
+		Min: time.Second, Max: 10 * time.Second,
+		Notify: retry.Every(10, func(attempt int, err error, _ time.Duration) {
 			log.Warn().Err(err).Int("attempt", attempt).Msg("Homeserver not found through .well-known yet; retrying")
+		}),
+	}, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var err error
+		if res, err = discovery.Resolve(cctx, client, domain); err != nil {
+			return discoveryError(domain, err)
 		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 10*time.Second)
+		return nil
+	})
+	if err != nil {
+		return lastAndStop(err)
 	}
+	log.Info().Str("domain", domain).Str("well_known", res.WellKnownURL).Str("base_url", res.BaseURL).
+		Strs("versions", res.Versions).Msg("Discovered the homeserver through .well-known")
+	cfg.Homeserver.Address = res.BaseURL
+	return nil
+}
+
+// lastAndStop is the error of a start-up wait that ran out of time: the
+// last failure and why the wait ended.
+func lastAndStop(err error) error {
+	if g, ok := err.(*retry.Error); ok {
+		return errors.Join(g.Last, g.Stopped)
+	}
+	return err
 }
 
 // discoveryError adds to a discovery failure how to fix it.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -159,6 +158,22 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 // list (computed once in NewEngine: every event walks them).
 func (e *Engine) botRoutes(b *BotSpec) []*route { return e.byBot[b.ID] }
 
+// owner is the bot that runs a cron job or answers a webhook: the first
+// bot (in config order) that runs the skill and passes ForBots.
+func (e *Engine) owner(rt *route) id.UserID {
+	for _, b := range e.orderedBots() {
+		for _, name := range b.Skills {
+			if name == rt.skill && (len(rt.opts.bots) == 0 || slices.Contains(rt.opts.bots, b.ID)) {
+				return b.ID
+			}
+		}
+	}
+	return ""
+}
+
+// orderedBots returns the bots in config order.
+func (e *Engine) orderedBots() []*BotSpec { return e.botOrder }
+
 // CommandsFor lists the commands a bot answers, in skill order.
 func (e *Engine) CommandsFor(bot id.UserID) []CommandHelp {
 	b := e.bots[bot]
@@ -172,259 +187,6 @@ func (e *Engine) CommandsFor(bot id.UserID) []CommandHelp {
 		}
 	}
 	return out
-}
-
-// Handle routes one event to the bots in roomBots (our bots joined to the
-// room, in config order). It returns when every handler has finished.
-func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.UserID) {
-	if _, ours := e.bots[evt.Sender]; ours {
-		return // never answer ourselves or each other
-	}
-	body, isEdit, isText := textOf(evt)
-	if evt.Type == event.EventMessage && !isText {
-		e.logOddMessage(evt)
-	}
-	var unknown *BotSpec // first bot that would hint at an unknown command
-	knownSomewhere := false
-	limited := e.limiter(ctx, evt)
-	for _, botID := range roomBots {
-		b := e.bots[botID]
-		if b == nil {
-			continue
-		}
-		matched := false
-		cmdName, argText, isCmd := "", "", false
-		if isText {
-			cmdName, argText, isCmd = splitCommand(body, b.Prefix)
-		}
-		if isCmd {
-			var cmds []*route
-			for _, rt := range e.botRoutes(b) {
-				if rt.kind == kindCommand && rt.command.name == cmdName && (!isEdit || rt.opts.edits) {
-					cmds = append(cmds, rt)
-				}
-			}
-			if len(cmds) > 0 {
-				knownSomewhere, matched = true, true
-				if !limited(b) {
-					e.runCommand(ctx, evt, b, cmds, cmdName, argText, body)
-				}
-			}
-		}
-		for _, rt := range e.botRoutes(b) {
-			switch rt.kind {
-			case kindRegex:
-				if !isText || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
-					continue
-				}
-				m := rt.regex.FindStringSubmatch(body)
-				if m == nil {
-					continue
-				}
-				matched = true
-				if limited(b) {
-					continue
-				}
-				ev := e.newEvent(evt, b, rt, body)
-				ev.Match = m
-				ev.Args = map[string]string{}
-				for i, name := range rt.regex.SubexpNames() {
-					if name != "" {
-						ev.Args[name] = m[i]
-					}
-				}
-				e.run(ctx, rt, ev)
-			case kindParse:
-				if !isText || isCmd || (isEdit && !rt.opts.edits) || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
-					continue
-				}
-				args, values, ok := rt.parse.match(body)
-				if !ok {
-					continue
-				}
-				matched = true
-				if limited(b) {
-					continue
-				}
-				ev := e.newEvent(evt, b, rt, body)
-				ev.Args, ev.Values = args, values
-				e.run(ctx, rt, ev)
-			case kindEvent:
-				if evt.Type != rt.evtType || !rt.allows(b.ID, evt.RoomID, evt.Sender) || !e.allowed(ctx, rt, evt) {
-					continue
-				}
-				e.run(ctx, rt, e.newEvent(evt, b, rt, body))
-			}
-		}
-		if isText && !isEdit && !matched && !isCmd {
-			for _, rt := range e.botRoutes(b) {
-				if rt.kind == kindFallback && rt.allows(b.ID, evt.RoomID, evt.Sender) && e.allowed(ctx, rt, evt) {
-					e.run(ctx, rt, e.newEvent(evt, b, rt, body))
-				}
-			}
-		}
-		if isCmd && !isEdit && unknown == nil {
-			unknown = b
-		}
-	}
-	if unknown != nil && !knownSomewhere {
-		cmdName, _, _ := splitCommand(body, unknown.Prefix)
-		ev := e.newEvent(evt, unknown, &route{skill: "help"}, body)
-		hint := fmt.Sprintf("Unknown command %s%s. Send %shelp for the list of commands.", unknown.Prefix, cmdName, unknown.Prefix)
-		e.notice(ctx, ev, hint)
-	}
-}
-
-// runCommand runs the first of a command word's patterns whose arguments
-// fit; when none fits it answers with their usage lines.
-func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, cmds []*route, cmdName, argText, body string) {
-	var allowed []*route
-	for _, rt := range cmds {
-		if rt.allows(b.ID, evt.RoomID, evt.Sender) && e.allowed(ctx, rt, evt) {
-			allowed = append(allowed, rt)
-		}
-	}
-	if len(allowed) == 0 {
-		ev := e.newEvent(evt, b, cmds[0], body)
-		e.notice(ctx, ev, fmt.Sprintf("You are not allowed to use %s%s here.", b.Prefix, cmdName))
-		return
-	}
-	for _, rt := range allowed {
-		if args, ok := rt.command.match(argText); ok {
-			ev := e.newEvent(evt, b, rt, body)
-			ev.Command, ev.Args = cmdName, args
-			e.run(ctx, rt, ev)
-			return
-		}
-	}
-	usages := make([]string, len(allowed))
-	for i, rt := range allowed {
-		usages[i] = rt.command.usage(b.Prefix)
-	}
-	e.notice(ctx, e.newEvent(evt, b, allowed[0], body), "Usage: "+strings.Join(usages, " | "))
-}
-
-// allowed applies permissions.skills to a route.
-func (e *Engine) allowed(ctx context.Context, rt *route, evt *event.Event) bool {
-	return e.opts.Allow == nil || e.opts.Allow(ctx, rt.skill, evt.RoomID, evt.Sender)
-}
-
-// limiter returns a function that applies the rate limit to an event once,
-// however many bots and routes answer it; the first refusal in a minute
-// gets one polite notice from the bot about to answer.
-func (e *Engine) limiter(ctx context.Context, evt *event.Event) func(b *BotSpec) (limited bool) {
-	checked, over := false, false
-	return func(b *BotSpec) bool {
-		if e.opts.Limit == nil {
-			return false
-		}
-		if !checked {
-			checked = true
-			ok, warn := e.opts.Limit(evt.RoomID, evt.Sender)
-			over = !ok
-			if warn {
-				e.notice(ctx, e.newEvent(evt, b, &route{skill: "opsbot"}, ""), "Slow down, please: I answer a limited number of commands per minute. Try again in a minute.")
-			}
-		}
-		return over
-	}
-}
-
-// textOf returns the text a matcher sees: message bodies of text, emote and
-// notice... except notices, which bots send and must not trigger commands.
-func textOf(evt *event.Event) (body string, isEdit, isText bool) {
-	if evt.Type != event.EventMessage {
-		return "", false, false
-	}
-	msg, ok := evt.Content.Parsed.(*event.MessageEventContent)
-	if !ok {
-		return "", false, false
-	}
-	if msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace {
-		if msg.NewContent == nil {
-			return "", true, false
-		}
-		isEdit = true
-		msg = msg.NewContent
-	}
-	switch msg.MsgType {
-	case event.MsgText, event.MsgEmote:
-		return messageBody(msg), isEdit, true
-	}
-	return "", isEdit, false
-}
-
-// knownMsgTypes are the message types of the spec; others are passed to
-// event matchers but logged, since clients will show them oddly.
-var knownMsgTypes = map[event.MessageType]bool{
-	event.MsgText: true, event.MsgEmote: true, event.MsgNotice: true, event.MsgImage: true, event.MsgFile: true,
-	event.MsgAudio: true, event.MsgVideo: true, event.MsgLocation: true, event.MsgVerificationRequest: true,
-	"m.server_notice": true,
-}
-
-func (e *Engine) logOddMessage(evt *event.Event) {
-	msg, ok := evt.Content.Parsed.(*event.MessageEventContent)
-	if !ok || knownMsgTypes[msg.MsgType] || (msg.RelatesTo != nil && msg.RelatesTo.Type == event.RelReplace) {
-		return
-	}
-	e.opts.Log.Debug().Stringer("event_id", evt.ID).Str("msgtype", string(msg.MsgType)).Msg("Message with an unknown msgtype: no command or regex runs on it")
-}
-
-func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {
-	ev := &Event{
-		Raw: evt, Bot: b.ID, RoomID: evt.RoomID, Sender: evt.Sender, ID: evt.ID,
-		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender, media: e.opts.Media, rooms: e.opts.Rooms,
-	}
-	if e.opts.Memory != nil {
-		ev.Memory = e.opts.Memory.Memory(rt.skill, evt.RoomID)
-	}
-	return ev
-}
-
-// run calls a handler, turning errors and panics into a log line and a short
-// apology in the room; the process and the other skills carry on.
-func (e *Engine) run(ctx context.Context, rt *route, ev *Event) {
-	log := e.opts.Log.With().Str("skill", rt.skill).Stringer("room_id", ev.RoomID).
-		Stringer("event_id", ev.ID).Stringer("bot", ev.Bot).Logger()
-	ctx, cancel := context.WithTimeout(log.WithContext(ctx), e.opts.HandlerTimeout)
-	defer cancel()
-	start := time.Now()
-	outcome := "ok"
-	err := func() (err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				err = fmt.Errorf("panic: %v", p)
-				outcome = "panic"
-				log.Error().Str("stack", string(debug.Stack())).Msg("Skill handler panicked")
-			}
-		}()
-		return rt.handler(ctx, ev)
-	}()
-	if err != nil && outcome == "ok" {
-		outcome = "error"
-	}
-	if e.opts.Observe != nil {
-		e.opts.Observe(rt.skill, outcome, time.Since(start))
-	}
-	if err != nil {
-		log.Error().Err(err).Dur("took", time.Since(start)).Msg("Skill handler failed")
-		e.notice(context.WithoutCancel(ctx), ev, fmt.Sprintf("Sorry, the %s skill failed while handling that. The error has been logged.", rt.skill))
-		return
-	}
-	log.Debug().Dur("took", time.Since(start)).Msg("Skill handler done")
-}
-
-func (e *Engine) notice(ctx context.Context, ev *Event, text string) {
-	reply := ev.Reply
-	if ev.Raw == nil { // cron or webhook: nothing to reply to
-		if ev.RoomID == "" {
-			return
-		}
-		reply = ev.Respond
-	}
-	if _, err := reply(ctx, text); err != nil {
-		e.opts.Log.Error().Err(err).Stringer("room_id", ev.RoomID).Msg("Failed to send notice")
-	}
 }
 
 // Notify sends a notice as bot in reply to an event, outside any skill (for

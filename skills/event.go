@@ -45,6 +45,29 @@ type Event struct {
 	actions int // counts actions, so each gets its own transaction ID
 }
 
+// newEvent is the Event of a handler triggered by a room event.
+func (e *Engine) newEvent(evt *event.Event, b *BotSpec, rt *route, body string) *Event {
+	ev := &Event{
+		Raw: evt, Bot: b.ID, RoomID: evt.RoomID, Sender: evt.Sender, ID: evt.ID,
+		Body: body, Skill: rt.skill, engine: e, sender: e.opts.Sender, media: e.opts.Media, rooms: e.opts.Rooms,
+	}
+	if e.opts.Memory != nil {
+		ev.Memory = e.opts.Memory.Memory(rt.skill, evt.RoomID)
+	}
+	return ev
+}
+
+// syntheticEvent is the Event of a handler not triggered by a room event
+// (cron, webhook): its ID seeds the transaction IDs of its actions.
+func (e *Engine) syntheticEvent(b *BotSpec, rt *route, room id.RoomID, trigger string) *Event {
+	ev := &Event{Bot: b.ID, RoomID: room, ID: id.EventID(trigger), Skill: rt.skill, engine: e,
+		sender: e.opts.Sender, media: e.opts.Media, rooms: e.opts.Rooms}
+	if e.opts.Memory != nil {
+		ev.Memory = e.opts.Memory.Memory(rt.skill, room)
+	}
+	return ev
+}
+
 // Arg returns a command placeholder or named regex group ("" if absent).
 func (ev *Event) Arg(name string) string { return ev.Args[name] }
 

@@ -1,14 +1,6 @@
-// Package skills is the runtime that opsbot's skills plug into: the Skill
-// interface, the Router a skill registers its matchers on, the Event a
-// handler receives (with its actions: reply, react, edit, redact, ...), and
-// the per-skill, per-room Memory.
-//
-// A skill is a package of its own with a constructor returning a Skill: the
-// built-in ones under skills/builtin, anyone else's in their own module
-// (appservice/cli builds a binary with them). A skill imports this package
-// and no part of the host. Handlers never talk HTTP to the homeserver: every action goes through
-// opsbot's outbox, which sends as the right bot user, encrypts where needed,
-// and de-duplicates retries.
+// The contract between a skill and the runtime: what a skill provides
+// (Skill) and what it may use (Host, Config, Sender, Media, Rooms, Memory).
+
 package skills
 
 import (

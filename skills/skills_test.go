@@ -37,6 +37,25 @@ func newEngine(t *testing.T, extra []skills.Skill, sections map[string]yaml.Node
 	return e, f
 }
 
+// funcSkill registers whatever setup says.
+type funcSkill struct {
+	name  string
+	setup func(r *skills.Router) error
+}
+
+func (f funcSkill) Name() string                                    { return f.name }
+func (f funcSkill) Setup(r *skills.Router, cfg skills.Config) error { return f.setup(r) }
+
+func newEngineWith(t *testing.T, s skills.Skill, sched skills.ScheduleStore) (*skills.Engine, *skilltest.Sender) {
+	f := &skilltest.Sender{}
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Schedules: sched, Memory: skilltest.NewMemory()},
+		[]skills.Skill{s}, nil, []skills.BotSpec{{ID: "@bot:x", Prefix: "!", Skills: []string{s.Name()}, ConfigKey: "bots[0]"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, f
+}
+
 func msg(body string) *event.Event {
 	return msgFrom("@alice:x", body)
 }

@@ -2,16 +2,15 @@ package skills
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strings"
-	"time"
+
+	"github.com/opsbot/opsbot/skills/auth"
 )
 
 // WebhookHandler returns the HTTP handler for POST /skills/<skill>/<path>.
@@ -51,27 +50,12 @@ func (e *Engine) WebhookHandler(active func() bool) http.Handler {
 		sum := sha256.Sum256(append([]byte(path+"\x00"), body...))
 		ev := e.syntheticEvent(b, rt, "", "webhook:"+hex.EncodeToString(sum[:16]))
 		req := &WebhookRequest{Path: path, Header: r.Header.Clone(), Query: r.URL.Query(), Body: body}
-		ctx, cancel := context.WithTimeout(log.WithContext(context.WithoutCancel(r.Context())), e.opts.HandlerTimeout)
-		defer cancel()
-		start := time.Now()
-		err = func() (err error) {
-			defer func() {
-				if p := recover(); p != nil {
-					err = errors.New("the handler panicked")
-					log.Error().Interface("panic", p).Msg("Webhook handler panicked")
-				}
-			}()
+		// A caller that hangs up does not cut the handler short; the
+		// handler timeout bounds it.
+		err = e.runHandler(context.WithoutCancel(r.Context()), skill, log, func(ctx context.Context) error {
 			return rt.webhook(ctx, ev, req)
-		}()
-		outcome := "ok"
+		})
 		if err != nil {
-			outcome = "error"
-		}
-		if e.opts.Observe != nil {
-			e.opts.Observe(skill, outcome, time.Since(start))
-		}
-		if err != nil {
-			log.Error().Err(err).Msg("Webhook handler failed")
 			writeWebhook(w, http.StatusInternalServerError, "the skill failed; see opsbot's log")
 			return
 		}
@@ -82,7 +66,7 @@ func (e *Engine) WebhookHandler(active func() bool) http.Handler {
 func (e *Engine) webhookRoute(skill, path string) (*route, *BotSpec) {
 	for _, rt := range e.routes[skill] {
 		if rt.kind == kindWebhook && rt.spec == path {
-			if owner := e.cronOwner(rt); owner != "" {
+			if owner := e.owner(rt); owner != "" {
 				return rt, e.bots[owner]
 			}
 		}
@@ -93,31 +77,20 @@ func (e *Engine) webhookRoute(skill, path string) (*route, *BotSpec) {
 // checkWebhookAuth verifies the token and/or HMAC signature in constant time.
 func checkWebhookAuth(rt *route, r *http.Request, body []byte) error {
 	if rt.opts.token != "" {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			got = r.URL.Query().Get("token")
-		}
+		got := auth.Token(r, "token")
 		if got == "" {
 			return errors.New("missing token")
 		}
-		if subtle.ConstantTimeCompare([]byte(got), []byte(rt.opts.token)) != 1 {
+		if !auth.TokenMatches(got, rt.opts.token) {
 			return errors.New("wrong token")
 		}
 	}
 	if rt.opts.hmacSecret != "" {
-		sig, ok := strings.CutPrefix(r.Header.Get(rt.opts.hmacHeader), "sha256=")
-		if !ok {
+		err := auth.CheckHMAC(rt.opts.hmacSecret, body, r.Header.Get(rt.opts.hmacHeader))
+		if errors.Is(err, auth.ErrNoSignature) {
 			return errors.New("missing signature header " + rt.opts.hmacHeader)
 		}
-		got, err := hex.DecodeString(sig)
-		if err != nil {
-			return errors.New("malformed signature")
-		}
-		mac := hmac.New(sha256.New, []byte(rt.opts.hmacSecret))
-		mac.Write(body)
-		if !hmac.Equal(got, mac.Sum(nil)) {
-			return errors.New("wrong signature")
-		}
+		return err
 	}
 	return nil
 }

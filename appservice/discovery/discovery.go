@@ -6,6 +6,9 @@
 // opsbot cannot prompt anyone, so every outcome the spec calls IGNORE,
 // FAIL_PROMPT or FAIL_ERROR is an error here, worded to say what was tried
 // and what was wrong.
+//
+// Ours: mautrix.DiscoverClientAPI answers a 404 with no error and checks
+// neither base_url nor /versions, so its errors cannot say what to fix.
 package discovery
 
 import (

@@ -7,12 +7,10 @@ package intake
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/opsbot/opsbot/appservice/pipeline"
 	"github.com/opsbot/opsbot/appservice/store"
+	"github.com/opsbot/opsbot/skills/auth"
 )
 
 // Recorder durably records transactions (appservice/store implements it).
@@ -80,16 +79,13 @@ func (h *Handler) Register(mux *http.ServeMux) {
 // authorize checks the hs_token, from the Authorization header or (legacy)
 // the access_token query parameter, in constant time.
 func (h *Handler) authorize(w http.ResponseWriter, r *http.Request) bool {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		token = r.URL.Query().Get("access_token")
-	}
+	token := auth.Token(r, "access_token")
 	if token == "" {
 		h.observe("unauthorized", 0)
 		writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Missing hs_token")
 		return false
 	}
-	if subtle.ConstantTimeCompare([]byte(token), []byte(h.HSToken)) != 1 {
+	if !auth.TokenMatches(token, h.HSToken) {
 		h.observe("forbidden", 0)
 		h.Log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("Rejected appservice request with a wrong hs_token")
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "Wrong hs_token")

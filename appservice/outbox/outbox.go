@@ -11,14 +11,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/retryafter"
 	"maunium.net/go/mautrix"
 	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/opsbot/opsbot/skills/retry"
 )
 
 // ErrNotLeader is returned for a send this process may no longer make.
@@ -165,28 +167,20 @@ func (o *Outbox) retry(ctx context.Context, name string, op func() error) error 
 // Retry runs op with exponential backoff while its errors are retryable
 // (see RetryAfter). It is shared with other homeserver calls made at start-up.
 func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, maxBackoff time.Duration, op func() error) error {
-	backoff := minBackoff
-	for attempt := 1; ; attempt++ {
-		err := op()
-		if err == nil {
-			return nil
-		}
-		wait, retryable := RetryAfter(err)
-		if !retryable {
-			return err
-		}
-		if wait == 0 {
-			wait = backoff
-			backoff = min(backoff*2, maxBackoff)
-		}
-		wait = min(wait, maxBackoff)
-		log.Warn().Err(err).Str("op", name).Int("attempt", attempt).Dur("retry_in", wait).Msg("Homeserver request failed, retrying")
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: gave up after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
-		case <-time.After(wait):
-		}
+	err := retry.Do(ctx, retry.Policy{
+		Min: minBackoff, Max: maxBackoff,
+		Classify: func(err error) (bool, time.Duration) {
+			wait, retryable := RetryAfter(err)
+			return retryable, wait
+		},
+		Notify: func(attempt int, err error, wait time.Duration) {
+			log.Warn().Err(err).Str("op", name).Int("attempt", attempt).Dur("retry_in", wait).Msg("Homeserver request failed, retrying")
+		},
+	}, op)
+	if g, ok := err.(*retry.Error); ok {
+		return fmt.Errorf("%s: gave up after %d attempts: %w (last error: %v)", name, g.Attempts, g.Stopped, g.Last)
 	}
+	return err
 }
 
 // RetryAfter classifies a homeserver error: whether it may pass on retry,
@@ -211,8 +205,8 @@ func RetryAfter(err error) (wait time.Duration, retryable bool) {
 				return time.Duration(ms) * time.Millisecond, true
 			}
 		}
-		if secs, err := strconv.Atoi(httpErr.Response.Header.Get("Retry-After")); err == nil && secs > 0 {
-			return time.Duration(secs) * time.Second, true
+		if wait := retryafter.Parse(httpErr.Response.Header.Get("Retry-After"), 0); wait > 0 {
+			return wait, true
 		}
 		return 0, true
 	}

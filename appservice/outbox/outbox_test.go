@@ -170,6 +170,10 @@ func TestRetryAfterClassification(t *testing.T) {
 		{mk(404, nil), 0, false},
 		{errors.New("connection refused"), 0, true},
 		{context.Canceled, 0, false},
+		// Without retry_after_ms, the Retry-After header (seconds or a date).
+		{withHeader(mk(429, nil), "Retry-After", "7"), 7 * time.Second, true},
+		{withHeader(mk(429, nil), "Retry-After", "soon"), 0, true},
+		{withHeader(mk(429, nil), "Retry-After", time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)), 0, true},
 	}
 	for i, c := range cases {
 		wait, retryable := outbox.RetryAfter(c.err)
@@ -177,6 +181,11 @@ func TestRetryAfterClassification(t *testing.T) {
 			t.Errorf("case %d: got %v %v, want %v %v", i, wait, retryable, c.wait, c.retryable)
 		}
 	}
+}
+
+func withHeader(err error, key, value string) error {
+	err.(mautrix.HTTPError).Response.Header.Set(key, value)
+	return err
 }
 
 // A send re-done after a crash finds the copy that already reached the

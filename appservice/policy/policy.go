@@ -26,6 +26,9 @@ type Policy struct {
 	now                  func() time.Time
 }
 
+// Ours: no rate limiter among the fixed dependencies (x/time/rate is not
+// one of them); a fixed minute window is what gives one "slow down" a minute.
+//
 // window counts answers in the current minute for one user or room.
 type window struct {
 	start  time.Time

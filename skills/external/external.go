@@ -8,7 +8,7 @@
 // memory. See README.md for the protocol.
 //
 // Calls have a timeout, are retried with backoff on network errors, 5xx
-// and 429, and go through a circuit breaker per skill; an answer that does
+// and 429 (waiting as long as Retry-After asks), and go through a circuit breaker per skill; an answer that does
 // not follow the protocol is an error naming the problem.
 package external
 
@@ -29,6 +29,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/retry"
 )
 
 // Defaults of the transport; tests shorten them.
@@ -37,6 +38,8 @@ const (
 	DefaultTimeout = 5 * time.Second
 	// FirstBackoff is the pause before the first retry; it doubles after each.
 	FirstBackoff = 200 * time.Millisecond
+	// MaxRetryAfter caps the pause a skill may ask for with Retry-After.
+	MaxRetryAfter = 30 * time.Second
 	// BreakerThreshold is how many consecutive failed calls open the circuit.
 	BreakerThreshold = 5
 	// BreakerOpenFor is how long an open circuit fails calls at once.
@@ -109,7 +112,7 @@ func newSkill(c Config, key string, log zerolog.Logger) *Skill {
 		target:  displayURL(c.URL),
 		backoff: FirstBackoff,
 		now:     time.Now,
-		sleep:   sleepCtx,
+		sleep:   retry.Sleep,
 		breaker: breaker{threshold: BreakerThreshold, openFor: BreakerOpenFor},
 	}
 	return s
@@ -123,17 +126,6 @@ func displayURL(raw string) string {
 	}
 	u.User, u.RawQuery, u.Fragment = nil, "", ""
 	return u.String()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Name is the skill's name from its external_skills entry.

@@ -506,6 +506,50 @@ func TestRetryThenSuccess(t *testing.T) {
 	}
 }
 
+// A skill that answers 429 or 503 with Retry-After gets the pause it asked
+// for (up to MaxRetryAfter) instead of the backoff; the backoff goes on
+// where it was.
+func TestRetryAfterIsHonoured(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		k := n
+		mu.Unlock()
+		switch k {
+		case 1:
+			w.Header().Set("Retry-After", "3")
+			w.WriteHeader(503)
+		case 2:
+			w.WriteHeader(502) // Retry-After is only read on 429 and 503
+		case 3:
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(429)
+		case 4:
+			w.Header().Set("Retry-After", "soon") // not a number: the backoff
+			w.WriteHeader(429)
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"actions":[{"type":"reply","text":"rested"}]}`)
+		}
+	}))
+	defer srv.Close()
+	var pauses []time.Duration
+	r := newRig(t, baseConfig(srv.URL), func(s *Skill) {
+		s.c.Retries = 5
+		s.backoff = 200 * time.Millisecond
+		s.sleep = func(ctx context.Context, d time.Duration) error { pauses = append(pauses, d); return nil }
+	})
+	sent, errText := r.say("!weather")
+	if errText != "" || strings.Join(bodies(sent), "|") != "rested" {
+		t.Fatalf("sent %v, error %q", bodies(sent), errText)
+	}
+	if want := fmt.Sprint([]time.Duration{3 * time.Second, 200 * time.Millisecond, MaxRetryAfter, 400 * time.Millisecond}); fmt.Sprint(pauses) != want {
+		t.Errorf("pauses %v, want %s", pauses, want)
+	}
+}
+
 func TestClientErrorsAreNotRetried(t *testing.T) {
 	for _, status := range []int{400, 401, 404} {
 		ss := newSkillServer(t, func(int, Request) (int, string) { return status, "no" })

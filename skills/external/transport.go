@@ -3,9 +3,6 @@ package external
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,20 +12,20 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/retryafter"
+
+	"github.com/opsbot/opsbot/skills/auth"
+	"github.com/opsbot/opsbot/skills/retry"
 )
 
 // Sign returns the X-Opsbot-Signature value for a body:
 // "sha256=" + hex(HMAC-SHA256(secret, body)).
-func Sign(secret string, body []byte) string {
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
-}
+func Sign(secret string, body []byte) string { return auth.SignHMAC(secret, body) }
 
 // Verify checks an X-Opsbot-Signature value in constant time, for skills
 // written in Go.
 func Verify(secret string, body []byte, signature string) bool {
-	return hmac.Equal([]byte(Sign(secret, body)), []byte(signature))
+	return auth.VerifyHMAC(secret, body, signature)
 }
 
 // call POSTs the body through the circuit breaker, retrying as configured.
@@ -58,38 +55,64 @@ func (s *Skill) call(ctx context.Context, body []byte, delivery string, ts int64
 	return status, answer, err
 }
 
+// busyError is an answer worth retrying (5xx, 429), with the wait the
+// skill asked for in Retry-After (429 and 503 only; 0 if none).
+type busyError struct {
+	status int
+	wait   time.Duration
+}
+
+func (e *busyError) Error() string { return statusText(e.status) }
+
 // attempts makes the first request and the retries.
 func (s *Skill) attempts(ctx context.Context, log *zerolog.Logger, body []byte, delivery string, ts int64) (status int, answer []byte, outcome int, err error) {
 	tries := 1 + max(s.c.Retries, 0)
-	pause := s.backoff
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	err = retry.Do(ctx, retry.Policy{
+		Min: s.backoff, Attempts: tries, Sleep: s.sleep,
+		Classify: func(err error) (bool, time.Duration) {
+			if ctx.Err() != nil {
+				return false, 0 // reported below
+			}
+			var busy *busyError
+			if errors.As(err, &busy) {
+				return true, busy.wait
+			}
+			return true, 0 // no answer: a network error
+		},
+	}, func() error {
+		attempt++
 		start := s.now()
-		status, answer, err = s.post(ctx, body, delivery, ts)
-		log.Debug().Str("delivery", delivery).Int("attempt", attempt).Int("status", status).AnErr("error", err).
+		var header http.Header
+		var postErr error
+		status, answer, header, postErr = s.post(ctx, body, delivery, ts)
+		log.Debug().Str("delivery", delivery).Int("attempt", attempt).Int("status", status).AnErr("error", postErr).
 			Dur("took", s.now().Sub(start)).Msg("External skill request")
-		if ctx.Err() != nil {
-			// The handler ran out of time or opsbot is stopping: the skill
-			// may be fine, so the breaker is not told.
-			return 0, nil, callCancelled, fmt.Errorf("external skill %s: gave up after %d attempt(s): %w", s.c.Name, attempt, context.Cause(ctx))
+		switch {
+		case postErr != nil:
+			return postErr
+		case status >= 500 || status == http.StatusTooManyRequests:
+			return &busyError{status: status, wait: retryWait(status, header)}
 		}
-		retryable := err != nil || status >= 500 || status == http.StatusTooManyRequests
-		if !retryable {
-			break
+		return nil
+	})
+	if ctx.Err() != nil {
+		// The handler ran out of time or opsbot is stopping: the skill
+		// may be fine, so the breaker is not told.
+		return 0, nil, callCancelled, fmt.Errorf("external skill %s: gave up after %d attempt(s): %w", s.c.Name, attempt, context.Cause(ctx))
+	}
+	if err != nil {
+		after := ""
+		if tries > 1 {
+			after = fmt.Sprintf(" after %d attempts", tries)
 		}
-		if attempt >= tries {
-			after := ""
-			if tries > 1 {
-				after = fmt.Sprintf(" after %d attempts", tries)
-			}
-			if err != nil {
-				return 0, nil, callFailed, fmt.Errorf("external skill %s: no answer from %s%s: %w", s.c.Name, s.target, after, err)
-			}
-			return 0, nil, callFailed, fmt.Errorf("external skill %s: %s answered %s%s", s.c.Name, s.target, statusText(status), after)
+		if g, ok := err.(*retry.Error); ok {
+			err = g.Last
 		}
-		if err := s.sleep(ctx, pause); err != nil {
-			return 0, nil, callCancelled, fmt.Errorf("external skill %s: gave up after %d attempt(s): %w", s.c.Name, attempt, context.Cause(ctx))
+		if busy := (*busyError)(nil); errors.As(err, &busy) {
+			return 0, nil, callFailed, fmt.Errorf("external skill %s: %s answered %s%s", s.c.Name, s.target, statusText(busy.status), after)
 		}
-		pause *= 2
+		return 0, nil, callFailed, fmt.Errorf("external skill %s: no answer from %s%s: %w", s.c.Name, s.target, after, err)
 	}
 	switch {
 	case status == http.StatusOK || status == http.StatusNoContent:
@@ -107,13 +130,25 @@ func (s *Skill) attempts(ctx context.Context, log *zerolog.Logger, body []byte, 
 	}
 }
 
+// retryWait is how long a skill answering 429 or 503 asked to be left
+// alone (Retry-After), at most MaxRetryAfter; 0 when it did not say.
+func retryWait(status int, header http.Header) time.Duration {
+	if status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable {
+		return 0
+	}
+	if wait := retryafter.Parse(header.Get("Retry-After"), 0); wait > 0 {
+		return min(wait, MaxRetryAfter)
+	}
+	return 0
+}
+
 // post makes one request. err is set only when there is no HTTP answer.
-func (s *Skill) post(ctx context.Context, body []byte, delivery string, ts int64) (int, []byte, error) {
+func (s *Skill) post(ctx context.Context, body []byte, delivery string, ts int64) (int, []byte, http.Header, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.c.Timeout))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.c.URL, bytes.NewReader(body))
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
@@ -124,16 +159,16 @@ func (s *Skill) post(ctx context.Context, body []byte, delivery string, ts int64
 	req.Header.Set(HeaderDelivery, delivery)
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, nil, s.transportError(ctx, err)
+		return 0, nil, nil, s.transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerBytes+1))
 	if err != nil {
-		return 0, nil, s.transportError(ctx, fmt.Errorf("reading the answer: %w", err))
+		return 0, nil, nil, s.transportError(ctx, fmt.Errorf("reading the answer: %w", err))
 	}
 	// An answer over MaxAnswerBytes is kept one byte too long: ParseAnswer
 	// calls it nonsense (not a network problem, so it is not retried).
-	return resp.StatusCode, data, nil
+	return resp.StatusCode, data, resp.Header, nil
 }
 
 // transportError turns a client error into a short one: no URL (it may

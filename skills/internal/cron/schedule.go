@@ -2,6 +2,8 @@
 // fields (minute hour day-of-month month day-of-week, with ranges, lists,
 // steps and names such as MON-FRI) and the shorthands @every <duration>,
 // @hourly, @daily, @weekly, @monthly, @yearly — and computes when they fire.
+//
+// Ours: no cron library among the fixed dependencies; under 200 lines, fuzzed.
 package cron
 
 import (

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -225,18 +224,4 @@ func (r *Router) Webhook(path string, h WebhookHandler, opts ...Option) {
 // the bot matched (opsdroid's catch-all).
 func (r *Router) Fallback(h Handler, opts ...Option) {
 	r.add(&route{kind: kindFallback, handler: h}, opts)
-}
-
-// allows checks the route's constraints for an event.
-func (rt *route) allows(bot id.UserID, room id.RoomID, sender id.UserID) bool {
-	if len(rt.opts.bots) > 0 && !slices.Contains(rt.opts.bots, bot) {
-		return false
-	}
-	if len(rt.opts.rooms) > 0 && !slices.Contains(rt.opts.rooms, room) {
-		return false
-	}
-	if len(rt.opts.users) > 0 && !slices.Contains(rt.opts.users, sender) {
-		return false
-	}
-	return true
 }

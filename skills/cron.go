@@ -3,7 +3,6 @@ package skills
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -23,7 +22,7 @@ func (e *Engine) RunSchedules(ctx context.Context) {
 	for _, b := range e.orderedBots() {
 		for _, name := range b.Skills {
 			for i, rt := range e.routes[name] {
-				if rt.kind != kindCron || e.cronOwner(rt) != b.ID {
+				if rt.kind != kindCron || e.owner(rt) != b.ID {
 					continue
 				}
 				key := fmt.Sprintf("%s|%d|%s", rt.skill, i, rt.spec)
@@ -31,19 +30,6 @@ func (e *Engine) RunSchedules(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// cronOwner is the bot that runs a cron job: the first bot (in config
-// order) that runs the skill and passes ForBots.
-func (e *Engine) cronOwner(rt *route) id.UserID {
-	for _, b := range e.orderedBots() {
-		for _, name := range b.Skills {
-			if name == rt.skill && (len(rt.opts.bots) == 0 || slices.Contains(rt.opts.bots, b.ID)) {
-				return b.ID
-			}
-		}
-	}
-	return ""
 }
 
 func (e *Engine) cronLoop(ctx context.Context, b *BotSpec, rt *route, key string) {
@@ -102,17 +88,3 @@ func (e *Engine) runCron(ctx context.Context, b *BotSpec, rt *route, key string,
 		e.run(ctx, rt, ev)
 	}
 }
-
-// syntheticEvent is the Event of a handler not triggered by a room event
-// (cron, webhook): its ID seeds the transaction IDs of its actions.
-func (e *Engine) syntheticEvent(b *BotSpec, rt *route, room id.RoomID, trigger string) *Event {
-	ev := &Event{Bot: b.ID, RoomID: room, ID: id.EventID(trigger), Skill: rt.skill, engine: e,
-		sender: e.opts.Sender, media: e.opts.Media, rooms: e.opts.Rooms}
-	if e.opts.Memory != nil {
-		ev.Memory = e.opts.Memory.Memory(rt.skill, room)
-	}
-	return ev
-}
-
-// orderedBots returns the bots in config order.
-func (e *Engine) orderedBots() []*BotSpec { return e.botOrder }
