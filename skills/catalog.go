@@ -41,7 +41,7 @@ var Events = []EventInfo{
 		Match:     "`r.Command`, `r.Regex`, `r.Fallback` for `m.text` and `m.emote` (never `m.notice`); `r.Event(event.EventMessage, ...)` for every message, including files, images, audio, video, locations, edits and thread replies; `ev.Message()`, `ev.File()`, `ev.IsEdit()`",
 		Send:      "`ev.Reply`, `ev.ReplyHTML`, `ev.Respond`, `ev.ReplyInThread`, `ev.Edit`, `ev.SendFile`, `ev.SendLocation`, `ev.Send`; replies stay in the trigger's thread",
 		Encrypted: encryptedMessage + "; files are encrypted with their own key (`ev.Download` decrypts, `ev.SendFile` encrypts)",
-		Opsbot:    "an edit (`m.replace`) does not re-run commands unless the matcher has `skills.OnEdits()`; the reply fallback (`> <@user> ...`) is stripped from the body; bots never answer notices, themselves or each other"},
+		Opsbot:    "an edit (`m.replace`) does not re-run commands unless the matcher has `skills.OnEdits()`; the reply fallback (`> <@user> ...`) is stripped from the body; bots never answer notices, themselves or each other; what a bot sends has its `formatted_body` cut to the spec's HTML subset and an explicit `m.mentions` (empty unless the skill set one), see [skills.md](skills.md#acting)"},
 	{Type: event.EventEncrypted, Arrives: arrivesRoom,
 		Match:     "none: skills get the decrypted event",
 		Send:      "automatic: every send into an encrypted room",
