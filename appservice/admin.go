@@ -43,6 +43,12 @@ func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
 		Log:       s.Log.With().Str("component", "skills").Logger(),
 		Observe:   s.Metrics.ObserveSkill,
 		Host:      engineHost{s, cfg},
+		Privileges: func(skill string) skills.Privileges {
+			p := cfg.Permissions.Skills[skill]
+			return skills.Privileges{RedactOthers: p.RedactOthers, RoomMentions: p.RoomMentions}
+		},
+		// Webhook deliveries taken stay taken across reloads.
+		Deliveries: s.deliveries,
 	}, s.skillsFor(cfg), cfg.Skills, specs)
 }
 

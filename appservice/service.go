@@ -67,6 +67,8 @@ type Service struct {
 	running   atomic.Bool
 	started   time.Time
 	version   string
+	// deliveries are the signed webhook deliveries taken (replay guard).
+	deliveries *skills.Deliveries
 	// versions is the homeserver's /versions answer at start-up.
 	versions *mautrix.RespVersions
 
@@ -91,7 +93,7 @@ type Service struct {
 // goSkills returns the Go skills compiled into the binary, new instances on
 // every call; the external skills of the config are added to them.
 func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
-	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version}
+	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewDeliveries()}
 	s.Metrics = metrics.New(version, func() int64 {
 		if s.Pipeline == nil {
 			return 0

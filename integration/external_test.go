@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -174,6 +175,27 @@ func TestExternalSkills(t *testing.T) {
 		t.Fatalf("m.mentions = %v, want {}", ev.Content["m.mentions"])
 	}
 
+	// A skill asks the bot (a moderator here) to redact alice's message: it
+	// may redact only the bot's own events (permissions.skills.<skill>.
+	// redact_others is off), so it does not, and says why in the log.
+	var power map[string]any
+	alice.State(t, room, "m.room.power_levels", "", &power)
+	users, _ := power["users"].(map[string]any)
+	users[botID] = 50
+	alice.SendState(t, room, "m.room.power_levels", "", power)
+	victim := alice.SendText(t, room, "an ordinary message")
+	if ev := ask(t, alice, room, "!nonsense redact "+victim, botID); !strings.HasPrefix(ev.Body(), "Sorry, the nonsense skill failed") {
+		t.Fatalf("redact request answered %s", ev)
+	}
+	w.Bot.WaitForLog(t, wait, `"skill":"nonsense"`, "may redact only the bot's own events (permissions.skills.nonsense.redact_others)")
+	var still struct {
+		Content map[string]any `json:"content"`
+	}
+	alice.Get(t, "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/event/"+url.PathEscape(victim), &still)
+	if still.Content["body"] != "an ordinary message" {
+		t.Fatalf("alice's message was redacted: %v", still.Content)
+	}
+
 	// An encrypted room: the skill gets the decrypted message, and the bot
 	// answers encrypted.
 	bob := w.HS.RegisterUser(t, "bob")
@@ -329,6 +351,11 @@ func newNonsenseSkill(t *testing.T, secret string) *nonsenseSkill {
 		n.requests = append(n.requests, req)
 		n.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		if target, ok := strings.CutPrefix(req.Match.Args["text"], "redact "); ok {
+			// A skill that tries to have someone else's message removed.
+			_, _ = io.WriteString(w, `{"actions":[{"type":"redact","event_id":`+strconv.Quote(target)+`}]}`)
+			return
+		}
 		if req.Match.Args["text"] == "html" {
 			// What a compromised or careless skill might answer.
 			_, _ = io.WriteString(w, `{"actions":[{"type":"reply","text":"@room hostile","html":`+strconv.Quote(hostileHTML)+`}]}`)

@@ -208,6 +208,15 @@ func testWebhookSkill(t *testing.T, w *world, alice *harness.User, room string) 
 	if msg.Body() != "push: alice pushed 2 commit(s) to acme/app" || msg.Content["formatted_body"] != "<b>alice</b> pushed to <code>acme/app</code>" {
 		t.Fatalf("webhook message: %v", msg.Content)
 	}
+	// Someone who captured that signed delivery posts it again, under a
+	// delivery ID of their own: refused, and nothing reaches the room.
+	if code := postWebhook(t, url, body, map[string]string{"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "X-GitHub-Delivery": "forged-1"}); code != 409 {
+		t.Fatalf("replayed signed delivery: HTTP %d, want 409", code)
+	}
+	w.Bot.WaitForLog(t, wait, "Refused a signed webhook delivery taken before")
+	if extra := sentinel(t, alice, room, botID); len(extra) != 0 {
+		t.Fatalf("the replay posted: %v", extra)
+	}
 
 	// A careless template (a remote tracking image, handlers, a style that
 	// hides the room) and a hostile payload (a javascript: link, "@room"

@@ -57,6 +57,12 @@ type Options struct {
 	Observe func(skill, outcome string, took time.Duration)
 	// Host, if set, is what Router.Host gives skills.
 	Host Host
+	// Privileges, if set, says what each skill may do beyond its own
+	// messages (permissions.skills.<skill>); nil grants nothing.
+	Privileges func(skill string) Privileges
+	// Deliveries, if set, remembers signed webhook deliveries across
+	// engines (configuration reloads); nil gives the engine its own.
+	Deliveries *Deliveries
 }
 
 // Engine routes events to the skills of each bot.
@@ -75,6 +81,9 @@ type Engine struct {
 func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, bots []BotSpec) (*Engine, error) {
 	if opts.HandlerTimeout == 0 {
 		opts.HandlerTimeout = 10 * time.Minute
+	}
+	if opts.Deliveries == nil {
+		opts.Deliveries = NewDeliveries()
 	}
 	e := &Engine{opts: opts, skills: map[string]Skill{}, routes: map[string][]*route{}, bots: map[id.UserID]*BotSpec{}}
 	byName := map[string]Skill{}

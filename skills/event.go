@@ -119,6 +119,9 @@ func (ev *Event) sendIn(ctx context.Context, room id.RoomID, t event.Type, conte
 	if room == "" {
 		return "", errors.New("no room to send to: this handler runs outside a room; use SendTo")
 	}
+	if err := ev.checkMentions(t, content); err != nil {
+		return "", err
+	}
 	return ev.sender.Send(ctx, ev.Bot, room, t, content, ev.nextTxnID())
 }
 
@@ -139,6 +142,9 @@ func (ev *Event) SendHTMLTo(ctx context.Context, room id.RoomID, plain, html str
 
 // EditIn replaces the text of a message the bot sent in a room.
 func (ev *Event) EditIn(ctx context.Context, room id.RoomID, target id.EventID, plain, html string) (id.EventID, error) {
+	if err := ev.checkTarget(ctx, room, target, false); err != nil {
+		return "", err
+	}
 	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: plain}
 	if html != "" {
 		c.Format, c.FormattedBody = event.FormatHTML, html
@@ -203,14 +209,25 @@ func (ev *Event) React(ctx context.Context, key string) (id.EventID, error) {
 
 // Edit replaces the text of a message the bot sent earlier.
 func (ev *Event) Edit(ctx context.Context, target id.EventID, text string) (id.EventID, error) {
+	if err := ev.checkTarget(ctx, ev.RoomID, target, false); err != nil {
+		return "", err
+	}
 	c := &event.MessageEventContent{MsgType: event.MsgNotice, Body: text}
 	c.SetEdit(target)    // moves the text into m.new_content
 	c.Body = "* " + text // what clients without edits show
 	return ev.send(ctx, event.EventMessage, c)
 }
 
-// Redact removes an event (the bot needs the power to redact others' events).
+// Redact removes an event: one the bot sent or, when the skill has
+// Privileges.RedactOthers (and the bot the power), anyone's.
 func (ev *Event) Redact(ctx context.Context, target id.EventID, reason string) (id.EventID, error) {
+	if err := ev.checkTarget(ctx, ev.RoomID, target, true); err != nil {
+		return "", err
+	}
+	if ev.privileges().RedactOthers {
+		ev.engine.opts.Log.Info().Str("skill", ev.Skill).Stringer("room_id", ev.RoomID).Stringer("event_id", target).
+			Msg("A skill with redact_others redacts an event")
+	}
 	return ev.sender.Redact(ctx, ev.Bot, ev.RoomID, target, reason, ev.nextTxnID())
 }
 

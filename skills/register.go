@@ -66,6 +66,7 @@ type routeOptions struct {
 	// webhook authentication and body limit.
 	token, hmacSecret, hmacHeader string
 	maxBody                       int64
+	repeatsAreSafe                bool
 }
 
 // Option refines a registration.
@@ -99,11 +100,21 @@ func In(loc *time.Location) Option { return func(o *routeOptions) { o.location =
 // "Authorization: Bearer <token>" or "?token=<token>".
 func WithToken(token string) Option { return func(o *routeOptions) { o.token = token } }
 
-// WithHMAC makes a webhook require an HMAC-SHA256 signature of the body in
-// header (GitHub's X-Hub-Signature-256 style: "sha256=<hex>").
+// WithHMAC makes a webhook require an HMAC-SHA256 signature made with
+// secret: of the body in header (GitHub's X-Hub-Signature-256 style:
+// "sha256=<hex>"), or of the delivery's ID, time and body the Standard
+// Webhooks way (webhook-id, webhook-timestamp, webhook-signature), which a
+// sender may use instead. A signed delivery is taken once: the same
+// Standard Webhooks ID within ReplayTolerance, or the same signed body
+// within BodyReplayWindow, is refused (409).
 func WithHMAC(secret, header string) Option {
 	return func(o *routeOptions) { o.hmacSecret, o.hmacHeader = secret, header }
 }
+
+// RepeatsAreSafe lets a signed webhook take the same body again: for a
+// handler to which an identical delivery means nothing new (Alertmanager
+// repeats a notification unchanged at its repeat_interval).
+func RepeatsAreSafe() Option { return func(o *routeOptions) { o.repeatsAreSafe = true } }
 
 // MaxBody caps a webhook's request body (default 1 MiB).
 func MaxBody(n int64) Option { return func(o *routeOptions) { o.maxBody = n } }

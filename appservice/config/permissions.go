@@ -25,6 +25,11 @@ type SkillPolicy struct {
 	AllowRooms    []string `yaml:"allow_rooms"`
 	DenyRooms     []string `yaml:"deny_rooms"`
 	MinPowerLevel int      `yaml:"min_power_level"`
+	// RedactOthers lets the skill redact events the bot did not send;
+	// RoomMentions lets its messages ping the whole room. Both off: a
+	// skill acts on the bot's own messages and pings only whom it names.
+	RedactOthers bool `yaml:"redact_others"`
+	RoomMentions bool `yaml:"room_mentions"`
 }
 
 // RateLimit caps how many commands (and regex/parse matches) per minute a

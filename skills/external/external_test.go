@@ -104,13 +104,14 @@ func answerWith(body string) func(int, Request) (int, string) {
 // rig is an engine running one external skill for one bot, with a fake
 // sender and memory and a log to read the handler errors from.
 type rig struct {
-	t      *testing.T
-	skill  *Skill
-	engine *skills.Engine
-	sender *skilltest.Sender
-	memory *skilltest.MemoryStore
-	log    *syncBuffer
-	n      int
+	privileges skills.Privileges
+	t          *testing.T
+	skill      *Skill
+	engine     *skills.Engine
+	sender     *skilltest.Sender
+	memory     *skilltest.MemoryStore
+	log        *syncBuffer
+	n          int
 }
 
 type syncBuffer struct {
@@ -168,7 +169,8 @@ func setupRig(t *testing.T, c Config, tweak func(*Skill), section *string) (*rig
 		sections[c.Name] = *root.Content[0]
 	}
 	var err error
-	r.engine, err = skills.NewEngine(skills.Options{Sender: r.sender, Media: r.sender, Memory: r.memory, Log: log},
+	r.engine, err = skills.NewEngine(skills.Options{Sender: r.sender, Media: r.sender, Rooms: r.sender, Memory: r.memory, Log: log,
+		Privileges: func(string) skills.Privileges { return r.privileges }},
 		[]skills.Skill{r.skill}, sections, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{c.Name}, ConfigKey: "bots[0]"}})
 	return r, err
 }
@@ -314,6 +316,10 @@ func TestEveryAction(t *testing.T) {
 		{"type":"delete_memory","key":"gone"}
 	]}`))
 	r := newRig(t, baseConfig(ss.srv.URL), nil)
+	// "$old" is the bot's own message; "$spam" someone else's, which this
+	// skill may redact (permissions.skills.weather.redact_others).
+	r.sender.Events = map[id.EventID]*event.Event{"$old": {Sender: bot}, "$spam": {Sender: "@spammer:x"}}
+	r.privileges.RedactOthers = true
 	sent, errText := r.say("!weather Paris")
 	if errText != "" {
 		t.Fatal(errText)

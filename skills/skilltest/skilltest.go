@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
@@ -39,6 +40,9 @@ type Sender struct {
 	mu      sync.Mutex
 	Actions []Action
 	Files   map[id.ContentURIString][]byte
+	// Events are earlier events Fetch finds (the bot's own sends it
+	// finds by itself): who sent what a skill edits or redacts.
+	Events map[id.EventID]*event.Event
 }
 
 // Upload keeps the file in memory under a new mxc:// URI.
@@ -79,6 +83,33 @@ func (f *Sender) Send(ctx context.Context, bot id.UserID, room id.RoomID, t even
 	defer f.mu.Unlock()
 	f.Actions = append(f.Actions, Action{bot, room, t, m, txnID})
 	return id.EventID(fmt.Sprintf("$sent%d", len(f.Actions))), nil
+}
+
+// SendState records a state event.
+func (f *Sender) SendState(ctx context.Context, bot id.UserID, room id.RoomID, t event.Type, stateKey string, content any) (id.EventID, error) {
+	return f.Send(ctx, bot, room, t, content, "state:"+stateKey)
+}
+
+// Typing, MarkRead and Membership do nothing here.
+func (f *Sender) Typing(context.Context, id.UserID, id.RoomID, bool, time.Duration) error { return nil }
+func (f *Sender) MarkRead(context.Context, id.UserID, id.RoomID, id.EventID) error        { return nil }
+func (f *Sender) Membership(context.Context, id.UserID, id.RoomID, id.UserID, skills.Membership, string) error {
+	return nil
+}
+
+// Fetch returns an event this Sender sent ($sentN) or one put in Events.
+func (f *Sender) Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if evt, ok := f.Events[eventID]; ok {
+		return evt, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(string(eventID), "$sent%d", &n); err == nil && n >= 1 && n <= len(f.Actions) {
+		a := f.Actions[n-1]
+		return &event.Event{ID: eventID, Sender: a.Bot, RoomID: a.Room, Type: a.Type}, nil
+	}
+	return nil, fmt.Errorf("no event %s", eventID)
 }
 
 // Redact records a redaction.
@@ -154,7 +185,7 @@ func SetupWithHost(host skills.Host, available []skills.Skill, sections map[stri
 	}
 	h := &Harness{Sender: &Sender{}, Memory: NewMemory()}
 	var err error
-	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Memory: h.Memory, Log: zerolog.Nop(), Host: host},
+	h.Engine, err = skills.NewEngine(skills.Options{Sender: h.Sender, Media: h.Sender, Rooms: h.Sender, Memory: h.Memory, Log: zerolog.Nop(), Host: host},
 		available, nodes, []skills.BotSpec{{ID: Bot, Prefix: "!", Skills: names, ConfigKey: "bots[0]"}})
 	if err != nil {
 		return nil, err

@@ -130,7 +130,9 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 		opts = append(opts, skills.WithToken(s.settings.Token))
 	}
 	if s.settings.HMACSecret != "" {
-		opts = append(opts, skills.WithHMAC(s.settings.HMACSecret, s.settings.HMACHeader))
+		// Alertmanager repeats a notification unchanged (repeat_interval);
+		// an identical one changes nothing here, so it is not a replay.
+		opts = append(opts, skills.WithHMAC(s.settings.HMACSecret, s.settings.HMACHeader), skills.RepeatsAreSafe())
 	}
 	r.Webhook("/alerts", s.onAlert, opts...)
 	r.Cron("@daily", s.prune)

@@ -1,0 +1,80 @@
+package skills_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/opsbot/opsbot/skills"
+	"github.com/opsbot/opsbot/skills/skilltest"
+)
+
+// A skill redacts and edits only the bot's own events, and pings only
+// whom it names, unless the host grants it more.
+func TestPrivileges(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		grant  skills.Privileges
+		act    func(ctx context.Context, ev *skills.Event) (id.EventID, error)
+		refuse string // "" when the action must go through
+	}{
+		{"redact own", skills.Privileges{}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			sent, _ := ev.Respond(ctx, "mine")
+			return ev.Redact(ctx, sent, "")
+		}, ""},
+		{"redact another's", skills.Privileges{}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Redact(ctx, "$alices", "spam")
+		}, "skill s may redact only the bot's own events (permissions.skills.s.redact_others)"},
+		{"redact another's, granted", skills.Privileges{RedactOthers: true}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Redact(ctx, "$alices", "spam")
+		}, ""},
+		{"edit another's, even granted", skills.Privileges{RedactOthers: true}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Edit(ctx, "$alices", "rewritten")
+		}, "a bot edits only its own messages"},
+		{"room mention", skills.Privileges{}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Send(ctx, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgNotice, Body: "@room deploy", Mentions: &event.Mentions{Room: true}})
+		}, "skill s may not mention the whole room (permissions.skills.s.room_mentions)"},
+		{"room mention as raw JSON", skills.Privileges{}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Send(ctx, event.EventMessage, map[string]any{"msgtype": "m.notice", "body": "@room", "m.mentions": map[string]any{"room": true}})
+		}, "may not mention the whole room"},
+		{"room mention, granted", skills.Privileges{RoomMentions: true}, func(ctx context.Context, ev *skills.Event) (id.EventID, error) {
+			return ev.Send(ctx, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgNotice, Body: "@room deploy", Mentions: &event.Mentions{Room: true}})
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var actErr error
+			s := funcSkill{"s", func(r *skills.Router) error {
+				r.Command("go", func(ctx context.Context, ev *skills.Event) error {
+					_, actErr = tc.act(ctx, ev)
+					return nil
+				})
+				return nil
+			}}
+			f := &skilltest.Sender{Events: map[id.EventID]*event.Event{"$alices": {Sender: "@alice:x"}}}
+			e, err := skills.NewEngine(skills.Options{Sender: f, Rooms: f, Log: zerolog.Nop(), Memory: skilltest.NewMemory(),
+				Privileges: func(skill string) skills.Privileges { return tc.grant }},
+				[]skills.Skill{s}, nil, []skills.BotSpec{{ID: "@bot:x", Prefix: "!", Skills: []string{"s"}, ConfigKey: "bots[0]"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Handle(context.Background(), msg("!go"), []id.UserID{"@bot:x"})
+			if tc.refuse == "" && actErr != nil {
+				t.Fatalf("refused: %v", actErr)
+			}
+			if tc.refuse != "" {
+				if actErr == nil || !strings.Contains(actErr.Error(), tc.refuse) {
+					t.Fatalf("error %v, want %q", actErr, tc.refuse)
+				}
+				for _, a := range f.Actions {
+					if a.Type == event.EventRedaction || strings.Contains(a.Body(), "room") || a.Content["m.new_content"] != nil {
+						t.Fatalf("the refused action was sent: %v", a.Content)
+					}
+				}
+			}
+		})
+	}
+}
