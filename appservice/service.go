@@ -125,15 +125,20 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	transport.MaxIdleConnsPerHost = 32
 	s.AS.HTTPClient.Transport = transport
 
-	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
-	s.Outbox.Observe = s.Metrics.ObserveSend
-	s.Outbox.Fence = termFence{s}
 	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.AS, s.firstBotIn)}
 	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Profiles: s.Store, MoveMemory: memory.move,
 		Log: log.With().Str("component", "bots").Logger()})
 	if cfg.Encryption.Enabled {
 		s.newEncryption()
 	}
+	// The outbox comes after encryption, which gives it its Encryptor
+	// (none, not a nil *e2ee.Manager, when encryption is off).
+	var encryptor outbox.Encryptor
+	if s.E2EE != nil {
+		encryptor = s.E2EE
+	}
+	s.Outbox = outbox.New(outbox.Options{AS: s.AS, Encryptor: encryptor, Fence: termFence{s}, Observe: s.Metrics.ObserveSend,
+		Log: log.With().Str("component", "outbox").Logger()})
 	s.memory = memory
 	s.skills = goSkills
 	engine, err := s.buildEngine(cfg)

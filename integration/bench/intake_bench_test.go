@@ -338,9 +338,6 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 32 // as appservice.New does
 	as.HTTPClient.Transport = transport
-	ob := outbox.New(as, log.With().Str("component", "outbox").Logger())
-	ob.Observe = m.ObserveSend
-
 	bot := id.UserID(bench.Bot)
 	if err := ss.MarkRegistered(ctx, bot); err != nil {
 		b.Fatal(err)
@@ -353,6 +350,27 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 			}
 		}
 	}
+	bots := roomBots{ss, []id.UserID{bot}}
+	in := inbox{Store: st, tracker: f.Tracker}
+	var enc *machineCrypto
+	if prepare != nil {
+		enc = prepare(f)
+		in.indexes = enc.mach.CryptoStore.(*e2ee.Store).Shared()
+		for i := range bench.Rooms {
+			err := ss.SetEncryptionEvent(ctx, id.RoomID(bench.RoomID(i)), &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	// As in appservice.New, the outbox comes after encryption (none, not a
+	// nil *machineCrypto, without it).
+	var encryptor outbox.Encryptor
+	if enc != nil {
+		encryptor = enc
+	}
+	ob := outbox.New(outbox.Options{AS: as, Encryptor: encryptor, Observe: m.ObserveSend,
+		Log: log.With().Str("component", "outbox").Logger()})
 	engine, err := skills.NewEngine(skills.Options{
 		Sender:  ob,
 		Log:     log.With().Str("component", "skills").Logger(),
@@ -361,21 +379,10 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	if err != nil {
 		b.Fatal(err)
 	}
-	bots := roomBots{ss, []id.UserID{bot}}
 	cryptoStage := &stages.Crypto{IsBot: func(u id.UserID) bool { return u == bot }, DecryptWait: 30 * time.Second,
 		Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt}
-	in := inbox{Store: st, tracker: f.Tracker}
-	if prepare != nil {
-		enc := prepare(f)
+	if enc != nil {
 		cryptoStage.E2EE = enc
-		ob.Encryptor = enc
-		in.indexes = enc.mach.CryptoStore.(*e2ee.Store).Shared()
-		for i := range bench.Rooms {
-			err := ss.SetEncryptionEvent(ctx, id.RoomID(bench.RoomID(i)), &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
-			if err != nil {
-				b.Fatal(err)
-			}
-		}
 	}
 	path := &stages.Path{Bots: bots, Log: log, Stages: []stages.Stage{
 		&stages.State{Store: ss}, &stages.Membership{Bots: bots}, cryptoStage, &stages.Verification{},
