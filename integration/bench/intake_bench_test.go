@@ -135,7 +135,7 @@ func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.Inb
 	var active atomic.Bool
 	active.Store(true)
 	mux := http.NewServeMux()
-	(&intake.Handler{
+	intake.New(intake.Options{
 		HSToken:      bench.HSToken,
 		MaxBodyBytes: config.DefaultMaxBodyBytes,
 		Store:        termRecorder{st},
