@@ -172,29 +172,36 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 
 // newPath lines up the stages between the inbox and the skills.
 func (s *Service) newPath() *stages.Path {
-	crypto := &stages.Crypto{
-		IsBot:          s.Bots.IsBot,
-		DecryptWait:    time.Duration(s.Cfg.Encryption.DecryptWait),
-		ReplyOnFailure: *s.Cfg.Encryption.ReplyOnFailure,
-		Engine:         s.Engine,
-		Observe:        s.Metrics.ObserveDecrypt,
-		Log:            s.Log.With().Str("component", "crypto").Logger(),
-	}
-	verify := &stages.Verification{}
-	path := &stages.Path{Bots: s.Bots, Log: s.Log.With().Str("component", "stages").Logger(), Observe: s.Metrics.ObserveEvent}
+	// Without encryption these stay nil interfaces, not nil pointers.
+	var (
+		enc      stages.Encryption
+		verifier stages.Verifier
+		toDevice stages.ToDevice
+	)
 	if s.E2EE != nil {
-		crypto.E2EE = s.E2EE
-		verify.Verifier = s.Verification
-		path.ToDevice = s.E2EE
+		enc, verifier, toDevice = s.E2EE, s.Verification, s.E2EE
 	}
-	path.Stages = []stages.Stage{
-		&stages.State{Store: s.AS.StateStore},
-		&stages.Membership{Bots: s.Bots},
-		crypto,
-		verify,
-		&stages.Skills{Engine: s.Engine},
-	}
-	return path
+	return stages.NewPath(stages.PathOptions{
+		Stages: []stages.Stage{
+			stages.NewState(s.AS.StateStore),
+			stages.NewMembership(s.Bots),
+			stages.NewCrypto(stages.CryptoOptions{
+				E2EE:           enc,
+				IsBot:          s.Bots.IsBot,
+				DecryptWait:    time.Duration(s.Cfg.Encryption.DecryptWait),
+				ReplyOnFailure: *s.Cfg.Encryption.ReplyOnFailure,
+				Engine:         s.Engine,
+				Observe:        s.Metrics.ObserveDecrypt,
+				Log:            s.Log.With().Str("component", "crypto").Logger(),
+			}),
+			stages.NewVerification(verifier),
+			stages.NewSkills(s.Engine),
+		},
+		ToDevice: toDevice,
+		Bots:     s.Bots,
+		Log:      s.Log.With().Str("component", "stages").Logger(),
+		Observe:  s.Metrics.ObserveEvent,
+	})
 }
 
 // inbox is the pipeline's inbox: with encryption, the done marks take the

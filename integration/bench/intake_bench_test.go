@@ -379,15 +379,16 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	if err != nil {
 		b.Fatal(err)
 	}
-	cryptoStage := &stages.Crypto{IsBot: func(u id.UserID) bool { return u == bot }, DecryptWait: 30 * time.Second,
-		Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt}
+	var encryption stages.Encryption // as for the outbox
 	if enc != nil {
-		cryptoStage.E2EE = enc
+		encryption = enc
 	}
-	path := &stages.Path{Bots: bots, Log: log, Stages: []stages.Stage{
-		&stages.State{Store: ss}, &stages.Membership{Bots: bots}, cryptoStage, &stages.Verification{},
-		&stages.Skills{Engine: func() *skills.Engine { return engine }},
-	}}
+	cryptoStage := stages.NewCrypto(stages.CryptoOptions{E2EE: encryption, IsBot: func(u id.UserID) bool { return u == bot },
+		DecryptWait: 30 * time.Second, Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt})
+	path := stages.NewPath(stages.PathOptions{Bots: bots, Log: log, Stages: []stages.Stage{
+		stages.NewState(ss), stages.NewMembership(bots), cryptoStage, stages.NewVerification(nil),
+		stages.NewSkills(func() *skills.Engine { return engine }),
+	}})
 	p := pipeline.New(pipeline.Options{
 		Inbox:   in,
 		Handler: path,
