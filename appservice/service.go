@@ -92,13 +92,24 @@ type Service struct {
 // every call; the external skills of the config are added to them.
 func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
 	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version}
-	s.Metrics = metrics.New(version, func() int64 {
-		if s.Pipeline == nil {
-			return 0
-		}
-		return s.Pipeline.Backlog()
+	// The pipeline, built last, reports to the metrics: the sources read it
+	// at each scrape.
+	s.Metrics = metrics.New(metrics.Options{
+		Version: version,
+		Backlog: func() int64 {
+			if s.Pipeline == nil {
+				return 0
+			}
+			return s.Pipeline.Backlog()
+		},
+		Ready: s.accepting.Load,
+		Parked: func() (int, time.Duration) {
+			if s.Pipeline == nil || !s.running.Load() {
+				return 0, 0
+			}
+			return s.Pipeline.ParkedStats()
+		},
 	})
-	s.Metrics.ReadyFrom(s.accepting.Load)
 	var err error
 	s.Store, err = store.Open(cfg.Database, log)
 	if err != nil {
@@ -160,12 +171,6 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 				t.Release(context.Background()) // ends the term: Run stops
 			}
 		},
-	})
-	s.Metrics.ParkedFrom(func() (int, time.Duration) {
-		if s.Pipeline == nil || !s.running.Load() {
-			return 0, 0
-		}
-		return s.Pipeline.ParkedStats()
 	})
 	return s, nil
 }

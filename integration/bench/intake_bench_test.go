@@ -151,7 +151,7 @@ func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.Inb
 
 func benchIntakeOnly(b *testing.B, concurrency int, dbType string) {
 	st, probes := openStore(b, dbType)
-	m := metrics.New("bench", func() int64 { return 0 })
+	m := metrics.New(metrics.Options{Version: "bench", Backlog: func() int64 { return 0 }})
 	var delivered atomic.Int64
 	url, _ := bench.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) { delivered.Add(int64(len(evs))) }))
 	txns := bench.NewPlainTxns(bench.NewRun())
@@ -322,7 +322,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	f.Probes = append(probes, &bench.ConnProbe{Name: "hs", Conns: f.HS.Conns})
 
 	var backlog func() int64
-	m := metrics.New("bench", func() int64 { return backlog() })
+	m := metrics.New(metrics.Options{Version: "bench", Backlog: func() int64 { return backlog() }})
 	as, err := mas.CreateFull(mas.CreateOpts{
 		Registration:     &mas.Registration{ID: "opsbot", AppToken: bench.ASToken, ServerToken: bench.HSToken, SenderLocalpart: "opsbot"},
 		HomeserverDomain: bench.Domain,
