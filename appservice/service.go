@@ -278,8 +278,8 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		}
 	}
 
-	elector := &leader.Database{DB: s.Store.DB, Service: s.Cfg.AppService.ID, Lease: time.Duration(s.Cfg.Leader.Lease),
-		Log: s.Log.With().Str("component", "leader").Logger()}
+	elector := leader.New(leader.Options{DB: s.Store.DB, Service: s.Cfg.AppService.ID, Lease: time.Duration(s.Cfg.Leader.Lease),
+		Log: s.Log.With().Str("component", "leader").Logger()})
 	term, err := elector.Acquire(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
