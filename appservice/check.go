@@ -163,7 +163,7 @@ func listenWhileChecking(cfg *config.Config) *checkListener {
 		return c // opsbot runs there: it records what transactions carry
 	}
 	mux := http.NewServeMux()
-	(&intake.Handler{HSToken: cfg.AppService.HSToken, MaxBodyBytes: cfg.AppService.MaxBodyBytes, Log: zerolog.Nop(),
+	intake.New(intake.Options{HSToken: cfg.AppService.HSToken, MaxBodyBytes: cfg.AppService.MaxBodyBytes, Log: zerolog.Nop(),
 		IsOurUser: func(id.UserID) bool { return false },
 		Refuse:    "opsbot is not running (its check command is listening); retry later",
 		KeysSeen: func(toDevice, deviceInfo bool) {

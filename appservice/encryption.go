@@ -68,7 +68,6 @@ func (s *Service) newEncryption() {
 		},
 		OnWaiting: func(n int) { s.Metrics.VerificationsWaiting.Set(float64(n)) },
 	})
-	s.Outbox.Encryptor = s.E2EE
 }
 
 // startEncryption starts the bots' devices and their key delivery.

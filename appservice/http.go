@@ -15,7 +15,7 @@ import (
 // appservice API (intake), skill webhooks, and the health probes.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
-	(&intake.Handler{
+	intake.New(intake.Options{
 		HSToken:      s.Cfg.AppService.HSToken,
 		MaxBodyBytes: s.Cfg.AppService.MaxBodyBytes,
 		Store:        termRecorder{s},

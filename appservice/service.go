@@ -94,13 +94,24 @@ type Service struct {
 // every call; the external skills of the config are added to them.
 func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
 	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewDeliveries()}
-	s.Metrics = metrics.New(version, func() int64 {
-		if s.Pipeline == nil {
-			return 0
-		}
-		return s.Pipeline.Backlog()
+	// The pipeline, built last, reports to the metrics: the sources read it
+	// at each scrape.
+	s.Metrics = metrics.New(metrics.Options{
+		Version: version,
+		Backlog: func() int64 {
+			if s.Pipeline == nil {
+				return 0
+			}
+			return s.Pipeline.Backlog()
+		},
+		Ready: s.accepting.Load,
+		Parked: func() (int, time.Duration) {
+			if s.Pipeline == nil || !s.running.Load() {
+				return 0, 0
+			}
+			return s.Pipeline.ParkedStats()
+		},
 	})
-	s.Metrics.ReadyFrom(s.accepting.Load)
 	var err error
 	s.Store, err = store.Open(cfg.Database, log)
 	if err != nil {
@@ -127,15 +138,20 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	transport.MaxIdleConnsPerHost = 32
 	s.AS.HTTPClient.Transport = transport
 
-	s.Outbox = outbox.New(s.AS, log.With().Str("component", "outbox").Logger())
-	s.Outbox.Observe = s.Metrics.ObserveSend
-	s.Outbox.Fence = termFence{s}
 	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.AS, s.firstBotIn)}
 	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Profiles: s.Store, MoveMemory: memory.move,
 		Log: log.With().Str("component", "bots").Logger()})
 	if cfg.Encryption.Enabled {
 		s.newEncryption()
 	}
+	// The outbox comes after encryption, which gives it its Encryptor
+	// (none, not a nil *e2ee.Manager, when encryption is off).
+	var encryptor outbox.Encryptor
+	if s.E2EE != nil {
+		encryptor = s.E2EE
+	}
+	s.Outbox = outbox.New(outbox.Options{AS: s.AS, Encryptor: encryptor, Fence: termFence{s}, Observe: s.Metrics.ObserveSend,
+		Log: log.With().Str("component", "outbox").Logger()})
 	s.memory = memory
 	s.skills = goSkills
 	engine, err := s.buildEngine(cfg)
@@ -158,40 +174,41 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 			}
 		},
 	})
-	s.Metrics.ParkedFrom(func() (int, time.Duration) {
-		if s.Pipeline == nil || !s.running.Load() {
-			return 0, 0
-		}
-		return s.Pipeline.ParkedStats()
-	})
 	return s, nil
 }
 
 // newPath lines up the stages between the inbox and the skills.
 func (s *Service) newPath() *stages.Path {
-	crypto := &stages.Crypto{
-		IsBot:          s.Bots.IsBot,
-		DecryptWait:    time.Duration(s.Cfg.Encryption.DecryptWait),
-		ReplyOnFailure: *s.Cfg.Encryption.ReplyOnFailure,
-		Engine:         s.Engine,
-		Observe:        s.Metrics.ObserveDecrypt,
-		Log:            s.Log.With().Str("component", "crypto").Logger(),
-	}
-	verify := &stages.Verification{}
-	path := &stages.Path{Bots: s.Bots, Log: s.Log.With().Str("component", "stages").Logger(), Observe: s.Metrics.ObserveEvent}
+	// Without encryption these stay nil interfaces, not nil pointers.
+	var (
+		enc      stages.Encryption
+		verifier stages.Verifier
+		toDevice stages.ToDevice
+	)
 	if s.E2EE != nil {
-		crypto.E2EE = s.E2EE
-		verify.Verifier = s.Verification
-		path.ToDevice = s.E2EE
+		enc, verifier, toDevice = s.E2EE, s.Verification, s.E2EE
 	}
-	path.Stages = []stages.Stage{
-		&stages.State{Store: s.AS.StateStore},
-		&stages.Membership{Bots: s.Bots},
-		crypto,
-		verify,
-		&stages.Skills{Engine: s.Engine},
-	}
-	return path
+	return stages.NewPath(stages.PathOptions{
+		Stages: []stages.Stage{
+			stages.NewState(s.AS.StateStore),
+			stages.NewMembership(s.Bots),
+			stages.NewCrypto(stages.CryptoOptions{
+				E2EE:           enc,
+				IsBot:          s.Bots.IsBot,
+				DecryptWait:    time.Duration(s.Cfg.Encryption.DecryptWait),
+				ReplyOnFailure: *s.Cfg.Encryption.ReplyOnFailure,
+				Engine:         s.Engine,
+				Observe:        s.Metrics.ObserveDecrypt,
+				Log:            s.Log.With().Str("component", "crypto").Logger(),
+			}),
+			stages.NewVerification(verifier),
+			stages.NewSkills(s.Engine),
+		},
+		ToDevice: toDevice,
+		Bots:     s.Bots,
+		Log:      s.Log.With().Str("component", "stages").Logger(),
+		Observe:  s.Metrics.ObserveEvent,
+	})
 }
 
 // inbox is the pipeline's inbox: with encryption, the done marks take the
@@ -263,8 +280,8 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		}
 	}
 
-	elector := &leader.Database{DB: s.Store.DB, Service: s.Cfg.AppService.ID, Lease: time.Duration(s.Cfg.Leader.Lease),
-		Log: s.Log.With().Str("component", "leader").Logger()}
+	elector := leader.New(leader.Options{DB: s.Store.DB, Service: s.Cfg.AppService.ID, Lease: time.Duration(s.Cfg.Leader.Lease),
+		Log: s.Log.With().Str("component", "leader").Logger()})
 	term, err := elector.Acquire(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -42,9 +42,9 @@ func FuzzTransaction(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body string) {
 		rec := &memRecorder{txns: map[string]bool{}}
-		h := &Handler{HSToken: "tok", MaxBodyBytes: 1 << 20, Store: rec, Log: zerolog.Nop(),
+		h := New(Options{HSToken: "tok", MaxBodyBytes: 1 << 20, Store: rec, Log: zerolog.Nop(),
 			Deliver: func([]store.InboxEvent) {}, IsOurUser: func(id.UserID) bool { return false },
-			DeviceInfo: func(*mautrix.DeviceLists, map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {}}
+			DeviceInfo: func(*mautrix.DeviceLists, map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {}})
 		mux := http.NewServeMux()
 		h.Register(mux)
 		req := httptest.NewRequest(http.MethodPut, "/_matrix/app/v1/transactions/t1", strings.NewReader(body))

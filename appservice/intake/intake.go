@@ -30,8 +30,8 @@ type Recorder interface {
 	RecordTransaction(ctx context.Context, txnID string, events []store.InboxEvent) (recorded []store.InboxEvent, claimed, duplicate bool, err error)
 }
 
-// Handler is the appservice API. All fields are required unless noted.
-type Handler struct {
+// Options configure a Handler. All fields are required unless noted.
+type Options struct {
 	HSToken      string
 	MaxBodyBytes int64
 	Store        Recorder
@@ -65,6 +65,14 @@ type Handler struct {
 	Observe func(outcome string, events int)
 }
 
+// Handler is the appservice API.
+type Handler struct {
+	opts Options
+}
+
+// New returns the appservice API; Register serves it.
+func New(opts Options) *Handler { return &Handler{opts: opts} }
+
 // Register adds the appservice API routes to mux, under the v1 prefix and,
 // for homeservers that predate it, the legacy unprefixed paths.
 func (h *Handler) Register(mux *http.ServeMux) {
@@ -85,9 +93,9 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request) bool {
 		writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Missing hs_token")
 		return false
 	}
-	if !auth.TokenMatches(token, h.HSToken) {
+	if !auth.TokenMatches(token, h.opts.HSToken) {
 		h.observe("forbidden", 0)
-		h.Log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("Rejected appservice request with a wrong hs_token")
+		h.opts.Log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("Rejected appservice request with a wrong hs_token")
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "Wrong hs_token")
 		return false
 	}
@@ -118,25 +126,25 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	txnID := r.PathValue("txnID")
-	log := h.Log.With().Str("txn_id", txnID).Logger()
-	if h.Standby != nil && h.Standby() {
+	log := h.opts.Log.With().Str("txn_id", txnID).Logger()
+	if h.opts.Standby != nil && h.opts.Standby() {
 		h.observe("standby", 0)
 		w.Header().Set("Retry-After", "2")
 		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "This opsbot is standing by (not the leader); retry later")
 		return
 	}
-	if h.Overloaded != nil && h.Overloaded() {
+	if h.opts.Overloaded != nil && h.opts.Overloaded() {
 		h.observe("overloaded", 0)
 		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", "opsbot is catching up; retry later")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			h.observe("too_large", 0)
-			log.Warn().Int64("limit", h.MaxBodyBytes).Msg("Rejected oversized transaction")
+			log.Warn().Int64("limit", h.opts.MaxBodyBytes).Msg("Rejected oversized transaction")
 			writeError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Transaction body is larger than appservice.max_body_bytes")
 			return
 		}
@@ -174,19 +182,19 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		otks = txn.MSC3202OTKCounts
 	}
 	deviceInfo := (lists != nil && !lists.IsZero()) || len(otks) > 0
-	if h.Refuse != "" {
-		if h.KeysSeen != nil {
-			h.KeysSeen(toDevice, deviceInfo)
+	if h.opts.Refuse != "" {
+		if h.opts.KeysSeen != nil {
+			h.opts.KeysSeen(toDevice, deviceInfo)
 		}
 		w.Header().Set("Retry-After", "2")
-		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", h.Refuse)
+		writeError(w, http.StatusServiceUnavailable, "M_UNKNOWN", h.opts.Refuse)
 		return
 	}
 	// Recording must finish even if the homeserver hangs up: it will retry,
 	// and the retry must then find the transaction already recorded.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
 	defer cancel()
-	recorded, claimed, duplicate, err := h.Store.RecordTransaction(ctx, txnID, events)
+	recorded, claimed, duplicate, err := h.opts.Store.RecordTransaction(ctx, txnID, events)
 	if err != nil {
 		h.observe("store_error", 0)
 		log.Error().Err(err).Msg("Could not record transaction; the homeserver will retry")
@@ -211,13 +219,13 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		}).Msg("Recorded transaction")
 	}
 	if len(recorded) > 0 && claimed {
-		h.Deliver(recorded)
+		h.opts.Deliver(recorded)
 	}
-	if h.DeviceInfo != nil && deviceInfo {
-		h.DeviceInfo(lists, otks)
+	if h.opts.DeviceInfo != nil && deviceInfo {
+		h.opts.DeviceInfo(lists, otks)
 	}
-	if h.KeysSeen != nil {
-		h.KeysSeen(toDevice, deviceInfo)
+	if h.opts.KeysSeen != nil {
+		h.opts.KeysSeen(toDevice, deviceInfo)
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
@@ -256,7 +264,7 @@ func (h *Handler) getUser(w http.ResponseWriter, r *http.Request) {
 	if !h.authorize(w, r) {
 		return
 	}
-	if h.IsOurUser(id.UserID(r.PathValue("userID"))) {
+	if h.opts.IsOurUser(id.UserID(r.PathValue("userID"))) {
 		writeJSON(w, http.StatusOK, struct{}{})
 		return
 	}
@@ -280,13 +288,13 @@ func (h *Handler) postPing(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Ping body is not JSON")
 		return
 	}
-	h.Log.Info().Msg("Homeserver pinged the appservice")
+	h.opts.Log.Info().Msg("Homeserver pinged the appservice")
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
 func (h *Handler) observe(outcome string, events int) {
-	if h.Observe != nil {
-		h.Observe(outcome, events)
+	if h.opts.Observe != nil {
+		h.opts.Observe(outcome, events)
 	}
 }
 

@@ -42,7 +42,7 @@ func newFixture(t *testing.T, dbType string) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	f := &fixture{st: st}
-	h := &intake.Handler{
+	h := intake.New(intake.Options{
 		HSToken: hsToken, MaxBodyBytes: 64 << 10, Store: recorder{st, &f.notLeader}, Log: zerolog.Nop(),
 		Deliver: func(evs []store.InboxEvent) {
 			f.mu.Lock()
@@ -55,7 +55,7 @@ func newFixture(t *testing.T, dbType string) *fixture {
 			f.outcomes = append(f.outcomes, outcome)
 			f.mu.Unlock()
 		},
-	}
+	})
 	mux := http.NewServeMux()
 	h.Register(mux)
 	f.srv = httptest.NewServer(mux)

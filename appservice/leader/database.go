@@ -17,6 +17,17 @@ import (
 // advisory lock). One row per appservice ID: several opsbot installations
 // can share a Postgres server.
 type Database struct {
+	opts   Options
+	holder string
+	// lockMu guards the session that holds (or tries for) the advisory
+	// lock on Postgres.
+	lockMu   sync.Mutex
+	conn     *sql.Conn
+	lockHeld bool
+}
+
+// Options configure a Database elector.
+type Options struct {
 	DB *dbutil.Database
 	// Service is the appservice ID; it keys the row and the advisory lock.
 	Service string
@@ -25,13 +36,18 @@ type Database struct {
 	Log   zerolog.Logger
 	// Poll is how often a standby looks and the leader renews (default 1 s).
 	Poll time.Duration
+}
 
-	holder string
-	// lockMu guards the session that holds (or tries for) the advisory
-	// lock on Postgres.
-	lockMu   sync.Mutex
-	conn     *sql.Conn
-	lockHeld bool
+// New returns an elector; nothing is read or written before Acquire.
+func New(opts Options) *Database {
+	if opts.Lease <= 0 {
+		opts.Lease = DefaultLease
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = renewEvery
+	}
+	host, _ := os.Hostname()
+	return &Database{opts: opts, holder: fmt.Sprintf("%s/%d", host, os.Getpid())}
 }
 
 const createTable = `CREATE TABLE IF NOT EXISTS opsbot_leader (
@@ -41,7 +57,7 @@ const createTable = `CREATE TABLE IF NOT EXISTS opsbot_leader (
 	lease_until BIGINT NOT NULL
 )`
 
-func (e *Database) postgres() bool { return e.DB.Dialect == dbutil.Postgres }
+func (e *Database) postgres() bool { return e.opts.DB.Dialect == dbutil.Postgres }
 
 // nowMS is the database's clock in milliseconds: leases are compared on
 // one clock, whatever the replicas' clocks say.
@@ -50,19 +66,6 @@ func (e *Database) nowMS() string {
 		return `(extract(epoch from clock_timestamp()) * 1000)::bigint`
 	}
 	return `CAST(unixepoch('subsec') * 1000 AS INTEGER)`
-}
-
-func (e *Database) defaults() {
-	if e.Lease <= 0 {
-		e.Lease = DefaultLease
-	}
-	if e.Poll <= 0 {
-		e.Poll = renewEvery
-	}
-	if e.holder == "" {
-		host, _ := os.Hostname()
-		e.holder = fmt.Sprintf("%s/%d", host, os.Getpid())
-	}
 }
 
 // row is the leader row as a standby sees it.
@@ -75,7 +78,7 @@ type row struct {
 
 func (e *Database) read(ctx context.Context) (row, error) {
 	var r row
-	err := e.DB.QueryRow(ctx, `SELECT epoch, holder, lease_until, `+e.nowMS()+` FROM opsbot_leader WHERE service = $1`, e.Service).
+	err := e.opts.DB.QueryRow(ctx, `SELECT epoch, holder, lease_until, `+e.nowMS()+` FROM opsbot_leader WHERE service = $1`, e.opts.Service).
 		Scan(&r.epoch, &r.holder, &r.leaseUntil, &r.now)
 	return r, err
 }
@@ -83,12 +86,11 @@ func (e *Database) read(ctx context.Context) (row, error) {
 // Acquire waits until this process may lead, increments the epoch and
 // returns the term. On SQLite (one process) it takes the term at once.
 func (e *Database) Acquire(ctx context.Context) (*Term, error) {
-	e.defaults()
-	if _, err := e.DB.Exec(ctx, createTable); err != nil {
+	if _, err := e.opts.DB.Exec(ctx, createTable); err != nil {
 		return nil, fmt.Errorf("creating opsbot_leader: %w", err)
 	}
-	if _, err := e.DB.Exec(ctx, `INSERT INTO opsbot_leader (service, epoch, holder, lease_until) VALUES ($1, 0, '', 0)
-		ON CONFLICT (service) DO NOTHING`, e.Service); err != nil {
+	if _, err := e.opts.DB.Exec(ctx, `INSERT INTO opsbot_leader (service, epoch, holder, lease_until) VALUES ($1, 0, '', 0)
+		ON CONFLICT (service) DO NOTHING`, e.opts.Service); err != nil {
 		return nil, fmt.Errorf("preparing opsbot_leader: %w", err)
 	}
 	logged := false
@@ -96,20 +98,20 @@ func (e *Database) Acquire(ctx context.Context) (*Term, error) {
 		term, why, err := e.try(ctx)
 		switch {
 		case term != nil:
-			e.Log.Info().Int64("epoch", term.epoch).Str("why", why).Dur("lease", e.Lease).Msg("Took over leadership")
+			e.opts.Log.Info().Int64("epoch", term.epoch).Str("why", why).Dur("lease", e.opts.Lease).Msg("Took over leadership")
 			go e.renew(term)
 			return term, nil
 		case err != nil:
-			e.Log.Warn().Err(err).Msg("Could not try for leadership; retrying")
+			e.opts.Log.Warn().Err(err).Msg("Could not try for leadership; retrying")
 		case !logged:
-			e.Log.Info().Str("why", why).Msg("Another opsbot is the leader; standing by (not ready) until it stops or its lease runs out")
+			e.opts.Log.Info().Str("why", why).Msg("Another opsbot is the leader; standing by (not ready) until it stops or its lease runs out")
 			logged = true
 		}
 		select {
 		case <-ctx.Done():
 			e.closeConn()
 			return nil, ctx.Err()
-		case <-time.After(e.Poll):
+		case <-time.After(e.opts.Poll):
 		}
 	}
 }
@@ -153,8 +155,8 @@ func (e *Database) try(ctx context.Context) (*Term, string, error) {
 		}
 	}
 	var epoch int64
-	err = e.DB.QueryRow(ctx, `UPDATE opsbot_leader SET epoch = epoch + 1, holder = $2, lease_until = `+e.nowMS()+` + $3
-		WHERE service = $1 AND epoch = $4 RETURNING epoch`, e.Service, e.holder, e.Lease.Milliseconds(), r.epoch).Scan(&epoch)
+	err = e.opts.DB.QueryRow(ctx, `UPDATE opsbot_leader SET epoch = epoch + 1, holder = $2, lease_until = `+e.nowMS()+` + $3
+		WHERE service = $1 AND epoch = $4 RETURNING epoch`, e.opts.Service, e.holder, e.opts.Lease.Milliseconds(), r.epoch).Scan(&epoch)
 	if err != nil {
 		e.closeConn() // and with it the next epoch's lock
 		if errors.Is(err, sql.ErrNoRows) {
@@ -162,25 +164,25 @@ func (e *Database) try(ctx context.Context) (*Term, string, error) {
 		}
 		return nil, "", err
 	}
-	term := newTerm(epoch, e.Lease)
+	term := newTerm(epoch, e.opts.Lease)
 	term.verify = e.currentEpoch
 	term.hold = e.holdRow
 	term.release = func(ctx context.Context) { e.release(ctx, epoch) }
 	if grace > 0 {
-		e.Log.Info().Int64("epoch", epoch).Dur("grace", grace).Msg("Fenced the old leader; waiting for what it had begun to land")
+		e.opts.Log.Info().Int64("epoch", epoch).Dur("grace", grace).Msg("Fenced the old leader; waiting for what it had begun to land")
 		select {
 		case <-ctx.Done():
 			return nil, "", ctx.Err()
 		case <-time.After(grace):
 		}
-		term.renewed(time.Now(), e.Lease) // the lease was set at the increment
+		term.renewed(time.Now(), e.opts.Lease) // the lease was set at the increment
 	}
 	return term, why, nil
 }
 
 func (e *Database) currentEpoch(ctx context.Context) (int64, error) {
 	var epoch int64
-	err := e.DB.QueryRow(ctx, `SELECT epoch FROM opsbot_leader WHERE service = $1`, e.Service).Scan(&epoch)
+	err := e.opts.DB.QueryRow(ctx, `SELECT epoch FROM opsbot_leader WHERE service = $1`, e.opts.Service).Scan(&epoch)
 	return epoch, err
 }
 
@@ -192,7 +194,7 @@ func (e *Database) holdRow(ctx context.Context) (int64, error) {
 		q += ` FOR SHARE`
 	}
 	var epoch int64
-	err := e.DB.QueryRow(ctx, q, e.Service).Scan(&epoch)
+	err := e.opts.DB.QueryRow(ctx, q, e.opts.Service).Scan(&epoch)
 	return epoch, err
 }
 
@@ -202,7 +204,7 @@ func (e *Database) holdRow(ctx context.Context) (int64, error) {
 func (e *Database) renew(t *Term) {
 	for {
 		select {
-		case <-time.After(e.Poll):
+		case <-time.After(e.opts.Poll):
 		case <-t.done:
 			return // (Release, or Check/Hold found a newer epoch)
 		}
@@ -210,9 +212,9 @@ func (e *Database) renew(t *Term) {
 			return
 		}
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), e.Poll)
-		res, err := e.DB.Exec(ctx, `UPDATE opsbot_leader SET lease_until = `+e.nowMS()+` + $3 WHERE service = $1 AND epoch = $2`,
-			e.Service, t.epoch, e.Lease.Milliseconds())
+		ctx, cancel := context.WithTimeout(context.Background(), e.opts.Poll)
+		res, err := e.opts.DB.Exec(ctx, `UPDATE opsbot_leader SET lease_until = `+e.nowMS()+` + $3 WHERE service = $1 AND epoch = $2`,
+			e.opts.Service, t.epoch, e.opts.Lease.Milliseconds())
 		var n int64
 		if err == nil {
 			n, err = res.RowsAffected()
@@ -228,12 +230,12 @@ func (e *Database) renew(t *Term) {
 		}
 		switch {
 		case err == nil && n == 1:
-			t.renewed(start, e.Lease)
+			t.renewed(start, e.opts.Lease)
 		case err == nil:
 			t.end(fmt.Errorf("%w: the lease belongs to a newer epoch", ErrFenced))
 			return
 		default:
-			e.Log.Warn().Err(err).Msg("Could not renew the leadership lease")
+			e.opts.Log.Warn().Err(err).Msg("Could not renew the leadership lease")
 			if t.expired() {
 				return
 			}
@@ -245,8 +247,8 @@ func (e *Database) renew(t *Term) {
 func (e *Database) release(ctx context.Context, epoch int64) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := e.DB.Exec(ctx, `UPDATE opsbot_leader SET holder = '', lease_until = 0 WHERE service = $1 AND epoch = $2`, e.Service, epoch); err != nil {
-		e.Log.Warn().Err(err).Msg("Could not hand leadership over; a standby takes over when the lease runs out")
+	if _, err := e.opts.DB.Exec(ctx, `UPDATE opsbot_leader SET holder = '', lease_until = 0 WHERE service = $1 AND epoch = $2`, e.opts.Service, epoch); err != nil {
+		e.opts.Log.Warn().Err(err).Msg("Could not hand leadership over; a standby takes over when the lease runs out")
 	}
 	e.closeConn()
 }
@@ -254,7 +256,7 @@ func (e *Database) release(ctx context.Context, epoch int64) {
 // lockKey is the advisory lock of an epoch's leader: held from before
 // the epoch begins until its leader's database session ends.
 func (e *Database) lockKey(epoch int64) int64 {
-	return KeyFor(fmt.Sprintf("%s\x00%d", e.Service, epoch))
+	return KeyFor(fmt.Sprintf("%s\x00%d", e.opts.Service, epoch))
 }
 
 // lock takes an epoch's lock on this process's own session (opening one).
@@ -264,7 +266,7 @@ func (e *Database) lock(ctx context.Context, epoch int64) (bool, error) {
 	e.closeConnLocked() // a lock of an earlier attempt goes with its session
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := e.DB.RawDB.Conn(cctx)
+	conn, err := e.opts.DB.RawDB.Conn(cctx)
 	if err != nil {
 		return false, err
 	}
@@ -282,7 +284,7 @@ func (e *Database) lock(ctx context.Context, epoch int64) (bool, error) {
 func (e *Database) lockFree(ctx context.Context, epoch int64) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := e.DB.RawDB.Conn(cctx)
+	conn, err := e.opts.DB.RawDB.Conn(cctx)
 	if err != nil {
 		return false, err
 	}

@@ -26,7 +26,11 @@ func openDB(t *testing.T, cfg config.Database) *dbutil.Database {
 }
 
 func elector(db *dbutil.Database, service string, lease time.Duration) *leader.Database {
-	return &leader.Database{DB: db, Service: service, Lease: lease, Poll: 100 * time.Millisecond, Log: zerolog.Nop()}
+	return electorPolling(db, service, lease, 100*time.Millisecond)
+}
+
+func electorPolling(db *dbutil.Database, service string, lease, poll time.Duration) *leader.Database {
+	return leader.New(leader.Options{DB: db, Service: service, Lease: lease, Poll: poll, Log: zerolog.Nop()})
 }
 
 func acquire(t *testing.T, e *leader.Database, within time.Duration) *leader.Term {
@@ -124,8 +128,7 @@ func TestSessionLostFencesAtOnce(t *testing.T) {
 func TestFrozenLeaderReplacedAfterLease(t *testing.T) {
 	cfg := storetest.Config(t, "postgres")
 	const lease = 3 * time.Second
-	a := elector(openDB(t, cfg), "ops", lease)
-	a.Poll = time.Hour // never renews: as frozen as a process can be here
+	a := electorPolling(openDB(t, cfg), "ops", lease, time.Hour) // never renews: as frozen as a process can be here
 	b := elector(openDB(t, cfg), "ops", lease)
 	ta := acquire(t, a, 5*time.Second)
 	start := time.Now()

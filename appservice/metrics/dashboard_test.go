@@ -17,7 +17,7 @@ import (
 func TestDashboardUsesExistingMetrics(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	deploy := filepath.Join(filepath.Dir(file), "..", "..", "deploy")
-	m := New("test", func() int64 { return 0 })
+	m := New(Options{Version: "test", Backlog: func() int64 { return 0 }})
 	// Touch every vector so that it shows up when gathered.
 	m.ObserveEvent("m.room.message", time.Millisecond)
 	m.ObserveSend("send", nil, time.Millisecond)

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,11 +52,24 @@ type Metrics struct {
 	LeaderEpoch prometheus.Gauge
 	// ParkedRooms and ParkedOldest: rooms whose next event waits (for its
 	// room key), and how long the oldest has waited.
-	ParkedRooms   prometheus.GaugeFunc
-	ParkedOldest  prometheus.GaugeFunc
-	backlogSource func() int64
-	readySource   atomic.Pointer[func() bool]
-	parkedSource  atomic.Pointer[func() (int, time.Duration)]
+	ParkedRooms  prometheus.GaugeFunc
+	ParkedOldest prometheus.GaugeFunc
+
+	opts Options
+}
+
+// Options configure the metrics. The sources are asked at each scrape, so
+// they may read parts built after the metrics (the pipeline, which reports
+// to them); a source not set reports 0.
+type Options struct {
+	// Version is reported by opsbot_build_info.
+	Version string
+	// Backlog reports the pipeline's unhandled events.
+	Backlog func() int64
+	// Ready reports what opsbot_ready says.
+	Ready func() bool
+	// Parked reports the parked rooms and how long the oldest has waited.
+	Parked func() (int, time.Duration)
 }
 
 // Label values known in advance. Their series are created at 0 when opsbot
@@ -76,11 +88,10 @@ var (
 	backupStages         = []string{"setup", "upload"}
 )
 
-// New creates and registers the metrics. backlog reports the pipeline's
-// unhandled events.
-func New(version string, backlog func() int64) *Metrics {
+// New creates and registers the metrics.
+func New(opts Options) *Metrics {
 	reg := prometheus.NewRegistry()
-	m := &Metrics{Registry: reg, backlogSource: backlog}
+	m := &Metrics{Registry: reg, opts: opts}
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_transactions_total",
 		Help: "Transactions pushed by the homeserver, by outcome (ok, duplicate, duplicate_grown, standby, unauthorized, forbidden, too_large, not_json, overloaded, store_error)."}, []string{"outcome"})
@@ -89,7 +100,12 @@ func New(version string, backlog func() int64) *Metrics {
 	m.EventSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_event_handling_seconds",
 		Help: "Time to handle one event, decryption and skills included.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"type"})
 	m.Backlog = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_inbox_backlog",
-		Help: "Events recorded but not yet handled."}, func() float64 { return float64(m.backlogSource()) })
+		Help: "Events recorded but not yet handled."}, func() float64 {
+		if m.opts.Backlog == nil {
+			return 0
+		}
+		return float64(m.opts.Backlog())
+	})
 	m.Decryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_decryptions_total",
 		Help: "Encrypted room events, by the room's first bot (in config order) and outcome (ok, late_key, no_session, error)."}, []string{"bot", "outcome"})
 	m.Encryptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_encryptions_total",
@@ -126,7 +142,7 @@ func New(version string, backlog func() int64) *Metrics {
 		Help: "1 while this process is the leader (handles events), 0 while it stands by."})
 	m.Ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsbot_ready",
 		Help: "1 while this process is the leader and takes transactions: what /readyz reports, before its database and homeserver checks."}, func() float64 {
-		if f := m.readySource.Load(); f != nil && (*f)() {
+		if m.opts.Ready != nil && m.opts.Ready() {
 			return 1
 		}
 		return 0
@@ -149,7 +165,7 @@ func New(version string, backlog func() int64) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
-	m.BuildInfo.WithLabelValues(version).Set(1)
+	m.BuildInfo.WithLabelValues(opts.Version).Set(1)
 	for _, o := range transactionOutcomes {
 		m.Transactions.WithLabelValues(o)
 	}
@@ -170,21 +186,11 @@ func New(version string, backlog func() int64) *Metrics {
 	return m
 }
 
-// ParkedFrom sets what the parked-room gauges report, asked at each scrape.
-func (m *Metrics) ParkedFrom(parked func() (int, time.Duration)) {
-	m.parkedSource.Store(&parked)
-}
-
 func (m *Metrics) parked() (int, time.Duration) {
-	if f := m.parkedSource.Load(); f != nil {
-		return (*f)()
+	if m.opts.Parked != nil {
+		return m.opts.Parked()
 	}
 	return 0, 0
-}
-
-// ReadyFrom sets what opsbot_ready reports: ready is called at each scrape.
-func (m *Metrics) ReadyFrom(ready func() bool) {
-	m.readySource.Store(&ready)
 }
 
 // InitBots creates the per-bot encryption counters at 0 for the configured

@@ -12,7 +12,7 @@ import (
 // Element sends polls under MSC3381's unstable names: they must count as
 // polls, not as "other".
 func TestPollEventsCountAsPolls(t *testing.T) {
-	m := New("test", func() int64 { return 0 })
+	m := New(Options{Version: "test", Backlog: func() int64 { return 0 }})
 	for unstable, stable := range map[string]string{
 		"org.matrix.msc3381.poll.start":    "m.poll.start",
 		"org.matrix.msc3381.poll.response": "m.poll.response",
@@ -39,7 +39,7 @@ func TestPollEventsCountAsPolls(t *testing.T) {
 // that first appears at 1 shows no increase to rate() and increase(), so
 // the first failure would go unnoticed.
 func TestFailureSeriesStartAtZero(t *testing.T) {
-	m := New("test", func() int64 { return 0 })
+	m := New(Options{Version: "test", Backlog: func() int64 { return 0 }})
 	bot := id.UserID("@opsbot:example.org")
 	m.InitBots([]id.UserID{bot})
 	m.InitSkills([]string{"ping"})
@@ -114,12 +114,11 @@ func value(t *testing.T, m *Metrics, name string, labels map[string]string) floa
 }
 
 func TestReadyFollowsItsSource(t *testing.T) {
-	m := New("test", func() int64 { return 0 })
-	if v := value(t, m, "opsbot_ready", nil); v != 0 {
+	if v := value(t, New(Options{Version: "test", Backlog: func() int64 { return 0 }}), "opsbot_ready", nil); v != 0 {
 		t.Errorf("opsbot_ready = %v with no source, want 0", v)
 	}
 	ready := false
-	m.ReadyFrom(func() bool { return ready })
+	m := New(Options{Version: "test", Backlog: func() int64 { return 0 }, Ready: func() bool { return ready }})
 	if v := value(t, m, "opsbot_ready", nil); v != 0 {
 		t.Errorf("opsbot_ready = %v while not ready, want 0", v)
 	}
@@ -132,7 +131,7 @@ func TestReadyFollowsItsSource(t *testing.T) {
 // What `promtool check metrics` checks (names, units, counter suffixes,
 // help texts), on every series opsbot exports.
 func TestMetricsLint(t *testing.T) {
-	m := New("test", func() int64 { return 0 })
+	m := New(Options{Version: "test", Backlog: func() int64 { return 0 }})
 	m.InitBots([]id.UserID{"@opsbot:example.org"})
 	m.InitSkills([]string{"ping"})
 	m.ObserveEvent("m.room.message", time.Millisecond)

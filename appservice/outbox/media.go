@@ -39,7 +39,7 @@ func (o *Outbox) Download(ctx context.Context, bot id.UserID, content *event.Mes
 // download tries the authenticated media API first and falls back to the
 // legacy one for homeservers that predate it (Dendrite v0.13).
 func (o *Outbox) download(ctx context.Context, bot id.UserID, mxc id.ContentURI, maxBytes int64) ([]byte, error) {
-	cli := o.AS.Intent(bot).Client
+	cli := o.opts.AS.Intent(bot).Client
 	paths := []mautrix.PrefixableURLPath{
 		mautrix.ClientURLPath{"v1", "media", "download", mxc.Homeserver, mxc.FileID},
 		mautrix.MediaURLPath{"v3", "download", mxc.Homeserver, mxc.FileID},
@@ -72,14 +72,14 @@ func (o *Outbox) download(ctx context.Context, bot id.UserID, mxc id.ContentURI,
 // in the returned file info, never uploaded) when the room is encrypted,
 // plain otherwise. Exactly one of url and file is set.
 func (o *Outbox) Upload(ctx context.Context, bot id.UserID, room id.RoomID, data []byte, mimetype, name string) (id.ContentURIString, *event.EncryptedFileInfo, error) {
-	encrypted, err := o.AS.StateStore.IsEncrypted(ctx, room)
+	encrypted, err := o.opts.AS.StateStore.IsEncrypted(ctx, room)
 	if err != nil {
 		return "", nil, err
 	}
 	body, uploadType := data, mimetype
 	var file *event.EncryptedFileInfo
 	if encrypted {
-		if o.Encryptor == nil {
+		if o.opts.Encryptor == nil {
 			return "", nil, ErrEncryptedRoom
 		}
 		body = append([]byte(nil), data...)
@@ -90,7 +90,7 @@ func (o *Outbox) Upload(ctx context.Context, bot id.UserID, room id.RoomID, data
 	var resp *mautrix.RespMediaUpload
 	err = o.retry(ctx, "upload", func() error {
 		var err error
-		resp, err = o.AS.Intent(bot).Client.UploadBytesWithName(ctx, body, uploadType, name)
+		resp, err = o.opts.AS.Intent(bot).Client.UploadBytesWithName(ctx, body, uploadType, name)
 		return err
 	})
 	if err != nil {

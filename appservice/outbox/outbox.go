@@ -40,22 +40,36 @@ type Fence interface {
 	Check(ctx context.Context) error
 }
 
-// Outbox sends as bot users through the appservice.
-type Outbox struct {
-	AS        *mas.AppService
+// Options configure an Outbox.
+type Options struct {
+	AS *mas.AppService
+	// Encryptor encrypts sends into encrypted rooms; nil while E2EE is off
+	// (such sends are then refused).
 	Encryptor Encryptor
 	// Fence, if set, is checked before every attempt to send or redact.
 	Fence Fence
 	Log   zerolog.Logger
-	// Backoff bounds: the first wait, and the longest single wait.
+	// Backoff bounds: the first wait, and the longest single wait; zero
+	// means the default (1 s, and 60 s).
 	MinBackoff, MaxBackoff time.Duration
 	// Observe, if set, is told the outcome of each send attempt.
 	Observe func(op string, err error, took time.Duration)
 }
 
-// New returns an outbox with default backoff (1 s doubling to 60 s).
-func New(as *mas.AppService, log zerolog.Logger) *Outbox {
-	return &Outbox{AS: as, Log: log, MinBackoff: time.Second, MaxBackoff: time.Minute}
+// Outbox sends as bot users through the appservice.
+type Outbox struct {
+	opts Options
+}
+
+// New returns an outbox; its backoff defaults to 1 s doubling to 60 s.
+func New(opts Options) *Outbox {
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = time.Second
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = time.Minute
+	}
+	return &Outbox{opts: opts}
 }
 
 // Send sends a message event as bot. The context bounds the total time
@@ -68,16 +82,16 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 		}
 		content = safe
 	}
-	encrypted, err := o.AS.StateStore.IsEncrypted(ctx, room)
+	encrypted, err := o.opts.AS.StateStore.IsEncrypted(ctx, room)
 	if err != nil {
 		return "", fmt.Errorf("checking whether %s is encrypted: %w", room, err)
 	}
 	if encrypted && evtType != event.EventReaction {
 		// Reactions stay unencrypted in Matrix so that relations work.
-		if o.Encryptor == nil {
+		if o.opts.Encryptor == nil {
 			return "", ErrEncryptedRoom
 		}
-		evtType, content, err = o.Encryptor.Encrypt(ctx, bot, room, evtType, content)
+		evtType, content, err = o.opts.Encryptor.Encrypt(ctx, bot, room, evtType, content)
 		if err != nil {
 			return "", fmt.Errorf("encrypting: %w", err)
 		}
@@ -100,7 +114,7 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 				return err
 			}
 			if prev != "" {
-				o.Log.Info().Stringer("room_id", room).Stringer("event_id", prev).Msg("An earlier attempt of this send had reached the homeserver; not sending it again")
+				o.opts.Log.Info().Stringer("room_id", room).Stringer("event_id", prev).Msg("An earlier attempt of this send had reached the homeserver; not sending it again")
 				resp = &mautrix.RespSendEvent{EventID: prev}
 				return nil
 			}
@@ -108,7 +122,7 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 		sctx, cancel := attempt(ctx)
 		defer cancel()
 		var err error
-		resp, err = o.AS.Intent(bot).SendMessageEvent(sctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		resp, err = o.opts.AS.Intent(bot).SendMessageEvent(sctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
 		check = err != nil
 		return err
 	})
@@ -125,7 +139,7 @@ func (o *Outbox) Redact(ctx context.Context, bot id.UserID, room id.RoomID, targ
 		sctx, cancel := attempt(ctx)
 		defer cancel()
 		var err error
-		resp, err = o.AS.Intent(bot).RedactEvent(sctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
+		resp, err = o.opts.AS.Intent(bot).RedactEvent(sctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
 		return err
 	})
 	if err != nil {
@@ -149,16 +163,16 @@ func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
 // attempt first checks the fence: a process that is no longer the leader
 // sends nothing more.
 func (o *Outbox) retry(ctx context.Context, name string, op func() error) error {
-	return Retry(ctx, o.Log, name, o.MinBackoff, o.MaxBackoff, func() error {
-		if o.Fence != nil {
-			if err := o.Fence.Check(ctx); err != nil {
+	return Retry(ctx, o.opts.Log, name, o.opts.MinBackoff, o.opts.MaxBackoff, func() error {
+		if o.opts.Fence != nil {
+			if err := o.opts.Fence.Check(ctx); err != nil {
 				return fmt.Errorf("%w: not sending (%w)", ErrNotLeader, err)
 			}
 		}
 		start := time.Now()
 		err := op()
-		if o.Observe != nil {
-			o.Observe(name, err, time.Since(start))
+		if o.opts.Observe != nil {
+			o.opts.Observe(name, err, time.Since(start))
 		}
 		return err
 	})

@@ -63,6 +63,17 @@ func (f *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func setup(t *testing.T, hs *fakeHomeserver) *outbox.Outbox {
 	t.Helper()
+	return newOutbox(newAS(t, hs))
+}
+
+// newOutbox is an outbox with short backoff.
+func newOutbox(as *mas.AppService) *outbox.Outbox {
+	return outbox.New(outbox.Options{AS: as, Log: zerolog.Nop(), MinBackoff: 10 * time.Millisecond, MaxBackoff: 2 * time.Second})
+}
+
+// newAS is an appservice talking to hs, with bot joined to room.
+func newAS(t *testing.T, hs *fakeHomeserver) *mas.AppService {
+	t.Helper()
 	srv := httptest.NewServer(hs)
 	t.Cleanup(srv.Close)
 	as, err := mas.CreateFull(mas.CreateOpts{
@@ -76,9 +87,7 @@ func setup(t *testing.T, hs *fakeHomeserver) *outbox.Outbox {
 	ctx := context.Background()
 	_ = as.StateStore.MarkRegistered(ctx, bot)
 	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
-	o := outbox.New(as, zerolog.Nop())
-	o.MinBackoff, o.MaxBackoff = 10*time.Millisecond, 2*time.Second
-	return o
+	return as
 }
 
 func status(code int, body string) func(w http.ResponseWriter) {
@@ -147,8 +156,9 @@ func TestContextBoundsRetries(t *testing.T) {
 
 func TestNeverPlaintextIntoEncryptedRoom(t *testing.T) {
 	hs := &fakeHomeserver{}
-	o := setup(t, hs)
-	_ = o.AS.StateStore.SetEncryptionEvent(context.Background(), room, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+	as := newAS(t, hs)
+	o := newOutbox(as)
+	_ = as.StateStore.SetEncryptionEvent(context.Background(), room, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
 	_, err := o.Send(context.Background(), bot, room, event.EventMessage, map[string]any{"body": "secret"}, "t")
 	if !errors.Is(err, outbox.ErrEncryptedRoom) || len(hs.txnIDs) != 0 {
 		t.Fatalf("err=%v, requests=%d", err, len(hs.txnIDs))
@@ -247,7 +257,7 @@ func TestRecoveredSendIsNotRepeated(t *testing.T) {
 	ctx := context.Background()
 	_ = as.StateStore.MarkRegistered(ctx, bot)
 	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
-	o := outbox.New(as, zerolog.Nop())
+	o := outbox.New(outbox.Options{AS: as, Log: zerolog.Nop()})
 	rctx := outbox.WithRecovery(ctx, room, "$trigger")
 	if got, err := o.Send(rctx, bot, room, event.EventMessage, map[string]any{"body": "pong"}, "opsbot.done"); err != nil || got != "$earlier" {
 		t.Fatalf("recovered send of a done action: %s %v", got, err)
@@ -278,7 +288,7 @@ func TestMarkerKeepsContent(t *testing.T) {
 	ctx := context.Background()
 	_ = as.StateStore.MarkRegistered(ctx, bot)
 	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
-	o := outbox.New(as, zerolog.Nop())
+	o := outbox.New(outbox.Options{AS: as, Log: zerolog.Nop()})
 	for _, content := range []any{&event.MessageEventContent{MsgType: event.MsgNotice, Body: "pong"}, map[string]any{}} {
 		if _, err := o.Send(ctx, bot, room, event.EventMessage, content, "opsbot.t1"); err != nil {
 			t.Fatal(err)
@@ -317,8 +327,7 @@ func TestFencedOutboxSendsNothing(t *testing.T) {
 	ctx := context.Background()
 	_ = as.StateStore.MarkRegistered(ctx, bot)
 	_ = as.StateStore.SetMembership(ctx, room, bot, event.MembershipJoin)
-	o := outbox.New(as, zerolog.Nop())
-	o.Fence = fenceOver{}
+	o := outbox.New(outbox.Options{AS: as, Log: zerolog.Nop(), Fence: fenceOver{}})
 	if _, err := o.Send(ctx, bot, room, event.EventMessage, map[string]any{"body": "x"}, "t"); !errors.Is(err, outbox.ErrNotLeader) {
 		t.Fatalf("send under an ended term: %v, want ErrNotLeader", err)
 	}

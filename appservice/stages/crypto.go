@@ -33,6 +33,12 @@ type Encryption interface {
 // RequestKeyAfter, to ask the sender's devices for it). After DecryptWait
 // the event is given up: the person is told, and the room goes on.
 type Crypto struct {
+	opts    CryptoOptions
+	warnOff sync.Once
+}
+
+// CryptoOptions configure the crypto stage.
+type CryptoOptions struct {
 	// E2EE is nil when encryption is off.
 	E2EE Encryption
 	// IsBot tells our bots apart: their own encrypted messages need no
@@ -48,9 +54,10 @@ type Crypto struct {
 	// no_session, no_key_delivery, error) with the room's first bot.
 	Observe func(bot id.UserID, outcome string)
 	Log     zerolog.Logger
-
-	warnOff sync.Once
 }
+
+// NewCrypto returns the crypto stage.
+func NewCrypto(opts CryptoOptions) *Crypto { return &Crypto{opts: opts} }
 
 // keyWait is what the crypto stage keeps in a parked item.
 type keyWait struct {
@@ -66,12 +73,12 @@ func (*Crypto) Handles() []event.Type {
 func (c *Crypto) Run(ctx context.Context, ev *Event) Result {
 	switch ev.Evt.Type {
 	case event.StateMember, event.StateHistoryVisibility:
-		if c.E2EE != nil {
-			c.E2EE.HandleState(ctx, ev.Evt, ev.RoomBots)
+		if c.opts.E2EE != nil {
+			c.opts.E2EE.HandleState(ctx, ev.Evt, ev.RoomBots)
 		}
 		return Next
 	case event.EventEncrypted:
-		if c.IsBot(ev.Evt.Sender) {
+		if c.opts.IsBot(ev.Evt.Sender) {
 			return Stop // our own messages: nothing to decrypt or answer
 		}
 		return c.decrypt(ctx, ev)
@@ -81,13 +88,13 @@ func (c *Crypto) Run(ctx context.Context, ev *Event) Result {
 
 func (c *Crypto) decrypt(ctx context.Context, ev *Event) Result {
 	log := zerolog.Ctx(ctx)
-	if c.E2EE == nil {
+	if c.opts.E2EE == nil {
 		c.warnOff.Do(func() {
 			log.Warn().Stringer("room_id", ev.Evt.RoomID).Msg("Received an encrypted event, but encryption.enabled is false: bots will not answer in encrypted rooms")
 		})
 		return Stop
 	}
-	decrypted, reason, err := c.E2EE.TryDecrypt(ctx, ev.Evt, ev.RoomBots)
+	decrypted, reason, err := c.opts.E2EE.TryDecrypt(ctx, ev.Evt, ev.RoomBots)
 	wait, waited := ev.State.(*keyWait)
 	if reason == "ok" {
 		if waited {
@@ -99,13 +106,13 @@ func (c *Crypto) decrypt(ctx context.Context, ev *Event) Result {
 		return Next
 	}
 	if reason == "no_session" {
-		deadline := ev.Since.Add(c.DecryptWait)
+		deadline := ev.Since.Add(c.opts.DecryptWait)
 		if now := time.Now(); now.Before(deadline) {
 			if !waited {
 				wait = &keyWait{}
 				ev.State = wait
 				content, _ := ev.Evt.Content.Parsed.(*event.EncryptedEventContent)
-				log.Info().Stringer("sender", ev.Evt.Sender).Stringer("session_id", sessionOf(content)).Dur("up_to", c.DecryptWait).
+				log.Info().Stringer("sender", ev.Evt.Sender).Stringer("session_id", sessionOf(content)).Dur("up_to", c.opts.DecryptWait).
 					Msg("Room waits for the room key of this message; other rooms go on")
 			}
 			until := deadline
@@ -115,13 +122,13 @@ func (c *Crypto) decrypt(ctx context.Context, ev *Event) Result {
 						until = ask
 					}
 				} else {
-					c.E2EE.RequestKey(ctx, ev.Evt, ev.RoomBots)
+					c.opts.E2EE.RequestKey(ctx, ev.Evt, ev.RoomBots)
 					wait.requested = true
 					log.Info().Stringer("sender", ev.Evt.Sender).Msg("Room key still missing; asked the sender's devices for it")
 				}
 			}
 			return Result{Park: &pipeline.Park{
-				Wake:   c.E2EE.WaitForKey(ctx, ev.Evt, ev.RoomBots, until),
+				Wake:   c.opts.E2EE.WaitForKey(ctx, ev.Evt, ev.RoomBots, until),
 				Until:  until,
 				Reason: "waits for the room key of a message from " + ev.Evt.Sender.String(),
 			}}
@@ -129,12 +136,12 @@ func (c *Crypto) decrypt(ctx context.Context, ev *Event) Result {
 	}
 	c.observe(ev, reason)
 	log.Warn().Err(err).Str("reason", reason).Stringer("sender", ev.Evt.Sender).Msg("Could not decrypt event")
-	if c.ReplyOnFailure {
+	if c.opts.ReplyOnFailure {
 		switch reason {
 		case "no_session":
-			notify(c.Engine, ctx, ev.RoomBots[0], ev.Evt, "I could not decrypt your message (its key never reached me). Please send it again.")
+			notify(c.opts.Engine, ctx, ev.RoomBots[0], ev.Evt, "I could not decrypt your message (its key never reached me). Please send it again.")
 		case "no_key_delivery":
-			notify(c.Engine, ctx, ev.RoomBots[0], ev.Evt, "I cannot read encrypted messages on this homeserver yet: it does not deliver my encryption keys. "+
+			notify(c.opts.Engine, ctx, ev.RoomBots[0], ev.Evt, "I cannot read encrypted messages on this homeserver yet: it does not deliver my encryption keys. "+
 				"Its admin can fix that (opsbot-appservice check says how).")
 		}
 	}
@@ -142,8 +149,8 @@ func (c *Crypto) decrypt(ctx context.Context, ev *Event) Result {
 }
 
 func (c *Crypto) observe(ev *Event, outcome string) {
-	if c.Observe != nil && len(ev.RoomBots) > 0 {
-		c.Observe(ev.RoomBots[0], outcome)
+	if c.opts.Observe != nil && len(ev.RoomBots) > 0 {
+		c.opts.Observe(ev.RoomBots[0], outcome)
 	}
 }
 

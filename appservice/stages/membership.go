@@ -21,8 +21,11 @@ type Bots interface {
 // finds which bots are in the room, and follows room upgrades. An event of
 // a room none of our bots is in goes no further.
 type Membership struct {
-	Bots Bots
+	bots Bots
 }
+
+// NewMembership returns the membership stage.
+func NewMembership(bots Bots) *Membership { return &Membership{bots: bots} }
 
 func (*Membership) Name() string { return "membership" }
 
@@ -32,14 +35,14 @@ func (*Membership) Handles() []event.Type {
 
 func (m *Membership) Run(ctx context.Context, ev *Event) Result {
 	if ev.Evt.Type == event.StateMember {
-		m.Bots.HandleMember(ctx, ev.Evt) // before RoomBots: an invite makes a bot join
+		m.bots.HandleMember(ctx, ev.Evt) // before RoomBots: an invite makes a bot join
 	}
-	ev.RoomBots = m.Bots.RoomBots(ctx, ev.Evt.RoomID)
+	ev.RoomBots = m.bots.RoomBots(ctx, ev.Evt.RoomID)
 	if len(ev.RoomBots) == 0 {
 		return Stop
 	}
 	if ev.Evt.Type == event.StateTombstone {
-		m.Bots.HandleTombstone(ctx, ev.Evt, ev.RoomBots)
+		m.bots.HandleTombstone(ctx, ev.Evt, ev.RoomBots)
 	}
 	return Next
 }

@@ -9,12 +9,15 @@ import (
 	"github.com/opsbot/opsbot/skills"
 )
 
-// Skills hands the event to the skills of every bot in the room. Engine is
-// read for each event: a reload swaps it, and events in flight finish on
-// the old one.
+// Skills hands the event to the skills of every bot in the room. The
+// engine is read for each event: a reload swaps it, and events in flight
+// finish on the old one.
 type Skills struct {
-	Engine func() *skills.Engine
+	engine func() *skills.Engine
 }
+
+// NewSkills returns the skills stage.
+func NewSkills(engine func() *skills.Engine) *Skills { return &Skills{engine: engine} }
 
 func (*Skills) Name() string { return "skills" }
 
@@ -22,7 +25,7 @@ func (*Skills) Name() string { return "skills" }
 func (*Skills) Handles() []event.Type { return nil }
 
 func (s *Skills) Run(ctx context.Context, ev *Event) Result {
-	s.Engine().Handle(ctx, ev.Evt, ev.RoomBots)
+	s.engine().Handle(ctx, ev.Evt, ev.RoomBots)
 	return Next
 }
 

@@ -72,6 +72,11 @@ type ToDevice interface {
 
 // Path is the stages in order; it is the pipeline's Handler.
 type Path struct {
+	opts PathOptions
+}
+
+// PathOptions configure a Path.
+type PathOptions struct {
 	Stages []Stage
 	// ToDevice, if set, takes to-device events, which have no room and go
 	// through no stage.
@@ -82,6 +87,9 @@ type Path struct {
 	// HandleSynced runs (the pipeline tells it of the others).
 	Observe func(evtType string, took time.Duration)
 }
+
+// NewPath returns the path through stages.
+func NewPath(opts PathOptions) *Path { return &Path{opts: opts} }
 
 // Handle runs an item through the stages, from where it parked, if it did.
 func (p *Path) Handle(ctx context.Context, item *pipeline.Item) pipeline.Outcome {
@@ -98,17 +106,17 @@ func (p *Path) Handle(ctx context.Context, item *pipeline.Item) pipeline.Outcome
 		item.Event = evt
 	}
 	if item.Kind == store.KindToDevice {
-		if p.ToDevice != nil {
-			p.ToDevice.HandleToDevice(ctx, item.Event)
+		if p.opts.ToDevice != nil {
+			p.opts.ToDevice.HandleToDevice(ctx, item.Event)
 		}
 		return pipeline.Done
 	}
 	ev := &Event{Item: item, Evt: item.Event}
 	if item.Stage > 0 {
-		ev.RoomBots = p.Bots.RoomBots(ctx, item.Event.RoomID)
+		ev.RoomBots = p.opts.Bots.RoomBots(ctx, item.Event.RoomID)
 	}
-	for i := item.Stage; i < len(p.Stages); i++ {
-		r := p.Stages[i].Run(ctx, ev)
+	for i := item.Stage; i < len(p.opts.Stages); i++ {
+		r := p.opts.Stages[i].Run(ctx, ev)
 		if r.Park != nil {
 			item.Stage = i
 			return pipeline.Outcome{Park: r.Park}
@@ -125,13 +133,13 @@ func (p *Path) Handle(ctx context.Context, item *pipeline.Item) pipeline.Outcome
 // stages after membership. Every bot in a room receives them; only the
 // first bot's copy is handled.
 func (p *Path) HandleSynced(ctx context.Context, bot id.UserID, evt *event.Event) {
-	roomBots := p.Bots.RoomBots(ctx, evt.RoomID)
+	roomBots := p.opts.Bots.RoomBots(ctx, evt.RoomID)
 	if len(roomBots) == 0 || roomBots[0] != bot {
 		return
 	}
 	start := time.Now()
 	ev := &Event{Item: &pipeline.Item{}, Evt: evt, RoomBots: roomBots}
-	for _, s := range p.Stages {
+	for _, s := range p.opts.Stages {
 		if _, ok := s.(*Membership); ok {
 			continue // RoomBots is known
 		}
@@ -139,8 +147,8 @@ func (p *Path) HandleSynced(ctx context.Context, bot id.UserID, evt *event.Event
 			break
 		}
 	}
-	if p.Observe != nil {
-		p.Observe(evt.Type.Type, time.Since(start))
+	if p.opts.Observe != nil {
+		p.opts.Observe(evt.Type.Type, time.Since(start))
 	}
-	p.Log.Debug().Stringer("room_id", evt.RoomID).Str("type", evt.Type.Type).Dur("took", time.Since(start)).Msg("Handled ephemeral event from /sync")
+	p.opts.Log.Debug().Stringer("room_id", evt.RoomID).Str("type", evt.Type.Type).Dur("took", time.Since(start)).Msg("Handled ephemeral event from /sync")
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // allStages is one of each stage, as appservice.Service lines them up.
-var allStages = []Stage{&State{}, &Membership{}, &Crypto{}, &Verification{}, &Skills{}}
+var allStages = []Stage{NewState(nil), NewMembership(nil), NewCrypto(CryptoOptions{}), NewVerification(nil), NewSkills(nil)}
 
 // Every event type a stage acts on itself is described in docs/events.md
 // (generated from skills.Events) as something opsbot handles.
@@ -62,7 +62,7 @@ func stateEvent(t event.Type, key string, content event.Content) *event.Event {
 
 func TestStateStageRecordsStateEvents(t *testing.T) {
 	store := mautrix.NewMemoryStateStore()
-	s := &State{Store: store}
+	s := NewState(store)
 	ctx := context.Background()
 	member := stateEvent(event.StateMember, "@alice:x", event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipJoin}})
 	if r := s.Run(ctx, &Event{Evt: member}); r != Next {
@@ -79,7 +79,7 @@ func TestStateStageRecordsStateEvents(t *testing.T) {
 
 func TestMembershipStage(t *testing.T) {
 	bots := &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@bot:x"}}}
-	m := &Membership{Bots: bots}
+	m := NewMembership(bots)
 	ctx := context.Background()
 	// An invite is handled before the room's bots are looked up: it makes
 	// a bot join.
@@ -129,9 +129,10 @@ func encrypted(since time.Time) *Event {
 func TestCryptoStage(t *testing.T) {
 	ctx := context.Background()
 	var outcomes []string
+	isBot := func(u id.UserID) bool { return u == "@bot:x" }
 	newStage := func(f *fakeCrypto) *Crypto {
-		return &Crypto{E2EE: f, IsBot: func(u id.UserID) bool { return u == "@bot:x" }, DecryptWait: 30 * time.Second,
-			Observe: func(_ id.UserID, o string) { outcomes = append(outcomes, o) }}
+		return NewCrypto(CryptoOptions{E2EE: f, IsBot: isBot, DecryptWait: 30 * time.Second,
+			Observe: func(_ id.UserID, o string) { outcomes = append(outcomes, o) }})
 	}
 
 	// Decrypted: the next stages see the plaintext.
@@ -176,7 +177,7 @@ func TestCryptoStage(t *testing.T) {
 		t.Fatalf("own message: %+v", r)
 	}
 	// Encryption off: ignored.
-	if r := (&Crypto{IsBot: c.IsBot}).Run(ctx, encrypted(time.Now())); r != Stop {
+	if r := NewCrypto(CryptoOptions{IsBot: isBot}).Run(ctx, encrypted(time.Now())); r != Stop {
 		t.Fatalf("encryption off: %+v", r)
 	}
 	// Membership and history visibility reach the machines.
@@ -192,13 +193,13 @@ func (f fakeVerifier) HandleRoomEvent(context.Context, *event.Event) bool { retu
 
 func TestVerificationStage(t *testing.T) {
 	ev := &Event{Evt: &event.Event{Type: event.InRoomVerificationStart}}
-	if r := (&Verification{Verifier: fakeVerifier{true}}).Run(context.Background(), ev); r != Stop {
+	if r := NewVerification(fakeVerifier{true}).Run(context.Background(), ev); r != Stop {
 		t.Fatalf("a verification event went on: %+v", r)
 	}
-	if r := (&Verification{Verifier: fakeVerifier{false}}).Run(context.Background(), ev); r != Next {
+	if r := NewVerification(fakeVerifier{false}).Run(context.Background(), ev); r != Next {
 		t.Fatalf("another event stopped: %+v", r)
 	}
-	if r := (&Verification{}).Run(context.Background(), ev); r != Next {
+	if r := NewVerification(nil).Run(context.Background(), ev); r != Next {
 		t.Fatalf("without encryption: %+v", r)
 	}
 }
@@ -231,9 +232,9 @@ func (f *fakeToDevice) HandleToDevice(context.Context, *event.Event) { f.n++ }
 func TestPathOrderAndResume(t *testing.T) {
 	var ran []string
 	td := &fakeToDevice{}
-	p := &Path{ToDevice: td, Bots: &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@bot:x"}}}, Stages: []Stage{
+	p := NewPath(PathOptions{ToDevice: td, Bots: &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@bot:x"}}}, Stages: []Stage{
 		&recordStage{name: "a", ran: &ran}, &recordStage{name: "b", ran: &ran, parkOn: "$e"}, &recordStage{name: "c", ran: &ran},
-	}}
+	}})
 	ctx := context.Background()
 	item := &pipeline.Item{InboxEvent: store.InboxEvent{EventID: "$e", RoomID: "!r:x", Kind: store.KindPDU,
 		Payload: []byte(`{"type":"m.room.message","event_id":"$e","room_id":"!r:x","sender":"@a:x","content":{"msgtype":"m.text","body":"hi"}}`)}}
@@ -261,9 +262,9 @@ func TestPathOrderAndResume(t *testing.T) {
 func TestHandleSynced(t *testing.T) {
 	var ran []string
 	var observed []string
-	p := &Path{Bots: &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@first:x", "@second:x"}}},
-		Stages:  []Stage{&recordStage{name: "a", ran: &ran, parkOn: "-"}, &Membership{}, &recordStage{name: "b", ran: &ran, parkOn: "-"}},
-		Observe: func(typ string, _ time.Duration) { observed = append(observed, typ) }}
+	p := NewPath(PathOptions{Bots: &fakeBots{in: map[id.RoomID][]id.UserID{"!r:x": {"@first:x", "@second:x"}}},
+		Stages:  []Stage{&recordStage{name: "a", ran: &ran, parkOn: "-"}, NewMembership(nil), &recordStage{name: "b", ran: &ran, parkOn: "-"}},
+		Observe: func(typ string, _ time.Duration) { observed = append(observed, typ) }})
 	receipt := &event.Event{Type: event.EphemeralEventReceipt, RoomID: "!r:x"}
 	p.HandleSynced(context.Background(), "@second:x", receipt)
 	if len(ran) != 0 || len(observed) != 0 {

@@ -16,8 +16,12 @@ type Verifier interface {
 // the m.key.verification.* events after it) to the verification helper:
 // they are protocol, not messages for the skills.
 type Verification struct {
-	Verifier Verifier
+	verifier Verifier
 }
+
+// NewVerification returns the verification stage; verifier is nil when
+// encryption is off (the stage then passes every event on).
+func NewVerification(verifier Verifier) *Verification { return &Verification{verifier: verifier} }
 
 func (*Verification) Name() string { return "verification" }
 
@@ -27,7 +31,7 @@ func (*Verification) Handles() []event.Type {
 }
 
 func (v *Verification) Run(ctx context.Context, ev *Event) Result {
-	if v.Verifier != nil && v.Verifier.HandleRoomEvent(ctx, ev.Evt) {
+	if v.verifier != nil && v.verifier.HandleRoomEvent(ctx, ev.Evt) {
 		return Stop
 	}
 	return Next

@@ -135,7 +135,7 @@ func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.Inb
 	var active atomic.Bool
 	active.Store(true)
 	mux := http.NewServeMux()
-	(&intake.Handler{
+	intake.New(intake.Options{
 		HSToken:      bench.HSToken,
 		MaxBodyBytes: config.DefaultMaxBodyBytes,
 		Store:        termRecorder{st},
@@ -151,7 +151,7 @@ func intakeHandler(st *store.Store, m *metrics.Metrics, deliver func([]store.Inb
 
 func benchIntakeOnly(b *testing.B, concurrency int, dbType string) {
 	st, probes := openStore(b, dbType)
-	m := metrics.New("bench", func() int64 { return 0 })
+	m := metrics.New(metrics.Options{Version: "bench", Backlog: func() int64 { return 0 }})
 	var delivered atomic.Int64
 	url, _ := bench.Serve(b, intakeHandler(st, m, func(evs []store.InboxEvent) { delivered.Add(int64(len(evs))) }))
 	txns := bench.NewPlainTxns(bench.NewRun())
@@ -322,7 +322,7 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	f.Probes = append(probes, &bench.ConnProbe{Name: "hs", Conns: f.HS.Conns})
 
 	var backlog func() int64
-	m := metrics.New("bench", func() int64 { return backlog() })
+	m := metrics.New(metrics.Options{Version: "bench", Backlog: func() int64 { return backlog() }})
 	as, err := mas.CreateFull(mas.CreateOpts{
 		Registration:     &mas.Registration{ID: "opsbot", AppToken: bench.ASToken, ServerToken: bench.HSToken, SenderLocalpart: "opsbot"},
 		HomeserverDomain: bench.Domain,
@@ -338,9 +338,6 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 32 // as appservice.New does
 	as.HTTPClient.Transport = transport
-	ob := outbox.New(as, log.With().Str("component", "outbox").Logger())
-	ob.Observe = m.ObserveSend
-
 	bot := id.UserID(bench.Bot)
 	if err := ss.MarkRegistered(ctx, bot); err != nil {
 		b.Fatal(err)
@@ -353,22 +350,11 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 			}
 		}
 	}
-	engine, err := skills.NewEngine(skills.Options{
-		Sender:  ob,
-		Log:     log.With().Str("component", "skills").Logger(),
-		Observe: m.ObserveSkill,
-	}, []skills.Skill{ackSkill{reply}}, nil, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{"ack"}, ConfigKey: "bots[0]"}})
-	if err != nil {
-		b.Fatal(err)
-	}
 	bots := roomBots{ss, []id.UserID{bot}}
-	cryptoStage := &stages.Crypto{IsBot: func(u id.UserID) bool { return u == bot }, DecryptWait: 30 * time.Second,
-		Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt}
 	in := inbox{Store: st, tracker: f.Tracker}
+	var enc *machineCrypto
 	if prepare != nil {
-		enc := prepare(f)
-		cryptoStage.E2EE = enc
-		ob.Encryptor = enc
+		enc = prepare(f)
 		in.indexes = enc.mach.CryptoStore.(*e2ee.Store).Shared()
 		for i := range bench.Rooms {
 			err := ss.SetEncryptionEvent(ctx, id.RoomID(bench.RoomID(i)), &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
@@ -377,10 +363,32 @@ func newFullOpsbot(b *testing.B, dbType, run string, txns int, reply bool,
 			}
 		}
 	}
-	path := &stages.Path{Bots: bots, Log: log, Stages: []stages.Stage{
-		&stages.State{Store: ss}, &stages.Membership{Bots: bots}, cryptoStage, &stages.Verification{},
-		&stages.Skills{Engine: func() *skills.Engine { return engine }},
-	}}
+	// As in appservice.New, the outbox comes after encryption (none, not a
+	// nil *machineCrypto, without it).
+	var encryptor outbox.Encryptor
+	if enc != nil {
+		encryptor = enc
+	}
+	ob := outbox.New(outbox.Options{AS: as, Encryptor: encryptor, Observe: m.ObserveSend,
+		Log: log.With().Str("component", "outbox").Logger()})
+	engine, err := skills.NewEngine(skills.Options{
+		Sender:  ob,
+		Log:     log.With().Str("component", "skills").Logger(),
+		Observe: m.ObserveSkill,
+	}, []skills.Skill{ackSkill{reply}}, nil, []skills.BotSpec{{ID: bot, Prefix: "!", Skills: []string{"ack"}, ConfigKey: "bots[0]"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var encryption stages.Encryption // as for the outbox
+	if enc != nil {
+		encryption = enc
+	}
+	cryptoStage := stages.NewCrypto(stages.CryptoOptions{E2EE: encryption, IsBot: func(u id.UserID) bool { return u == bot },
+		DecryptWait: 30 * time.Second, Engine: func() *skills.Engine { return engine }, Observe: m.ObserveDecrypt})
+	path := stages.NewPath(stages.PathOptions{Bots: bots, Log: log, Stages: []stages.Stage{
+		stages.NewState(ss), stages.NewMembership(bots), cryptoStage, stages.NewVerification(nil),
+		stages.NewSkills(func() *skills.Engine { return engine }),
+	}})
 	p := pipeline.New(pipeline.Options{
 		Inbox:   in,
 		Handler: path,
