@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/config"
@@ -112,6 +113,9 @@ func (s *Service) Reload(ctx context.Context) (string, error) {
 		s.startSchedules(engine)
 	}
 	s.Log.Info().Str("bots", s.Bots.Describe()).Msg("Reloaded the skill configuration")
+	if s.workCtx != nil {
+		go s.Describe.All(s.workCtx, s.Bots.IDs()) // commands may have come or gone
+	}
 	return "Reloaded: " + s.Bots.Describe(), nil
 }
 
@@ -188,9 +192,18 @@ func (s *Service) Status(ctx context.Context) string {
 		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
 			rooms = len(resp.JoinedRooms)
 		}
-		fmt.Fprintf(&b, "%s: %d rooms%s%s\n", bot, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot))
+		fmt.Fprintf(&b, "%s: %d rooms%s%s%s\n", bot, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot), s.describeStatus(bot))
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// describeStatus says in how many rooms a bot may not publish its command
+// descriptions.
+func (s *Service) describeStatus(bot id.UserID) string {
+	if n := s.Describe.Forbidden(bot); n > 0 {
+		return fmt.Sprintf(", may not publish its command descriptions in %d rooms (power level for %s)", n, event.StateMSC4391BotCommand.Type)
+	}
+	return ""
 }
 
 // keyDeliveryStatus says when a bot's device receives no keys.

@@ -20,10 +20,12 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event/cmdschema"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/bots"
 	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/describe"
 	"github.com/opsbot/opsbot/appservice/e2ee"
 	"github.com/opsbot/opsbot/appservice/identity"
 	"github.com/opsbot/opsbot/appservice/leader"
@@ -43,12 +45,14 @@ const MaxBacklog = 50_000
 
 // Service is a running opsbot.
 type Service struct {
-	Cfg      *config.Config
-	Log      zerolog.Logger
-	Store    *store.Store
-	AS       *mas.AppService
-	Bots     *bots.Manager
-	Outbox   *outbox.Outbox
+	Cfg    *config.Config
+	Log    zerolog.Logger
+	Store  *store.Store
+	AS     *mas.AppService
+	Bots   *bots.Manager
+	Outbox *outbox.Outbox
+	// Describe publishes the bots' command descriptions (MSC4391).
+	Describe *describe.Publisher
 	Pipeline *pipeline.Pipeline
 	Path     *stages.Path
 	// E2EE is nil when encryption.enabled is false; Identity too, and when
@@ -160,6 +164,19 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 		return nil, err
 	}
 	s.engine.Store(engine)
+	s.Describe = describe.New(describe.Options{
+		Store:        s.Store,
+		Descriptions: func(bot id.UserID) []*cmdschema.EventContent { return s.Engine().Descriptions(bot) },
+		SendState:    s.Outbox.SendState,
+		JoinedRooms: func(ctx context.Context, bot id.UserID) ([]id.RoomID, error) {
+			resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return resp.JoinedRooms, nil
+		},
+		Log: log.With().Str("component", "describe").Logger(),
+	})
 	s.Path = s.newPath()
 	s.Pipeline = pipeline.New(pipeline.Options{
 		Inbox:   s.inbox(),
@@ -202,6 +219,7 @@ func (s *Service) newPath() *stages.Path {
 				Log:            s.Log.With().Str("component", "crypto").Logger(),
 			}),
 			stages.NewVerification(verifier),
+			stages.NewDescribe(s.Describe),
 			stages.NewSkills(s.Engine),
 		},
 		ToDevice: toDevice,
@@ -383,6 +401,7 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	s.reloadMu.Lock()
 	s.startSchedules(s.Engine())
 	s.reloadMu.Unlock()
+	go s.Describe.All(workCtx, s.Bots.IDs()) // not in the way of readiness
 	return nil
 }
 

@@ -30,7 +30,16 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 		}
 		matched := false
 		cmdName, argText, isCmd := "", "", false
-		if isText {
+		if name, text, problem, ok := e.structuredCommand(evt, b); ok {
+			if problem != "" {
+				knownSomewhere = true
+				if !limited(b) {
+					e.notice(ctx, e.newEvent(evt, b, &route{skill: "opsbot"}, body), "I could not run that: "+problem+".")
+				}
+				continue
+			}
+			cmdName, argText, isCmd = name, text, true
+		} else if isText && !invokesAnother(evt) {
 			cmdName, argText, isCmd = splitCommand(body, b.Prefix)
 		}
 		if isCmd {
@@ -222,4 +231,12 @@ func (e *Engine) logOddMessage(evt *event.Event) {
 		return
 	}
 	e.opts.Log.Debug().Stringer("event_id", evt.ID).Str("msgtype", string(msg.MsgType)).Msg("Message with an unknown msgtype: no command or regex runs on it")
+}
+
+// invokesAnother reports a structured invocation (MSC4391) that is not
+// addressed to the bot at hand: its text form is not a command for it.
+// (One addressed to it was taken by structuredCommand.)
+func invokesAnother(evt *event.Event) bool {
+	msg, _ := evt.Content.Parsed.(*event.MessageEventContent)
+	return msg != nil && msg.MSC4391BotCommand != nil
 }

@@ -30,6 +30,15 @@ type CommandHelp struct {
 	Name  string
 	Usage string // "!remind <duration> <text...>"
 	Help  string
+	// Args are the placeholders that have a description (ArgHelp).
+	Args []ArgHelpLine
+}
+
+// ArgHelpLine describes one placeholder of a command.
+type ArgHelpLine struct {
+	Name, Type string
+	Optional   bool
+	Help       string
 }
 
 // Options configure an Engine.
@@ -192,7 +201,13 @@ func (e *Engine) CommandsFor(bot id.UserID) []CommandHelp {
 	var out []CommandHelp
 	for _, rt := range e.botRoutes(b) {
 		if rt.kind == kindCommand && (len(rt.opts.bots) == 0 || slices.Contains(rt.opts.bots, bot)) {
-			out = append(out, CommandHelp{Skill: rt.skill, Name: rt.command.name, Usage: rt.command.usage(b.Prefix), Help: rt.opts.help})
+			ch := CommandHelp{Skill: rt.skill, Name: rt.command.name, Usage: rt.command.usage(b.Prefix), Help: rt.opts.help}
+			for _, p := range rt.command.parts {
+				if h := rt.opts.argHelp[p.arg]; p.arg != "" && h != "" {
+					ch.Args = append(ch.Args, ArgHelpLine{Name: p.arg, Type: string(p.typ), Optional: p.optional, Help: h})
+				}
+			}
+			out = append(out, ch)
 		}
 	}
 	return out

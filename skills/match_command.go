@@ -3,14 +3,23 @@ package skills
 import (
 	"fmt"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"unicode"
+
+	"maunium.net/go/mautrix/event/cmdschema"
+	"maunium.net/go/mautrix/id"
 )
 
 // commandPattern is a parsed command pattern such as
 // "remind {duration} {text...}": a command word, then literal words and
 // placeholders. {name} takes one word, {name...} the rest of the line,
 // and a trailing ? makes a placeholder optional ({name?}, {name...?}).
+// A one-word placeholder may name its type, as MSC4391 clients know them:
+// {sides:integer}, {who:user_id} (argTypes); a word that is not of that
+// type does not match. The same declaration drives !help, the command
+// descriptions published into rooms, and structured invocations.
 type commandPattern struct {
 	raw   string
 	name  string // the command word, lower case
@@ -20,8 +29,24 @@ type commandPattern struct {
 type patternPart struct {
 	literal  string // set for literal words (lower case)
 	arg      string // set for placeholders
+	typ      cmdschema.PrimitiveType
 	rest     bool
 	optional bool
+}
+
+// argTypes are the placeholder types, with how a word is checked.
+var argTypes = map[cmdschema.PrimitiveType]func(string) bool{
+	cmdschema.PrimitiveTypeString:  func(string) bool { return true },
+	cmdschema.PrimitiveTypeInteger: func(w string) bool { _, err := strconv.ParseInt(w, 10, 64); return err == nil },
+	cmdschema.PrimitiveTypeBoolean: func(w string) bool { _, err := strconv.ParseBool(w); return err == nil },
+	cmdschema.PrimitiveTypeUserID: func(w string) bool {
+		_, _, err := id.UserID(w).ParseAndValidateRelaxed()
+		return err == nil
+	},
+	cmdschema.PrimitiveTypeRoomID:     func(w string) bool { return strings.HasPrefix(w, "!") && len(w) > 1 },
+	cmdschema.PrimitiveTypeRoomAlias:  func(w string) bool { return strings.HasPrefix(w, "#") && strings.Contains(w, ":") },
+	cmdschema.PrimitiveTypeEventID:    func(w string) bool { return strings.HasPrefix(w, "$") && len(w) > 1 },
+	cmdschema.PrimitiveTypeServerName: func(w string) bool { return !strings.ContainsAny(w, "/@!#$ ") },
 }
 
 var argNameRe = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
@@ -68,6 +93,18 @@ func parseCommandPattern(p string) (*commandPattern, error) {
 				return nil, fmt.Errorf("command pattern %q: {%s...} must be the last placeholder", p, inner)
 			}
 		}
+		if name, typ, typed := strings.Cut(inner, ":"); typed {
+			part.typ = cmdschema.PrimitiveType(typ)
+			if _, ok := argTypes[part.typ]; !ok {
+				return nil, fmt.Errorf("command pattern %q: {%s} has unknown type %q (one of %s)", p, name, typ, typeNames())
+			}
+			if part.rest && part.typ != cmdschema.PrimitiveTypeString {
+				return nil, fmt.Errorf("command pattern %q: {%s...} takes the rest of the line and is always a string", p, name)
+			}
+			inner = name
+		} else {
+			part.typ = cmdschema.PrimitiveTypeString
+		}
 		if !argNameRe.MatchString(inner) {
 			return nil, fmt.Errorf("command pattern %q: placeholder name %q is not a word", p, inner)
 		}
@@ -83,6 +120,15 @@ func parseCommandPattern(p string) (*commandPattern, error) {
 		cp.parts = append(cp.parts, part)
 	}
 	return cp, nil
+}
+
+func typeNames() string {
+	var names []string
+	for t := range argTypes {
+		names = append(names, string(t))
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }
 
 func isCommandWord(w string) bool {
@@ -104,6 +150,10 @@ func (cp *commandPattern) usage(prefix string) string {
 		switch {
 		case part.literal != "":
 			b.WriteString(part.literal)
+		case part.typ != cmdschema.PrimitiveTypeString && part.optional:
+			fmt.Fprintf(&b, "[%s:%s]", part.arg, part.typ)
+		case part.typ != cmdschema.PrimitiveTypeString:
+			fmt.Fprintf(&b, "<%s:%s>", part.arg, part.typ)
 		case part.optional && part.rest:
 			fmt.Fprintf(&b, "[%s...]", part.arg)
 		case part.optional:
@@ -143,6 +193,9 @@ func (cp *commandPattern) match(argText string) (args map[string]string, ok bool
 				return nil, false
 			}
 		} else {
+			if !argTypes[part.typ](word) {
+				return nil, false
+			}
 			args[part.arg] = word
 		}
 		rest = remaining

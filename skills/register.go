@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,6 +57,8 @@ type route struct {
 
 type routeOptions struct {
 	help  string
+	// argHelp describes a command's placeholders, by name.
+	argHelp map[string]string
 	rooms []id.RoomID
 	users []id.UserID
 	bots  []id.UserID
@@ -72,8 +75,20 @@ type routeOptions struct {
 // Option refines a registration.
 type Option func(*routeOptions)
 
-// Help sets the one-line description shown by !help.
+// Help sets the one-line description shown by !help and published as the
+// command's description (MSC4391).
 func Help(text string) Option { return func(o *routeOptions) { o.help = text } }
+
+// ArgHelp describes one of a command's placeholders, for !help <command>
+// and the published command description.
+func ArgHelp(name, text string) Option {
+	return func(o *routeOptions) {
+		if o.argHelp == nil {
+			o.argHelp = map[string]string{}
+		}
+		o.argHelp[name] = text
+	}
+}
 
 // InRooms restricts the route to these rooms.
 func InRooms(rooms ...id.RoomID) Option {
@@ -152,7 +167,13 @@ func (r *Router) Command(pattern string, h Handler, opts ...Option) {
 			return
 		}
 	}
-	r.add(&route{kind: kindCommand, command: cp, handler: h}, opts)
+	rt := &route{kind: kindCommand, command: cp, handler: h}
+	r.add(rt, opts)
+	for name := range rt.opts.argHelp {
+		if !slices.ContainsFunc(cp.parts, func(p patternPart) bool { return p.arg == name }) {
+			r.fail(fmt.Errorf("skill %s: command %q has no placeholder {%s} to describe", r.skill, cp.raw, name))
+		}
+	}
 }
 
 // Regex registers a regular expression matched against the text of every

@@ -97,7 +97,7 @@ func TestHelpForOneCommand(t *testing.T) {
 	e.Handle(context.Background(), msg("!help !echo"), []id.UserID{bot1})
 	e.Handle(context.Background(), msg("!help nope"), []id.UserID{bot1})
 	got := f.Bodies()
-	if got[0] != "@opsbot:x: !echo <text...> — repeat the text back" || !strings.Contains(got[1], `no command "nope"`) {
+	if got[0] != "@opsbot:x: !echo <text...> — repeat the text back\n  text (string): what to say back" || !strings.Contains(got[1], `no command "nope"`) {
 		t.Fatalf("got %q", got)
 	}
 }

@@ -219,6 +219,23 @@ func TestBotProfile(t *testing.T) {
 	})
 }
 
+func TestPublishedDescriptions(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		_ = st.SetPublishedDescription(ctx, "!r:x", "@bot:x", "k1", "d1")
+		_ = st.SetPublishedDescription(ctx, "!r:x", "@bot:x", "k2", "d2")
+		_ = st.SetPublishedDescription(ctx, "!r:x", "@bot:x", "k1", "d1b")
+		_ = st.SetPublishedDescription(ctx, "!r:x", "@other:x", "k3", "d3")
+		_ = st.SetPublishedDescription(ctx, "!r:x", "@bot:x", "k2", "")
+		got, err := st.PublishedDescriptions(ctx, "!r:x", "@bot:x")
+		if err != nil || len(got) != 1 || got["k1"] != "d1b" {
+			t.Fatalf("published: %v %v", got, err)
+		}
+	})
+}
+
 func TestVersion(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()

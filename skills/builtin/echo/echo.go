@@ -34,7 +34,7 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 	if s.settings.MaxLength < 1 {
 		return cfg.Errorf("max_length", "must be at least 1, got %d", s.settings.MaxLength)
 	}
-	r.Command("echo {text...}", s.echo, skills.Help("repeat the text back"))
+	r.Command("echo {text...}", s.echo, skills.Help("repeat the text back"), skills.ArgHelp("text", "what to say back"))
 	return nil
 }
 

@@ -26,18 +26,22 @@ func (Skill) Setup(r *skills.Router, cfg skills.Config) error {
 	if err := cfg.Decode(&settings); err != nil {
 		return err
 	}
-	r.Command("help {command?}", list, skills.Help("list the commands, or explain one"))
+	r.Command("help {command?}", list, skills.Help("list the commands, or explain one"), skills.ArgHelp("command", "a command to explain, such as remind"))
 	return nil
 }
 
 func list(ctx context.Context, ev *skills.Event) error {
 	cmds := ev.Commands()
 	if want := strings.TrimLeft(strings.ToLower(ev.Arg("command")), "!/."); want != "" {
+		var found []string
 		for _, c := range cmds {
 			if c.Name == want {
-				_, err := ev.Reply(ctx, line(c))
-				return err
+				found = append(found, detail(c))
 			}
+		}
+		if len(found) > 0 {
+			_, err := ev.Reply(ctx, strings.Join(found, "\n"))
+			return err
 		}
 		_, err := ev.Reply(ctx, fmt.Sprintf("There is no command %q here.", want))
 		return err
@@ -63,4 +67,17 @@ func line(c skills.CommandHelp) string {
 		return c.Usage
 	}
 	return c.Usage + " — " + c.Help
+}
+
+// detail is a command's line and what each described argument means.
+func detail(c skills.CommandHelp) string {
+	out := line(c)
+	for _, a := range c.Args {
+		opt := ""
+		if a.Optional {
+			opt = ", optional"
+		}
+		out += fmt.Sprintf("\n  %s (%s%s): %s", a.Name, a.Type, opt, a.Help)
+	}
+	return out
 }

@@ -46,9 +46,9 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 	if s.settings.MaxLength < 1 {
 		return cfg.Errorf("max_length", "must be at least 1")
 	}
-	r.Command("note add {text...}", s.add, skills.Help("keep a note for this room"))
+	r.Command("note add {text...}", s.add, skills.Help("keep a note for this room"), skills.ArgHelp("text", "what to note"))
 	r.Command("note list", s.list, skills.Help("show this room's notes"))
-	r.Command("note forget {n}", s.forget, skills.Help("remove note number n"))
+	r.Command("note forget {n:integer}", s.forget, skills.Help("remove note number n"), skills.ArgHelp("n", "the note's number in !note list"))
 	r.Command("note clear", s.clear, skills.Help("remove all of this room's notes"))
 	return nil
 }

@@ -22,7 +22,7 @@ func TestNotes(t *testing.T) {
 		{"!note forget 3", `There is no note "3"; !note list shows their numbers.`},
 		{"!note forget 1", "Forgot note 1."},
 		{"!note list", "1. rotate keys"},
-		{"!note", "Usage: !note add <text...> | !note list | !note forget <n> | !note clear"},
+		{"!note", "Usage: !note add <text...> | !note list | !note forget <n:integer> | !note clear"},
 		{"!note clear", "Cleared this room's notes."},
 		{"!note list", "No notes in this room."},
 	}

@@ -120,8 +120,9 @@ func (s *Skill) Setup(r *skills.Router, cfg skills.Config) error {
 		return cfg.Errorf("max_length", "must be from 1 to 2000, got %d", s.settings.MaxLength)
 	}
 	r.Command("remind list", s.list, skills.Help("list this room's pending reminders"))
-	r.Command("remind cancel {n}", s.cancel, skills.Help("cancel reminder number n of !remind list"))
-	r.Command("remind {when} {text...}", s.add, skills.Help("remind you: when is 10m, 2h30m, 1d, 17:00 or 2026-12-01 09:00"))
+	r.Command("remind cancel {n:integer}", s.cancel, skills.Help("cancel reminder number n of !remind list"), skills.ArgHelp("n", "the reminder's number in !remind list"))
+	r.Command("remind {when} {text...}", s.add, skills.Help("remind you: when is 10m, 2h30m, 1d, 17:00 or 2026-12-01 09:00"),
+		skills.ArgHelp("when", "a delay (10m, 2h30m, 1d) or a time (17:00, 2026-12-01 09:00)"), skills.ArgHelp("text", "what to remind you of"))
 	r.Cron(s.every, s.deliver)
 	return nil
 }

@@ -69,9 +69,9 @@ func TestSetListCancel(t *testing.T) {
 	say(t, h, "!remind 2027-06-01 09:00 too far", "I can only remind you of things up to a year ahead.")
 	say(t, h, "!remind 400d too far", "I can only remind you of things up to a year ahead.")
 	say(t, h, "!remind 10m "+strings.Repeat("x", 41), "A reminder can be at most 40 characters.")
-	say(t, h, "!remind", "Usage: !remind list | !remind cancel <n> | !remind <when> <text...>")
+	say(t, h, "!remind", "Usage: !remind list | !remind cancel <n:integer> | !remind <when> <text...>")
 
-	if got := h.Say("!help")[0]; !strings.Contains(got, "!remind <when> <text...> — remind you") || !strings.Contains(got, "!remind cancel <n>") {
+	if got := h.Say("!help")[0]; !strings.Contains(got, "!remind <when> <text...> — remind you") || !strings.Contains(got, "!remind cancel <n:integer>") {
 		t.Fatalf("help: %q", got)
 	}
 }
