@@ -56,12 +56,12 @@ type route struct {
 }
 
 type routeOptions struct {
-	help  string
+	help string
 	// argHelp describes a command's placeholders, by name.
 	argHelp map[string]string
-	rooms []id.RoomID
-	users []id.UserID
-	bots  []id.UserID
+	rooms   []id.RoomID
+	users   []id.UserID
+	bots    []id.UserID
 	// edits makes a command or regex also run on edited messages (m.replace).
 	edits bool
 	// location is the time zone of a cron schedule.
