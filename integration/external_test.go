@@ -212,6 +212,16 @@ func TestExternalSkills(t *testing.T) {
 		t.Fatalf("encrypted room, nonsense: got %+v", m)
 	}
 	req = nonsense.last(t)
+	// The skill edits its own earlier message in the encrypted room (the
+	// bot checks who sent it without needing to decrypt it).
+	nio.Send(secretRoom, "!nonsense draft")
+	if m := nio.WaitMessage(secretRoom, botID, wait); m.Body != "draft" || !m.Encrypted {
+		t.Fatalf("encrypted room, draft: got %+v", m)
+	}
+	nio.Send(secretRoom, "!nonsense finish")
+	if m := nio.WaitMessage(secretRoom, botID, wait); m.Body != "* final" || !m.Encrypted {
+		t.Fatalf("encrypted room, edit of its own message: got %+v\n%s", m, w.Bot.LogTail(10))
+	}
 	nio.Send(secretRoom, "!nonsense html")
 	if m := nio.WaitMessage(secretRoom, botID, wait); m.FormattedBody != safeHTML || !m.Encrypted || m.Mentions == nil || m.Mentions.Room || len(m.Mentions.UserIDs) != 0 {
 		t.Fatalf("encrypted room, hostile HTML: got %+v (mentions %+v)", m, m.Mentions)
@@ -297,11 +307,12 @@ func postSigned(t *testing.T, url, body, signature string) int {
 // externalRequest is the part of the protocol's request the test checks
 // (decoded independently of skills/external, as a skill would).
 type externalRequest struct {
-	Version   int    `json:"version"`
-	Skill     string `json:"skill"`
-	Bot       string `json:"bot"`
-	RoomID    string `json:"room_id"`
-	Timestamp int64  `json:"timestamp"`
+	Memory    map[string]json.RawMessage `json:"memory"`
+	Version   int                        `json:"version"`
+	Skill     string                     `json:"skill"`
+	Bot       string                     `json:"bot"`
+	RoomID    string                     `json:"room_id"`
+	Timestamp int64                      `json:"timestamp"`
 	Event     struct {
 		EventID   string          `json:"event_id"`
 		Type      string          `json:"type"`
@@ -351,6 +362,16 @@ func newNonsenseSkill(t *testing.T, secret string) *nonsenseSkill {
 		n.requests = append(n.requests, req)
 		n.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		switch req.Match.Args["text"] {
+		case "draft": // a message of its own, to edit next time
+			_, _ = io.WriteString(w, `{"actions":[{"type":"reply","text":"draft","save_id_as":"draft"}]}`)
+			return
+		case "finish":
+			var draft string
+			_ = json.Unmarshal(req.Memory["draft"], &draft)
+			_, _ = io.WriteString(w, `{"actions":[{"type":"edit","event_id":`+strconv.Quote(draft)+`,"text":"final"}]}`)
+			return
+		}
 		if target, ok := strings.CutPrefix(req.Match.Args["text"], "redact "); ok {
 			// A skill that tries to have someone else's message removed.
 			_, _ = io.WriteString(w, `{"actions":[{"type":"redact","event_id":`+strconv.Quote(target)+`}]}`)

@@ -38,17 +38,17 @@ func (ev *Event) checkTarget(ctx context.Context, room id.RoomID, target id.Even
 	if err != nil {
 		return fmt.Errorf("cannot check who sent %s: %w", target, err)
 	}
-	evt, err := rooms.Fetch(ctx, ev.Bot, room, target)
+	sender, err := rooms.EventSender(ctx, ev.Bot, room, target)
 	if err != nil {
 		return fmt.Errorf("cannot check who sent %s: %w", target, err)
 	}
-	if evt.Sender == ev.Bot {
+	if sender == ev.Bot {
 		return nil
 	}
 	if !redact {
-		return fmt.Errorf("%s was sent by %s: a bot edits only its own messages", target, evt.Sender)
+		return fmt.Errorf("%s was sent by %s: a bot edits only its own messages", target, sender)
 	}
-	return fmt.Errorf("%s was sent by %s: skill %s may redact only the bot's own events (permissions.skills.%s.redact_others)", target, evt.Sender, ev.Skill, ev.Skill)
+	return fmt.Errorf("%s was sent by %s: skill %s may redact only the bot's own events (permissions.skills.%s.redact_others)", target, sender, ev.Skill, ev.Skill)
 }
 
 // checkMentions refuses a message that pings the whole room unless the

@@ -60,6 +60,8 @@ type Rooms interface {
 	MarkRead(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) error
 	Membership(ctx context.Context, bot id.UserID, room id.RoomID, user id.UserID, action Membership, reason string) error
 	Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error)
+	// EventSender says who sent an event, without decrypting it.
+	EventSender(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (id.UserID, error)
 }
 
 // Membership actions a bot can take on a user.

@@ -112,6 +112,15 @@ func (f *Sender) Fetch(ctx context.Context, bot id.UserID, room id.RoomID, event
 	return nil, fmt.Errorf("no event %s", eventID)
 }
 
+// EventSender is who sent an event Fetch finds.
+func (f *Sender) EventSender(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (id.UserID, error) {
+	evt, err := f.Fetch(ctx, bot, room, eventID)
+	if err != nil {
+		return "", err
+	}
+	return evt.Sender, nil
+}
+
 // Redact records a redaction.
 func (f *Sender) Redact(ctx context.Context, bot id.UserID, room id.RoomID, target id.EventID, reason, txnID string) (id.EventID, error) {
 	return f.Send(ctx, bot, room, event.EventRedaction, map[string]any{"redacts": target, "reason": reason}, txnID)
