@@ -28,6 +28,8 @@ func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
 	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
 		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
 	})
+	pol.SetTrust(policy.TrustOptions{Encryption: cfg.Encryption, Log: s.Log.With().Str("component", "command-trust").Logger(),
+		Refused: s.Metrics.ObserveRefusal, Answered: s.answered})
 	specs := make([]skills.BotSpec, len(cfg.Bots))
 	for i, b := range cfg.Bots {
 		specs[i] = skills.BotSpec{ID: id.NewUserID(b.Localpart, cfg.Homeserver.Domain), Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}
@@ -40,6 +42,7 @@ func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
 		Schedules: s.Store,
 		Allow:     pol.Allow,
 		Limit:     pol.Limit,
+		Trust:     pol.Trust,
 		Memory:    s.memory,
 		Log:       s.Log.With().Str("component", "skills").Logger(),
 		Observe:   s.Metrics.ObserveSkill,
@@ -85,7 +88,8 @@ func (h engineHost) Reload(ctx context.Context) (string, error) { return h.s.Rel
 // without dropping transactions: events in flight finish on the old skills,
 // later ones use the new. Only skill-related keys may change (skills,
 // external_skills, bots[].skills and command_prefix, permissions.skills,
-// rate_limit and admins); anything else needs a restart and is refused.
+// rate_limit and admins, encryption.command_trust and
+// command_trust_plain_rooms); anything else needs a restart and is refused.
 func (s *Service) Reload(ctx context.Context) (string, error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -105,6 +109,7 @@ func (s *Service) Reload(ctx context.Context) (string, error) {
 	}
 	s.engine.Store(engine)
 	s.Cfg.Skills, s.Cfg.ExternalSkills, s.Cfg.Permissions = cfg.Skills, cfg.ExternalSkills, cfg.Permissions
+	s.Cfg.Encryption.CommandTrust, s.Cfg.Encryption.CommandTrustPlainRooms = cfg.Encryption.CommandTrust, cfg.Encryption.CommandTrustPlainRooms
 	for i := range s.Cfg.Bots {
 		s.Cfg.Bots[i].Skills, s.Cfg.Bots[i].CommandPrefix = cfg.Bots[i].Skills, cfg.Bots[i].CommandPrefix
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/opsbot/opsbot/appservice/metrics"
 	"github.com/opsbot/opsbot/appservice/outbox"
 	"github.com/opsbot/opsbot/appservice/pipeline"
+	"github.com/opsbot/opsbot/appservice/policy"
 	"github.com/opsbot/opsbot/appservice/stages"
 	"github.com/opsbot/opsbot/appservice/statememory"
 	"github.com/opsbot/opsbot/appservice/store"
@@ -73,6 +74,9 @@ type Service struct {
 	version   string
 	// deliveries are the signed webhook deliveries taken (replay guard).
 	deliveries *skills.Deliveries
+	// answered remembers who was told, this hour, why a command was
+	// refused for its device (kept across reloads).
+	answered *policy.Answered
 	// versions is the homeserver's /versions answer at start-up.
 	versions *mautrix.RespVersions
 
@@ -97,7 +101,7 @@ type Service struct {
 // goSkills returns the Go skills compiled into the binary, new instances on
 // every call; the external skills of the config are added to them.
 func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
-	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewDeliveries()}
+	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewDeliveries(), answered: policy.NewAnswered()}
 	// The pipeline, built last, reports to the metrics: the sources read it
 	// at each scrape.
 	s.Metrics = metrics.New(metrics.Options{

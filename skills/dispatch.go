@@ -67,7 +67,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 					continue
 				}
 				matched = true
-				if limited(b) {
+				if limited(b) || !e.trusted(ctx, b, rt, evt, body) {
 					continue
 				}
 				ev := e.newEvent(evt, b, rt, body)
@@ -88,7 +88,7 @@ func (e *Engine) Handle(ctx context.Context, evt *event.Event, roomBots []id.Use
 					continue
 				}
 				matched = true
-				if limited(b) {
+				if limited(b) || !e.trusted(ctx, b, rt, evt, body) {
 					continue
 				}
 				ev := e.newEvent(evt, b, rt, body)
@@ -134,6 +134,10 @@ func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, c
 		e.notice(ctx, ev, fmt.Sprintf("You are not allowed to use %s%s here.", b.Prefix, cmdName))
 		return
 	}
+	// One command word belongs to one skill: one trust decision.
+	if !e.trusted(ctx, b, allowed[0], evt, body) {
+		return
+	}
 	for _, rt := range allowed {
 		if args, ok := rt.command.match(argText); ok {
 			ev := e.newEvent(evt, b, rt, body)
@@ -156,6 +160,20 @@ func (e *Engine) runCommand(ctx context.Context, evt *event.Event, b *BotSpec, c
 func (e *Engine) permits(ctx context.Context, b *BotSpec, rt *route, evt *event.Event) bool {
 	return rt.allows(b.ID, evt.RoomID, evt.Sender) &&
 		(e.opts.Allow == nil || e.opts.Allow(ctx, rt.skill, evt.RoomID, evt.Sender))
+}
+
+// trusted applies encryption.command_trust to a command, regex or parse
+// match that passed permits: may the device it came from command skill?
+// A refusal's answer, if any, goes to the sender as a notice.
+func (e *Engine) trusted(ctx context.Context, b *BotSpec, rt *route, evt *event.Event, body string) bool {
+	if e.opts.Trust == nil {
+		return true
+	}
+	ok, answer := e.opts.Trust(ctx, rt.skill, evt)
+	if !ok && answer != "" {
+		e.notice(ctx, e.newEvent(evt, b, rt, body), answer)
+	}
+	return ok
 }
 
 // allows checks the route's own limits: ForBots, InRooms, FromUsers.

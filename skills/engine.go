@@ -56,6 +56,11 @@ type Options struct {
 	HandlerTimeout time.Duration
 	// Allow, if set, applies permissions.skills: may sender use skill in room?
 	Allow func(ctx context.Context, skill string, room id.RoomID, sender id.UserID) bool
+	// Trust, if set, decides with the event in hand whether a command (or a
+	// regex or parse match) of skill is acted on, by who sent it from which
+	// device (encryption.command_trust). When ok is false and answer is not
+	// empty, the engine sends answer as a notice in reply.
+	Trust func(ctx context.Context, skill string, evt *event.Event) (ok bool, answer string)
 	// Limit, if set, applies rate limits to answers (commands, regexes,
 	// parse patterns): ok=false means drop; warn asks for one "slow down".
 	Limit func(room id.RoomID, sender id.UserID) (ok, warn bool)

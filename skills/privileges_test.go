@@ -78,3 +78,38 @@ func TestPrivileges(t *testing.T) {
 		})
 	}
 }
+
+// The trust hook is asked before a matched command runs; a refusal's
+// answer goes to the sender, and the handler does not run.
+func TestTrustHook(t *testing.T) {
+	ran := 0
+	s := funcSkill{"s", func(r *skills.Router) error {
+		r.Command("go", func(ctx context.Context, ev *skills.Event) error { ran++; return nil })
+		return nil
+	}}
+	trust := false
+	var asked []string
+	f := &skilltest.Sender{}
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Memory: skilltest.NewMemory(),
+		Trust: func(ctx context.Context, skill string, evt *event.Event) (bool, string) {
+			asked = append(asked, skill+" "+string(evt.Sender))
+			if trust {
+				return true, ""
+			}
+			return false, "verify this session from another one"
+		}},
+		[]skills.Skill{s}, nil, []skills.BotSpec{{ID: "@bot:x", Prefix: "!", Skills: []string{"s"}, ConfigKey: "bots[0]"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(context.Background(), msg("!go"), []id.UserID{"@bot:x"})
+	e.Handle(context.Background(), msg("hello"), []id.UserID{"@bot:x"}) // no match: not asked
+	if ran != 0 || strings.Join(f.Bodies(), "|") != "@bot:x: verify this session from another one" {
+		t.Fatalf("refused: ran %d, said %q", ran, f.Bodies())
+	}
+	trust = true
+	e.Handle(context.Background(), msg("!go"), []id.UserID{"@bot:x"})
+	if ran != 1 || len(asked) != 2 || asked[0] != "s @alice:x" {
+		t.Fatalf("trusted: ran %d, asked %q", ran, asked)
+	}
+}

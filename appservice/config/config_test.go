@@ -91,6 +91,9 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"backup without cross-signing", "  cross_signing: true", "  cross_signing: false", "encryption.key_backup: needs encryption.cross_signing"},
 		{"bad verifier", "    allowed_users: []", "    allowed_users: [alice]", "encryption.verification.allowed_users[0]:"},
 		{"bad verifier pattern", "    allowed_users: []", `    allowed_users: ["@[:x"]`, "encryption.verification.allowed_users[0]:"},
+		{"bad command trust", "  command_trust: all", "  command_trust: x", `encryption.command_trust: "x" must be all, cross-signed or verified`},
+		{"bad plain rooms", "  command_trust_plain_rooms: refuse", "  command_trust_plain_rooms: maybe", `encryption.command_trust_plain_rooms: "maybe" must be obey or refuse`},
+		{"bad skill command trust", "  skills: {}", "  skills: {ping: {command_trust: sometimes}}", `permissions.skills.ping.command_trust: "sometimes" must be all, cross-signed or verified`},
 		{"short verification timeout", "    timeout: 5m", "    timeout: 1s", "encryption.verification.timeout: must be between 10s and 9m"},
 	}
 	for _, c := range cases {
@@ -136,6 +139,14 @@ encryption: {enabled: true, pickle_key: cccccccccccccccccccc}
 bots: [{localpart: helper}]
 `)
 	e := cfg.Encryption
+	if e.CommandTrust != "all" || e.CommandTrustPlainRooms != "refuse" {
+		t.Fatalf("command trust defaults: %q, %q", e.CommandTrust, e.CommandTrustPlainRooms)
+	}
+	example := config.ExampleWithTokens(exampleAS, exampleHS)
+	_, err := config.Parse([]byte(strings.NewReplacer("  enabled: true", "  enabled: false", "  command_trust: all", "  command_trust: verified").Replace(example)))
+	if err == nil || !strings.Contains(err.Error(), `encryption.command_trust: "verified" needs encryption.enabled`) {
+		t.Fatalf("command_trust without encryption: %v", err)
+	}
 	if !*e.CrossSigning || !*e.KeyBackup || len(e.Verification.AllowedUsers) != 0 || time.Duration(e.Verification.Timeout) != 5*time.Minute || e.MSC4190 {
 		t.Fatalf("trust defaults: %+v", e)
 	}
@@ -146,12 +157,11 @@ bots: [{localpart: helper}]
 	if text, _ := cfg.RegistrationYAML(); !strings.Contains(text, "io.element.msc4190: true") {
 		t.Fatalf("registration lacks io.element.msc4190:\n%s", text)
 	}
-	example := config.ExampleWithTokens(exampleAS, exampleHS)
 	off := mustParse(t, strings.NewReplacer("  cross_signing: true", "  cross_signing: false", "  key_backup: true\n", "").Replace(example))
 	if *off.Encryption.KeyBackup {
 		t.Fatal("key_backup must follow cross_signing when unset")
 	}
-	_, err := config.Parse([]byte(strings.NewReplacer("  mode: auto", "  mode: sync", "  msc4190: false", "  msc4190: true").Replace(example)))
+	_, err = config.Parse([]byte(strings.NewReplacer("  mode: auto", "  mode: sync", "  msc4190: false", "  msc4190: true").Replace(example)))
 	if err == nil || !strings.Contains(err.Error(), "encryption.msc4190: needs encryption.mode appservice") {
 		t.Fatalf("msc4190 with sync mode: %v", err)
 	}

@@ -19,6 +19,14 @@ type Encryption struct {
 	// Trust is the key sharing policy: which devices get the bots' room keys
 	// (all, cross-signed or verified).
 	Trust string `yaml:"trust"`
+	// CommandTrust says from which devices a command in an encrypted room
+	// is acted on: all, cross-signed (signed by their owner's cross-signing
+	// identity) or verified (the bot verified that identity).
+	CommandTrust string `yaml:"command_trust"`
+	// CommandTrustPlainRooms says whether commands in unencrypted rooms,
+	// where there is no device to check, are obeyed (obey) or refused
+	// (refuse) by skills whose command_trust is not all.
+	CommandTrustPlainRooms string `yaml:"command_trust_plain_rooms"`
 	// ReplyOnFailure makes a bot answer a message it could not decrypt.
 	ReplyOnFailure *bool `yaml:"reply_on_failure"`
 	// DecryptWait bounds how long an event waits for a late room key.
@@ -55,6 +63,12 @@ func (e *Encryption) applyDefaults() {
 	}
 	if e.Trust == "" {
 		e.Trust = "all"
+	}
+	if e.CommandTrust == "" {
+		e.CommandTrust = "all"
+	}
+	if e.CommandTrustPlainRooms == "" {
+		e.CommandTrustPlainRooms = "refuse"
 	}
 	if e.ReplyOnFailure == nil {
 		yes := true
@@ -94,6 +108,16 @@ func (e Encryption) validate() error {
 	default:
 		p.add("encryption.trust", "%q is not one of all, cross-signed, verified", e.Trust)
 	}
+	if !ValidCommandTrust(e.CommandTrust) {
+		p.add("encryption.command_trust", "%q must be all, cross-signed or verified", e.CommandTrust)
+	} else if e.CommandTrust != "all" && !e.Enabled {
+		p.add("encryption.command_trust", "%q needs encryption.enabled: without encryption no device can be checked", e.CommandTrust)
+	}
+	switch e.CommandTrustPlainRooms {
+	case "obey", "refuse":
+	default:
+		p.add("encryption.command_trust_plain_rooms", "%q must be obey or refuse", e.CommandTrustPlainRooms)
+	}
 	if e.DecryptWait < 0 || time.Duration(e.DecryptWait) > 10*time.Minute {
 		p.add("encryption.decrypt_wait", "must be between 0s and 10m")
 	}
@@ -127,4 +151,13 @@ func (v Verification) validate() error {
 		p.add("encryption.verification.timeout", "must be between 10s and 9m (a verification request expires after 10 minutes)")
 	}
 	return p.err()
+}
+
+// ValidCommandTrust reports whether s is a command_trust level.
+func ValidCommandTrust(s string) bool {
+	switch s {
+	case "all", "cross-signed", "verified":
+		return true
+	}
+	return false
 }

@@ -49,6 +49,14 @@ encryption:
   pickle_key: @PICKLE_KEY@
   # Which devices get the bots' room keys: all, cross-signed or verified.
   trust: all
+  # From which devices commands are obeyed: all, cross-signed (signed by
+  # their owner, as Element's "exclude insecure devices") or verified (by
+  # SAS with the bot). all keeps clients without cross-signing working.
+  # Per skill: permissions.skills.<skill>.command_trust.
+  command_trust: all
+  # With command_trust above all: obey or refuse commands in unencrypted
+  # rooms, where there is no device to check.
+  command_trust_plain_rooms: refuse
   # Answer "I could not decrypt your message" when a room key never arrives.
   reply_on_failure: true
   # How long a message waits for its room key before that answer.

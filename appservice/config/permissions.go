@@ -30,6 +30,9 @@ type SkillPolicy struct {
 	// skill acts on the bot's own messages and pings only whom it names.
 	RedactOthers bool `yaml:"redact_others"`
 	RoomMentions bool `yaml:"room_mentions"`
+	// CommandTrust overrides encryption.command_trust for this skill
+	// (for the admin skill, only to make it stricter).
+	CommandTrust string `yaml:"command_trust"`
 }
 
 // RateLimit caps how many commands (and regex/parse matches) per minute a
@@ -59,6 +62,9 @@ func (p Permissions) validate() error {
 	for name, sp := range p.Skills {
 		if sp.MinPowerLevel < 0 || sp.MinPowerLevel > 100 {
 			errs.add("permissions.skills."+name+".min_power_level", "must be between 0 and 100")
+		}
+		if sp.CommandTrust != "" && !ValidCommandTrust(sp.CommandTrust) {
+			errs.add("permissions.skills."+name+".command_trust", "%q must be all, cross-signed or verified", sp.CommandTrust)
 		}
 	}
 	errs = append(errs, p.RateLimit.validate())

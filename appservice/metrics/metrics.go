@@ -46,8 +46,11 @@ type Metrics struct {
 	// VerificationsWaiting: verifications whose short authentication
 	// string waits for the operator's decision.
 	VerificationsWaiting prometheus.Gauge
-	BackupFailures       *prometheus.CounterVec // bot, stage
-	Ready                prometheus.GaugeFunc
+	// CommandsRefused: commands not obeyed for the device they came from
+	// (encryption.command_trust), by reason.
+	CommandsRefused *prometheus.CounterVec
+	BackupFailures  *prometheus.CounterVec // bot, stage
+	Ready           prometheus.GaugeFunc
 	// LeaderEpoch is the epoch of this process's leadership term.
 	LeaderEpoch prometheus.Gauge
 	// ParkedRooms and ParkedOldest: rooms whose next event waits (for its
@@ -86,6 +89,8 @@ var (
 	homeserverOutcomes   = []string{"ok", "retryable", "failed"}
 	verificationOutcomes = []string{"done", "refused", "cancelled", "timeout"}
 	backupStages         = []string{"setup", "upload"}
+	// refusalReasons are policy.RefusalReasons (metrics does not import policy).
+	refusalReasons = []string{"not_cross_signed", "not_verified", "plain_room"}
 )
 
 // New creates and registers the metrics.
@@ -136,6 +141,8 @@ func New(opts Options) *Metrics {
 		Help: "Interactive verifications with the bots, by how they ended (done, refused, cancelled, timeout)."}, []string{"outcome"})
 	m.VerificationsWaiting = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_verifications_waiting",
 		Help: "Verifications whose emoji or numbers wait for the operator's decision (opsbot-appservice verification list)."})
+	m.CommandsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_commands_refused_total",
+		Help: "Commands (and regex or parse matches) not obeyed because of the device they came from (encryption.command_trust), by reason (not_cross_signed, not_verified, plain_room)."}, []string{"reason"})
 	m.BackupFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_key_backup_failures_total",
 		Help: "Failures of each bot's server-side key backup, by stage: setup (at start; the backup stays off until a restart) or upload (retried)."}, []string{"bot", "stage"})
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "opsbot_leader",
@@ -162,6 +169,7 @@ func New(opts Options) *Metrics {
 	for _, c := range []prometheus.Collector{m.Leader, m.LeaderEpoch, m.ParkedRooms, m.ParkedOldest, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
 		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
+		m.CommandsRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -182,6 +190,9 @@ func New(opts Options) *Metrics {
 	}
 	for _, o := range verificationOutcomes {
 		m.Verifications.WithLabelValues(o)
+	}
+	for _, r := range refusalReasons {
+		m.CommandsRefused.WithLabelValues(r)
 	}
 	return m
 }
@@ -288,6 +299,11 @@ func (m *Metrics) ObserveDecrypt(bot id.UserID, outcome string) {
 // (setup or upload).
 func (m *Metrics) ObserveBackupFailure(bot id.UserID, stage string) {
 	m.BackupFailures.WithLabelValues(bot.String(), stage).Inc()
+}
+
+// ObserveRefusal counts a command refused for its device (policy.Trust).
+func (m *Metrics) ObserveRefusal(reason string) {
+	m.CommandsRefused.WithLabelValues(reason).Inc()
 }
 
 // ObserveSkill records one handler run.

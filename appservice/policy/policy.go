@@ -1,6 +1,7 @@
 // Package policy applies permissions.skills (who may use which skill, by
-// user, server, room and power level) and permissions.rate_limit (how many
-// commands a person and a room get answered per minute).
+// user, server, room and power level), permissions.rate_limit (how many
+// commands a person and a room get answered per minute) and
+// encryption.command_trust (from which devices commands are obeyed).
 package policy
 
 import (
@@ -24,6 +25,9 @@ type Policy struct {
 	mu                   sync.Mutex
 	windows              map[string]*window
 	now                  func() time.Time
+
+	// trust configures encryption.command_trust (SetTrust); nil obeys all.
+	trust *TrustOptions
 }
 
 // Ours: no rate limiter among the fixed dependencies (x/time/rate is not
