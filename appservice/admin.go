@@ -25,11 +25,14 @@ func (s *Service) Engine() *skills.Engine { return s.engine.Load() }
 // buildEngine sets up the skills of a config: bots' skill lists, skill
 // sections, permissions and rate limits.
 func (s *Service) buildEngine(cfg *config.Config) (*skills.Engine, error) {
-	pol := policy.New(cfg.Permissions, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
-		return s.AS.StateStore.GetPowerLevel(ctx, room, user)
+	pol := policy.New(policy.Options{
+		Permissions: cfg.Permissions,
+		PowerLevel: func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
+			return s.AS.StateStore.GetPowerLevel(ctx, room, user)
+		},
+		Trust: &policy.TrustOptions{Encryption: cfg.Encryption, Log: s.Log.With().Str("component", "command-trust").Logger(),
+			Refused: s.Metrics.ObserveRefusal, Answered: s.answered},
 	})
-	pol.SetTrust(policy.TrustOptions{Encryption: cfg.Encryption, Log: s.Log.With().Str("component", "command-trust").Logger(),
-		Refused: s.Metrics.ObserveRefusal, Answered: s.answered})
 	specs := make([]skills.BotSpec, len(cfg.Bots))
 	for i, b := range cfg.Bots {
 		specs[i] = skills.BotSpec{ID: id.NewUserID(b.Localpart, cfg.Homeserver.Domain), Prefix: b.CommandPrefix, Skills: b.Skills, ConfigKey: fmt.Sprintf("bots[%d]", i)}

@@ -26,7 +26,7 @@ type Policy struct {
 	windows              map[string]*window
 	now                  func() time.Time
 
-	// trust configures encryption.command_trust (SetTrust); nil obeys all.
+	// trust configures encryption.command_trust (Options.Trust); nil obeys all.
 	trust *TrustOptions
 }
 
@@ -41,10 +41,31 @@ type window struct {
 }
 
 // New builds the policy from the config.
-func New(p config.Permissions, powerLevel func(ctx context.Context, room id.RoomID, user id.UserID) (int, error)) *Policy {
-	return &Policy{skills: p.Skills, PowerLevel: powerLevel,
+func New(o Options) *Policy {
+	p := o.Permissions
+	pol := &Policy{skills: p.Skills, PowerLevel: o.PowerLevel,
 		userLimit: *p.RateLimit.UserPerMinute, roomLimit: *p.RateLimit.RoomPerMinute,
 		windows: map[string]*window{}, now: time.Now}
+	if o.Trust != nil {
+		t := *o.Trust
+		if t.Answered == nil {
+			t.Answered = NewAnswered()
+		}
+		pol.trust = &t
+	}
+	return pol
+}
+
+// Options configure a Policy.
+type Options struct {
+	// Permissions are the config's permissions section (rate limits set).
+	Permissions config.Permissions
+	// PowerLevel looks up a user's power level in a room (for
+	// min_power_level).
+	PowerLevel func(ctx context.Context, room id.RoomID, user id.UserID) (int, error)
+	// Trust, if set, turns command trust on (encryption.command_trust);
+	// nil obeys every device.
+	Trust *TrustOptions
 }
 
 // Allow reports whether sender may use skill in room.

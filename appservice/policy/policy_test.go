@@ -13,18 +13,18 @@ import (
 func intp(n int) *int { return &n }
 
 func TestAllow(t *testing.T) {
-	p := New(config.Permissions{
+	p := New(Options{Permissions: config.Permissions{
 		RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)},
 		Skills: map[string]config.SkillPolicy{
 			"deploy": {AllowServers: []string{"corp.example"}, DenyUsers: []string{"@intern:corp.example"}, MinPowerLevel: 50},
 			"echo":   {DenyRooms: []string{"!quiet:x"}},
 		},
-	}, func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
+	}, PowerLevel: func(ctx context.Context, room id.RoomID, user id.UserID) (int, error) {
 		if user == "@boss:corp.example" {
 			return 100, nil
 		}
 		return 0, nil
-	})
+	}})
 	ctx := context.Background()
 	cases := []struct {
 		skill  string
@@ -48,7 +48,7 @@ func TestAllow(t *testing.T) {
 }
 
 func TestLimit(t *testing.T) {
-	p := New(config.Permissions{RateLimit: config.RateLimit{UserPerMinute: intp(3), RoomPerMinute: intp(5)}}, nil)
+	p := New(Options{Permissions: config.Permissions{RateLimit: config.RateLimit{UserPerMinute: intp(3), RoomPerMinute: intp(5)}}})
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	p.now = func() time.Time { return now }
 	var results []string

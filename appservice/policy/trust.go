@@ -79,14 +79,6 @@ type TrustOptions struct {
 	Answered *Answered
 }
 
-// SetTrust turns command trust on (without it, Trust obeys every device).
-func (p *Policy) SetTrust(o TrustOptions) {
-	if o.Answered == nil {
-		o.Answered = NewAnswered()
-	}
-	p.trust = &o
-}
-
 // Level is the command trust a skill requires: its own
 // permissions.skills.<skill>.command_trust, else encryption.command_trust;
 // for the admin skill the stricter of the two.

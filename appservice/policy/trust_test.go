@@ -14,9 +14,8 @@ import (
 )
 
 func trustPolicy(global, plain string, skills map[string]config.SkillPolicy, refused *[]string) *Policy {
-	p := New(config.Permissions{Skills: skills, RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)}}, nil)
-	p.SetTrust(TrustOptions{Encryption: config.Encryption{CommandTrust: global, CommandTrustPlainRooms: plain},
-		Log: zerolog.Nop(), Refused: func(reason string) { *refused = append(*refused, reason) }})
+	p := New(Options{Permissions: config.Permissions{Skills: skills, RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)}}, Trust: &TrustOptions{Encryption: config.Encryption{CommandTrust: global, CommandTrustPlainRooms: plain},
+		Log: zerolog.Nop(), Refused: func(reason string) { *refused = append(*refused, reason) }}})
 	return p
 }
 
@@ -136,8 +135,8 @@ func TestTrustAnswersOncePerDeviceAndHour(t *testing.T) {
 	// The memory outlives a reload: a new policy sharing it stays quiet.
 	shared := NewAnswered()
 	for i := 0; i < 2; i++ {
-		q := New(config.Permissions{RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)}}, nil)
-		q.SetTrust(TrustOptions{Encryption: config.Encryption{CommandTrust: "verified", CommandTrustPlainRooms: "refuse"}, Log: zerolog.Nop(), Answered: shared})
+		q := New(Options{Permissions: config.Permissions{RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)}},
+			Trust: &TrustOptions{Encryption: config.Encryption{CommandTrust: "verified", CommandTrustPlainRooms: "refuse"}, Log: zerolog.Nop(), Answered: shared}})
 		_, answer := q.Trust(ctx, "ping", encrypted("@c:x", "D", id.TrustStateCrossSignedTOFU))
 		if (i == 0) != (answer != "") {
 			t.Fatalf("policy %d: answer %q", i, answer)
