@@ -121,9 +121,7 @@ func (s *Service) Reload(ctx context.Context) (string, error) {
 		s.startSchedules(engine)
 	}
 	s.Log.Info().Str("bots", s.Bots.Describe()).Msg("Reloaded the skill configuration")
-	if s.workCtx != nil {
-		go s.Describe.All(s.workCtx, s.Bots.IDs()) // commands may have come or gone
-	}
+	s.Describe.RequestAll(s.Bots.IDs()) // commands may have come or gone
 	return "Reloaded: " + s.Bots.Describe(), nil
 }
 

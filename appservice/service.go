@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	mas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/event/cmdschema"
 	"maunium.net/go/mautrix/id"
 
@@ -178,6 +179,13 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 				return nil, err
 			}
 			return resp.JoinedRooms, nil
+		},
+		MayPublish: func(ctx context.Context, room id.RoomID, bot id.UserID) bool {
+			pl, err := s.AS.StateStore.GetPowerLevels(ctx, room)
+			if err != nil || pl == nil {
+				return true // not known here: the homeserver will say
+			}
+			return pl.GetUserLevel(bot) >= pl.GetEventLevel(event.StateMSC4391BotCommand)
 		},
 		Log: log.With().Str("component", "describe").Logger(),
 	})
@@ -405,7 +413,8 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	s.reloadMu.Lock()
 	s.startSchedules(s.Engine())
 	s.reloadMu.Unlock()
-	go s.Describe.All(workCtx, s.Bots.IDs()) // not in the way of readiness
+	go s.Describe.Run(workCtx)
+	s.Describe.RequestAll(s.Bots.IDs())
 	return nil
 }
 

@@ -8,9 +8,9 @@ import (
 )
 
 // Describer publishes a bot's command descriptions into a room
-// (appservice/describe).
+// (appservice/describe), in the background: Request does not wait.
 type Describer interface {
-	Room(ctx context.Context, room id.RoomID, bot id.UserID)
+	Request(room id.RoomID, bot id.UserID)
 }
 
 // Describe publishes command descriptions when a bot joins a room, and when
@@ -38,7 +38,7 @@ func (d *Describe) Run(ctx context.Context, ev *Event) Result {
 				continue
 			}
 		}
-		d.describer.Room(ctx, evt.RoomID, bot)
+		d.describer.Request(evt.RoomID, bot)
 	}
 	return Next
 }
