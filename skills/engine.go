@@ -87,6 +87,10 @@ type Engine struct {
 	bots     map[id.UserID]*BotSpec
 	botOrder []*BotSpec
 	byBot    map[id.UserID][]*route
+	// own are events the bots sent lately, so that editing one right
+	// after sending it needs no lookup (a homeserver may not serve an
+	// event it just accepted).
+	own recentEvents
 }
 
 // NewEngine sets up the given skills for the given bots. Every skill named by

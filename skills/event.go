@@ -122,7 +122,11 @@ func (ev *Event) sendIn(ctx context.Context, room id.RoomID, t event.Type, conte
 	if err := ev.checkMentions(t, content); err != nil {
 		return "", err
 	}
-	return ev.sender.Send(ctx, ev.Bot, room, t, content, ev.nextTxnID())
+	sent, err := ev.sender.Send(ctx, ev.Bot, room, t, content, ev.nextTxnID())
+	if err == nil && ev.engine != nil {
+		ev.engine.own.add(ev.Bot, sent)
+	}
+	return sent, err
 }
 
 // SendTo sends a notice into any room the bot is in (for cron jobs and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -31,7 +32,7 @@ func (ev *Event) privileges() Privileges {
 // checkTarget refuses to edit an event the bot did not send (clients
 // ignore such edits anyway), and to redact one unless the skill may.
 func (ev *Event) checkTarget(ctx context.Context, room id.RoomID, target id.EventID, redact bool) error {
-	if redact && ev.privileges().RedactOthers {
+	if (redact && ev.privileges().RedactOthers) || (ev.engine != nil && ev.engine.own.has(ev.Bot, target)) {
 		return nil
 	}
 	rooms, err := ev.roomsOrErr()
@@ -76,4 +77,41 @@ func (ev *Event) checkMentions(t event.Type, content any) error {
 		return fmt.Errorf("skill %s may not mention the whole room (permissions.skills.%s.room_mentions)", ev.Skill, ev.Skill)
 	}
 	return nil
+}
+
+// recentEvents remembers the last events the bots sent, by bot.
+type recentEvents struct {
+	mu   sync.Mutex
+	ids  map[sentEvent]bool
+	ring []sentEvent
+	next int
+}
+
+type sentEvent struct {
+	bot id.UserID
+	evt id.EventID
+}
+
+const rememberedEvents = 4096
+
+func (r *recentEvents) add(bot id.UserID, evt id.EventID) {
+	if evt == "" {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ids == nil {
+		r.ids = map[sentEvent]bool{}
+		r.ring = make([]sentEvent, rememberedEvents)
+	}
+	delete(r.ids, r.ring[r.next])
+	r.ring[r.next] = sentEvent{bot, evt}
+	r.ids[sentEvent{bot, evt}] = true
+	r.next = (r.next + 1) % rememberedEvents
+}
+
+func (r *recentEvents) has(bot id.UserID, evt id.EventID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ids[sentEvent{bot, evt}]
 }

@@ -113,3 +113,42 @@ func TestTrustHook(t *testing.T) {
 		t.Fatalf("trusted: ran %d, asked %q", ran, asked)
 	}
 }
+
+// A message the bot just sent can be edited and redacted at once, without
+// asking the homeserver who sent it (it may not serve it yet); another
+// bot's message cannot.
+func TestOwnRecentEvents(t *testing.T) {
+	var errs []error
+	s := funcSkill{"s", func(r *skills.Router) error {
+		r.Command("go", func(ctx context.Context, ev *skills.Event) error {
+			sent, _ := ev.Respond(ctx, "draft")
+			_, err := ev.Edit(ctx, sent, "final")
+			errs = append(errs, err)
+			_, err = ev.Redact(ctx, sent, "")
+			errs = append(errs, err)
+			return nil
+		})
+		r.Command("other {id}", func(ctx context.Context, ev *skills.Event) error {
+			_, err := ev.Redact(ctx, id.EventID(ev.Arg("id")), "")
+			errs = append(errs, err)
+			return nil
+		})
+		return nil
+	}}
+	f := &skilltest.Sender{} // and no Rooms: nobody to ask
+	e, err := skills.NewEngine(skills.Options{Sender: f, Log: zerolog.Nop(), Memory: skilltest.NewMemory()}, []skills.Skill{s}, nil,
+		[]skills.BotSpec{{ID: "@a:x", Prefix: "!", Skills: []string{"s"}, ConfigKey: "bots[0]"}, {ID: "@b:x", Prefix: "?", Skills: []string{"s"}, ConfigKey: "bots[1]"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e.Handle(ctx, msg("!go"), []id.UserID{"@a:x", "@b:x"})
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("edit and redact of the bot's own new message: %v", errs)
+	}
+	// @a:x's message ($sent1), redacted as @b:x.
+	e.Handle(ctx, msg("?other $sent1"), []id.UserID{"@a:x", "@b:x"})
+	if len(errs) != 3 || errs[2] == nil || !strings.Contains(errs[2].Error(), "cannot check who sent $sent1") {
+		t.Fatalf("another bot's message: %v", errs)
+	}
+}
