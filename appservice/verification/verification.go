@@ -209,6 +209,8 @@ func (m *Manager) Run(ctx context.Context) {
 			switch {
 			case p.Decision == DecisionConfirm:
 				bv.confirm(ctx, p)
+			case p.Decision == DecisionConfirmed && bv.awaitDone(ctx, p, now):
+				// both MACs checked: waiting for (or done without) their done
 			case p.Decision == DecisionCancel:
 				bv.cancel(ctx, p, event.VerificationCancelCodeUser, "the opsbot operator cancelled the verification", "cancelled")
 			case now.After(p.Expires):
@@ -276,7 +278,19 @@ type botVerifier struct {
 	// other side's MACs that arrived before that.
 	confirmed map[id.VerificationTransactionID]bool
 	held      map[id.VerificationTransactionID][]*event.Event
+	// macsDone are when both MACs were checked and the bot sent its done,
+	// by transaction, while the other side's done has not arrived.
+	macsDone map[id.VerificationTransactionID]time.Time
 }
+
+// doneGrace is how long the bot waits for the other side's done once both
+// MACs are checked and its own done is sent. Synapse (1.160) can lose a
+// to-device event pushed to an appservice when two cross in flight (its
+// appservice stream position passes one not yet handed over), and the
+// person's done and the bot's cross by design. Nothing is left to check
+// by then: the keys were compared and trusted on both sides. A variable
+// for tests.
+var doneGrace = 5 * time.Second
 
 // dispatch hands a verification event to the helper, holding the other
 // side's MAC back until the operator has confirmed. mautrix v0.32's
@@ -406,6 +420,39 @@ func (b *botVerifier) confirm(ctx context.Context, p Pending) {
 	}
 }
 
+// awaitDone ends a verification whose MACs were both checked, and whose
+// done the bot sent, when the other side's done does not come within
+// doneGrace (see doneGrace for why it may never come). It reports whether
+// the verification is at that step (else the usual timeout applies).
+func (b *botVerifier) awaitDone(ctx context.Context, p Pending, now time.Time) bool {
+	b.helperMu.Lock()
+	defer b.helperMu.Unlock()
+	tx, err := b.txns.GetVerificationTransaction(ctx, p.TransactionID)
+	if err != nil || tx.VerificationState != verificationhelper.VerificationStateSASMACExchanged || !tx.SentOurDone || tx.ReceivedTheirDone {
+		return false
+	}
+	b.mu.Lock()
+	if b.macsDone == nil {
+		b.macsDone = map[id.VerificationTransactionID]time.Time{}
+	}
+	since, seen := b.macsDone[p.TransactionID]
+	if !seen {
+		b.macsDone[p.TransactionID] = now
+	}
+	b.mu.Unlock()
+	if !seen || now.Sub(since) < doneGrace {
+		return true
+	}
+	// A done that comes later finds no transaction and is dropped.
+	_ = b.txns.DeleteVerification(ctx, p.TransactionID)
+	b.log.Info().Stringer("transaction_id", p.TransactionID).Str("method", string(event.VerificationMethodSAS)).Bool("their_done", false).
+		Dur("waited", now.Sub(since)).
+		Msg("Verification done: the bot and the person's device trust each other (both MACs checked; the other side's done never arrived)")
+	b.finish(ctx, p.TransactionID)
+	b.m.observe("done")
+	return true
+}
+
 func (b *botVerifier) cancel(ctx context.Context, p Pending, code event.VerificationCancelCode, reason, outcome string) {
 	b.helperMu.Lock()
 	defer b.helperMu.Unlock()
@@ -431,5 +478,6 @@ func (b *botVerifier) finish(ctx context.Context, txn id.VerificationTransaction
 	b.mu.Lock()
 	delete(b.confirmed, txn)
 	delete(b.held, txn)
+	delete(b.macsDone, txn)
 	b.mu.Unlock()
 }
