@@ -385,21 +385,30 @@ func (s *Store) PutDevices(ctx context.Context, user id.UserID, devs map[id.Devi
 
 // GetCrossSigningKeys is asked for every decrypted event's sender.
 func (s *Store) GetCrossSigningKeys(ctx context.Context, user id.UserID) (map[id.CrossSigningUsage]id.CrossSigningKey, error) {
-	sh := s.shared
+	return readThrough(s.shared, s.shared.xsKeys, user, func() (map[id.CrossSigningUsage]id.CrossSigningKey, error) {
+		return s.SQLCryptoStore.GetCrossSigningKeys(ctx, user)
+	})
+}
+
+// readThrough returns m[k], loading and keeping it on a miss; m is one of
+// the Shared maps, guarded by sh.mu (they are cleared, never replaced).
+// The load runs unlocked: two may race, both store the same answer.
+func readThrough[K comparable, V any](sh *Shared, m map[K]V, k K, load func() (V, error)) (V, error) {
 	sh.mu.Lock()
-	keys, ok := sh.xsKeys[user]
+	v, ok := m[k]
 	sh.mu.Unlock()
 	if ok {
-		return keys, nil
+		return v, nil
 	}
-	keys, err := s.SQLCryptoStore.GetCrossSigningKeys(ctx, user)
+	v, err := load()
 	if err != nil {
-		return nil, err
+		var zero V
+		return zero, err
 	}
 	sh.mu.Lock()
-	sh.xsKeys[user] = keys
+	m[k] = v
 	sh.mu.Unlock()
-	return keys, nil
+	return v, nil
 }
 
 func (sh *Shared) forgetCrossSigning(user id.UserID) {
@@ -423,21 +432,9 @@ func (s *Store) ResetMasterKeyTOFU(ctx context.Context, user id.UserID, key id.E
 // cross-signed sender.
 func (s *Store) IsKeySignedBy(ctx context.Context, user id.UserID, key id.Ed25519, signerUser id.UserID, signerKey id.Ed25519) (bool, error) {
 	sig := signature{user, key, signerUser, signerKey}
-	sh := s.shared
-	sh.mu.Lock()
-	signed, ok := sh.signed[sig]
-	sh.mu.Unlock()
-	if ok {
-		return signed, nil
-	}
-	signed, err := s.SQLCryptoStore.IsKeySignedBy(ctx, user, key, signerUser, signerKey)
-	if err != nil {
-		return false, err
-	}
-	sh.mu.Lock()
-	sh.signed[sig] = signed
-	sh.mu.Unlock()
-	return signed, nil
+	return readThrough(s.shared, s.shared.signed, sig, func() (bool, error) {
+		return s.SQLCryptoStore.IsKeySignedBy(ctx, user, key, signerUser, signerKey)
+	})
 }
 
 func (s *Store) PutSignature(ctx context.Context, user id.UserID, key id.Ed25519, signerUser id.UserID, signerKey id.Ed25519, sig string) error {
