@@ -3,8 +3,6 @@ package integration
 import (
 	"database/sql"
 	"fmt"
-	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,15 +112,9 @@ func TestFailoverFaults(t *testing.T) {
 	rounds := envInt("OPSBOT_FAILOVER_ROUNDS", 1)
 	const lease = 3 * time.Second
 	svc := &service{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: svc}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	frontURL := serveFront(t, svc)
 
-	w := newWorldWith(t, worldOptions{DB: "postgres", Bots: defaultBots, PublicURL: "http://" + l.Addr().String(),
+	w := newWorldWith(t, worldOptions{DB: "postgres", Bots: defaultBots, PublicURL: frontURL,
 		Extra: fmt.Sprintf("leader:\n  lease: %s\npermissions:\n  rate_limit:\n    user_per_minute: 0\n    room_per_minute: 0\n", lease)})
 	a := w.Bot
 	b := a.Replica(t)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -43,15 +42,9 @@ func TestFailover(t *testing.T) { onHomeservers(t, testFailover) }
 
 func testFailover(t *testing.T, hs homeserver) {
 	svc := &service{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: svc}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	frontURL := serveFront(t, svc)
 
-	w := newWorldWith(t, worldOptions{HS: hs, DB: "postgres", Bots: defaultBots, PublicURL: "http://" + l.Addr().String()})
+	w := newWorldWith(t, worldOptions{HS: hs, DB: "postgres", Bots: defaultBots, PublicURL: frontURL})
 	a := w.Bot
 	b := a.Replica(t)
 	svc.mu.Lock()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -40,15 +39,9 @@ func TestVerificationWithoutTheirDone(t *testing.T) {
 		}
 		httputil.NewSingleHostReverseProxy(to).ServeHTTP(w, r)
 	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: front}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	frontURL := serveFront(t, front)
 
-	w := newWorldWith(t, worldOptions{HS: synapseHS, DB: "sqlite", Bots: trustBots, Extra: trustConfig(""), PublicURL: "http://" + l.Addr().String()})
+	w := newWorldWith(t, worldOptions{HS: synapseHS, DB: "sqlite", Bots: trustBots, Extra: trustConfig(""), PublicURL: frontURL})
 	mu.Lock()
 	target, _ = url.Parse(w.Bot.URL)
 	mu.Unlock()

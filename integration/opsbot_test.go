@@ -283,6 +283,21 @@ func (o *Opsbot) Replica(t *testing.T) *Opsbot {
 	return newOpsbot(t, dir, path, cfg, port, metricsPort)
 }
 
+// serveFront serves h on a free loopback port until the test ends (the
+// front a test puts between the homeserver and opsbot) and returns its URL.
+// Closing does not wait for requests in flight: a replica may be dead.
+func serveFront(t *testing.T, h http.Handler) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + l.Addr().String()
+}
+
 func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
