@@ -33,7 +33,6 @@ import (
 	"github.com/opsbot/opsbot/appservice/metrics"
 	"github.com/opsbot/opsbot/appservice/outbox"
 	"github.com/opsbot/opsbot/appservice/pipeline"
-	"github.com/opsbot/opsbot/appservice/policy"
 	"github.com/opsbot/opsbot/appservice/stages"
 	"github.com/opsbot/opsbot/appservice/statememory"
 	"github.com/opsbot/opsbot/appservice/store"
@@ -74,10 +73,10 @@ type Service struct {
 	started   time.Time
 	version   string
 	// deliveries are the signed webhook deliveries taken (replay guard).
-	deliveries *skills.Deliveries
+	deliveries *skills.Seen
 	// answered remembers who was told, this hour, why a command was
 	// refused for its device (kept across reloads).
-	answered *policy.Answered
+	answered *skills.Seen
 	// versions is the homeserver's /versions answer at start-up.
 	versions *mautrix.RespVersions
 
@@ -102,7 +101,7 @@ type Service struct {
 // goSkills returns the Go skills compiled into the binary, new instances on
 // every call; the external skills of the config are added to them.
 func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill, version string) (*Service, error) {
-	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewDeliveries(), answered: policy.NewAnswered()}
+	s := &Service{Cfg: cfg, Log: log, started: time.Now(), version: version, deliveries: skills.NewSeen(), answered: skills.NewSeen()}
 	// The pipeline, built last, reports to the metrics: the sources read it
 	// at each scrape.
 	s.Metrics = metrics.New(metrics.Options{

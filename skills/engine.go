@@ -76,7 +76,7 @@ type Options struct {
 	Privileges func(skill string) Privileges
 	// Deliveries, if set, remembers signed webhook deliveries across
 	// engines (configuration reloads); nil gives the engine its own.
-	Deliveries *Deliveries
+	Deliveries *Seen
 }
 
 // Engine routes events to the skills of each bot.
@@ -101,7 +101,7 @@ func NewEngine(opts Options, available []Skill, sections map[string]yaml.Node, b
 		opts.HandlerTimeout = 10 * time.Minute
 	}
 	if opts.Deliveries == nil {
-		opts.Deliveries = NewDeliveries()
+		opts.Deliveries = NewSeen()
 	}
 	e := &Engine{opts: opts, skills: map[string]Skill{}, routes: map[string][]*route{}, bots: map[id.UserID]*BotSpec{}}
 	byName := map[string]Skill{}

@@ -59,7 +59,7 @@ func (e *Engine) WebhookHandler(active func() bool) http.Handler {
 		}
 		if delivery != "" {
 			delivery = skill + "\x00" + path + "\x00" + delivery
-			if !e.opts.Deliveries.take(delivery, now, window) {
+			if !e.opts.Deliveries.Take(delivery, now, window) {
 				log.Warn().Msg("Refused a signed webhook delivery taken before (a replay, or the sender repeating it)")
 				writeWebhook(w, http.StatusConflict, "this signed delivery was already received")
 				return
@@ -75,7 +75,7 @@ func (e *Engine) WebhookHandler(active func() bool) http.Handler {
 		})
 		if err != nil {
 			// The sender's retry of this delivery must get through.
-			e.opts.Deliveries.forget(delivery)
+			e.opts.Deliveries.Forget(delivery)
 			writeWebhook(w, http.StatusInternalServerError, "the skill failed; see opsbot's log")
 			return
 		}

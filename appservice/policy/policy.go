@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Policy decides for the skills engine.
@@ -49,7 +50,7 @@ func New(o Options) *Policy {
 	if o.Trust != nil {
 		t := *o.Trust
 		if t.Answered == nil {
-			t.Answered = NewAnswered()
+			t.Answered = skills.NewSeen()
 		}
 		pol.trust = &t
 	}

@@ -6,7 +6,6 @@ package policy
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -14,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
 )
 
 // Command trust levels (encryption.command_trust).
@@ -39,35 +39,6 @@ const AnswerEvery = time.Hour
 // adminSkill's per-skill command_trust can only make it stricter.
 const adminSkill = "admin"
 
-// Answered remembers whom the bots told, in the last hour, why a command
-// was refused. One lives as long as the service, across reloads, so a
-// reload does not repeat the explanation.
-type Answered struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-}
-
-// NewAnswered returns an empty memory.
-func NewAnswered() *Answered { return &Answered{last: map[string]time.Time{}} }
-
-// take reports whether key may be answered at now, and if so records it.
-func (a *Answered) take(key string, now time.Time) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if t, ok := a.last[key]; ok && now.Sub(t) < AnswerEvery {
-		return false
-	}
-	if len(a.last) > 10000 {
-		for k, t := range a.last {
-			if now.Sub(t) >= AnswerEvery {
-				delete(a.last, k)
-			}
-		}
-	}
-	a.last[key] = now
-	return true
-}
-
 // TrustOptions configure command trust.
 type TrustOptions struct {
 	// Encryption holds command_trust and command_trust_plain_rooms.
@@ -75,8 +46,10 @@ type TrustOptions struct {
 	Log        zerolog.Logger
 	// Refused, if set, counts a refusal (opsbot_commands_refused_total).
 	Refused func(reason string)
-	// Answered is shared across reloads; nil gives the policy its own.
-	Answered *Answered
+	// Answered remembers whom the bots told, within AnswerEvery, why a
+	// command was refused; shared across reloads so that a reload does not
+	// repeat the explanation. Nil gives the policy its own.
+	Answered *skills.Seen
 }
 
 // Level is the command trust a skill requires: its own
@@ -157,7 +130,7 @@ func (p *Policy) Trust(_ context.Context, skill string, evt *event.Event) (ok bo
 	if reason == ReasonPlainRoom {
 		key = evt.Sender.String() + "|plain|" + evt.RoomID.String()
 	}
-	if !o.Answered.take(key, p.now()) {
+	if !o.Answered.Take(key, p.now(), AnswerEvery) {
 		return false, ""
 	}
 	return false, answerFor(reason, device)

@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/skills"
 )
 
 func trustPolicy(global, plain string, skills map[string]config.SkillPolicy, refused *[]string) *Policy {
@@ -133,7 +134,7 @@ func TestTrustAnswersOncePerDeviceAndHour(t *testing.T) {
 		t.Fatalf("every refusal counts: %v", refused)
 	}
 	// The memory outlives a reload: a new policy sharing it stays quiet.
-	shared := NewAnswered()
+	shared := skills.NewSeen()
 	for i := 0; i < 2; i++ {
 		q := New(Options{Permissions: config.Permissions{RateLimit: config.RateLimit{UserPerMinute: intp(0), RoomPerMinute: intp(0)}},
 			Trust: &TrustOptions{Encryption: config.Encryption{CommandTrust: "verified", CommandTrustPlainRooms: "refuse"}, Log: zerolog.Nop(), Answered: shared}})
