@@ -195,7 +195,7 @@ func (s *Service) Status(ctx context.Context) string {
 	}
 	for _, bot := range s.Bots.IDs() {
 		rooms := 0
-		if resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx); err == nil {
+		if resp, err := s.Accounts.Client(bot).JoinedRooms(ctx); err == nil {
 			rooms = len(resp.JoinedRooms)
 		}
 		fmt.Fprintf(&b, "%s: %d rooms%s%s%s\n", bot, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot), s.describeStatus(bot))

@@ -27,6 +27,7 @@ func (s *Service) newEncryption() {
 		ASToken:       cfg.AppService.ASToken,
 		PickleKey:     []byte(cfg.Encryption.PickleKey),
 		Bots:          s.Bots.IDs(),
+		ClientBots:    s.Accounts.Clients(),
 		Mode:          cfg.Encryption.Mode,
 		Sender:        s.BotID(cfg.AppService.SenderLocalpart),
 		Features:      s.Store,
@@ -50,6 +51,7 @@ func (s *Service) newEncryption() {
 		s.Identity = identity.New(identity.Options{
 			HomeserverURL:      cfg.Homeserver.Address,
 			DendriteAdminToken: cfg.Encryption.DendriteAdminToken,
+			Password:           s.Accounts.Password,
 			KeyBackup:          *cfg.Encryption.KeyBackup,
 			Log:                log.With().Str("component", "identity").Logger(),
 			OnBackedUp: func(bot id.UserID, n int) {

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"time"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/opsbot/opsbot/appservice/health"
 	"github.com/opsbot/opsbot/appservice/intake"
 	"github.com/opsbot/opsbot/appservice/store"
@@ -15,12 +17,27 @@ import (
 // appservice API (intake), skill webhooks, and the health probes.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
+	// With client-mode bots only there is no registration: nothing may
+	// push transactions.
+	if s.Cfg.HasAppServiceBots() {
+		s.registerIntake(mux)
+	}
+	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
+	}))
+	s.registerHealth(mux)
+	return mux
+}
+
+// registerIntake serves the appservice API: pushed transactions, user
+// queries, ping.
+func (s *Service) registerIntake(mux *http.ServeMux) {
 	intake.New(intake.Options{
 		HSToken:      s.Cfg.AppService.HSToken,
 		MaxBodyBytes: s.Cfg.AppService.MaxBodyBytes,
 		Store:        termRecorder{s},
 		Deliver:      s.Pipeline.Deliver,
-		IsOurUser:    s.Bots.IsBot,
+		IsOurUser:    func(u id.UserID) bool { return s.Bots.IsBot(u) && !s.Accounts.IsClient(u) },
 		Overloaded:   func() bool { return s.Pipeline.Backlog() > MaxBacklog },
 		Standby:      func() bool { return !s.accepting.Load() },
 		DeviceInfo:   s.deviceInfoHandler(),
@@ -28,9 +45,10 @@ func (s *Service) Handler() http.Handler {
 		Log:          s.Log.With().Str("component", "intake").Logger(),
 		Observe:      func(outcome string, _ int) { s.Metrics.Transactions.WithLabelValues(outcome).Inc() },
 	}).Register(mux)
-	mux.Handle("/skills/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.Engine().WebhookHandler(s.running.Load).ServeHTTP(w, r)
-	}))
+}
+
+// registerHealth serves /healthz and /readyz.
+func (s *Service) registerHealth(mux *http.ServeMux) {
 	health.New(health.Options{
 		CacheFor: 5 * time.Second,
 		Gate: func() error {
@@ -48,7 +66,6 @@ func (s *Service) Handler() http.Handler {
 			}},
 		},
 	}).Register(mux)
-	return mux
 }
 
 // termRecorder records transactions under the current term: their events

@@ -17,20 +17,20 @@ type roomActions struct {
 	s *Service
 }
 
-// Fetch gets an earlier event of the room as bot, decrypted if it was
-// encrypted, with its content parsed.
 // EventSender says who sent an event; the content (maybe encrypted) is not
 // looked at.
 func (r roomActions) EventSender(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (id.UserID, error) {
-	evt, err := r.s.AS.Intent(bot).Client.GetEvent(ctx, room, eventID)
+	evt, err := r.s.Accounts.Client(bot).GetEvent(ctx, room, eventID)
 	if err != nil {
 		return "", err
 	}
 	return evt.Sender, nil
 }
 
+// Fetch gets an earlier event of the room as bot, decrypted if it was
+// encrypted, with its content parsed.
 func (r roomActions) Fetch(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) (*event.Event, error) {
-	evt, err := r.s.AS.Intent(bot).Client.GetEvent(ctx, room, eventID)
+	evt, err := r.s.Accounts.Client(bot).GetEvent(ctx, room, eventID)
 	if err != nil {
 		return nil, err
 	}

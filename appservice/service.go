@@ -24,6 +24,7 @@ import (
 	"maunium.net/go/mautrix/event/cmdschema"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/opsbot/opsbot/appservice/accounts"
 	"github.com/opsbot/opsbot/appservice/bots"
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/describe"
@@ -46,12 +47,15 @@ const MaxBacklog = 50_000
 
 // Service is a running opsbot.
 type Service struct {
-	Cfg    *config.Config
-	Log    zerolog.Logger
-	Store  *store.Store
-	AS     *mas.AppService
-	Bots   *bots.Manager
-	Outbox *outbox.Outbox
+	Cfg   *config.Config
+	Log   zerolog.Logger
+	Store *store.Store
+	AS    *mas.AppService
+	// Accounts gives each bot what it acts through: the appservice, or its
+	// own login (client mode).
+	Accounts *accounts.Accounts
+	Bots     *bots.Manager
+	Outbox   *outbox.Outbox
 	// Describe publishes the bots' command descriptions (MSC4391).
 	Describe *describe.Publisher
 	Pipeline *pipeline.Pipeline
@@ -88,6 +92,10 @@ type Service struct {
 	memory skills.MemoryStore
 	// ConfigPath is re-read by Reload.
 	ConfigPath string
+	// syncs are the client-mode bots' /sync intakes, running while this
+	// process leads; cancelSyncs stops them.
+	syncs       sync.WaitGroup
+	cancelSyncs context.CancelFunc
 	// stopSchedules stops the cron jobs of the current engine.
 	reloadMu      sync.Mutex
 	stopSchedules context.CancelFunc
@@ -145,9 +153,15 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 32
 	s.AS.HTTPClient.Transport = transport
+	s.Accounts, err = accounts.New(accounts.Options{AS: s.AS, Bots: cfg.Bots, Domain: cfg.Homeserver.Domain,
+		HomeserverURL: cfg.Homeserver.Address, Sessions: s.Store, Transport: transport,
+		Log: log.With().Str("component", "accounts").Logger()})
+	if err != nil {
+		return nil, fmt.Errorf("setting up the client-mode bots: %w", err)
+	}
 
-	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.AS, s.firstBotIn)}
-	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Profiles: s.Store, MoveMemory: memory.move,
+	memory := &memoryRouter{db: s.Store, inState: cfg.Memory.InRoomState, state: statememory.New(s.Accounts.Client, s.firstBotIn)}
+	s.Bots = bots.New(bots.Options{Config: cfg, AS: s.AS, Accounts: s.Accounts, Profiles: s.Store, MoveMemory: memory.move,
 		Log: log.With().Str("component", "bots").Logger()})
 	if cfg.Encryption.Enabled {
 		s.newEncryption()
@@ -158,7 +172,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	if s.E2EE != nil {
 		encryptor = s.E2EE
 	}
-	s.Outbox = outbox.New(outbox.Options{AS: s.AS, Encryptor: encryptor, Fence: termFence{s}, Observe: s.Metrics.ObserveSend,
+	s.Outbox = outbox.New(outbox.Options{AS: s.AS, Accounts: s.Accounts, Encryptor: encryptor, Fence: termFence{s}, Observe: s.Metrics.ObserveSend,
 		Log: log.With().Str("component", "outbox").Logger()})
 	s.memory = memory
 	s.skills = goSkills
@@ -173,7 +187,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 		Descriptions: func(bot id.UserID) []*cmdschema.EventContent { return s.Engine().Descriptions(bot) },
 		SendState:    s.Outbox.SendState,
 		JoinedRooms: func(ctx context.Context, bot id.UserID) ([]id.RoomID, error) {
-			resp, err := s.AS.Intent(bot).Client.JoinedRooms(ctx)
+			resp, err := s.Accounts.Client(bot).JoinedRooms(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -349,6 +363,7 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 		s.Metrics.Leader.Set(0)
 		s.Log.Error().Err(err).Msg("Lost leadership; stopping")
 		stopWork()
+		s.syncs.Wait()
 		s.Pipeline.Wait()
 		// If the term is still ours in the database (we stood down on our
 		// own), hand over at once; a newer term refuses this.
@@ -357,6 +372,9 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	}
 	s.Log.Info().Msg("Shutting down: no new transactions; finishing events in progress")
 	s.accepting.Store(false)
+	if s.cancelSyncs != nil {
+		s.cancelSyncs()
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = server.Shutdown(shutdownCtx)
@@ -368,6 +386,7 @@ func (s *Service) Run(ctx context.Context, drainTimeout time.Duration) error {
 	cancelDrain()
 	s.running.Store(false)
 	stopWork()
+	s.syncs.Wait()
 	s.Pipeline.Wait()
 	if s.E2EE != nil {
 		s.E2EE.Wait()
@@ -392,6 +411,9 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	if err := s.waitForHomeserver(ctx); err != nil {
 		return err
 	}
+	if err := s.Accounts.Login(ctx); err != nil {
+		return err
+	}
 	if err := s.Bots.Start(ctx); err != nil {
 		return err
 	}
@@ -406,6 +428,8 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 			return err
 		}
 	}
+	// Client-mode bots' events come in from now on (their devices are up).
+	s.startSyncs(workCtx, term)
 	s.Pipeline.Open()
 	go s.Store.PruneLoop(workCtx, s.Log)
 	s.workCtx = workCtx

@@ -128,5 +128,5 @@ func TestToDeviceForUnknownDevice(t *testing.T) {
 	if code := w.Bot.PutTransaction(t, "no-recipient", body); code != 200 {
 		t.Fatalf("HTTP %d", code)
 	}
-	w.Bot.WaitForLog(t, wait, "Dropped malformed event from transaction", "to_device")
+	w.Bot.WaitForLog(t, wait, "Dropped malformed event", "to_device")
 }

@@ -63,6 +63,8 @@ type Opsbot struct {
 	// Binary, if set, is the opsbot binary to run instead of
 	// opsbot-appservice (one built with skills of its own).
 	Binary string
+	// Env is added to the process's environment (NAME=value).
+	Env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -152,6 +154,10 @@ type worldOptions struct {
 	Workers int
 	// Binary, if set, is the opsbot binary to run (Opsbot.Binary).
 	Binary string
+	// BeforeStart, if set, runs once the homeserver runs and before
+	// opsbot starts (to register client-mode bots' accounts); it returns
+	// environment variables for opsbot.
+	BeforeStart func(hs *harness.Homeserver) []string
 }
 
 func newWorldWith(t *testing.T, opts worldOptions) *world {
@@ -242,6 +248,9 @@ logging:
 	}
 	ob := newOpsbot(t, dir, cfgPath, cfg, port, metricsPort)
 	ob.Binary = opts.Binary
+	if opts.BeforeStart != nil {
+		ob.Env = opts.BeforeStart(hs)
+	}
 	ob.Start()
 	return &world{HS: hs, Bot: ob}
 }
@@ -342,6 +351,7 @@ func (o *Opsbot) start(probe string) {
 		bin = opsbotBinary(o.t)
 	}
 	cmd := exec.Command(bin, "-c", o.CfgPath)
+	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Stdout = o.log
 	cmd.Stderr = o.log
 	if err := cmd.Start(); err != nil {

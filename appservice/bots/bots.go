@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/opsbot/opsbot/appservice/accounts"
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/outbox"
 )
@@ -39,8 +40,11 @@ type MemoryMover func(ctx context.Context, oldRoom, newRoom id.RoomID) error
 type Options struct {
 	// Config gives the bots, the domain, permissions.invite and
 	// rooms.leave_upgraded.
-	Config   *config.Config
-	AS       *mas.AppService
+	Config *config.Config
+	// AS registers the appservice bots; its state store knows the rooms.
+	AS *mas.AppService
+	// Accounts gives each bot what it acts through.
+	Accounts *accounts.Accounts
 	Profiles Store
 	Log      zerolog.Logger
 	// MoveMemory, if set, carries skill memory over a room upgrade.
@@ -52,6 +56,7 @@ type Options struct {
 // Manager runs the configured bots.
 type Manager struct {
 	as         *mas.AppService
+	accounts   *accounts.Accounts
 	profiles   Store
 	log        zerolog.Logger
 	moveMemory MemoryMover
@@ -67,7 +72,7 @@ type Manager struct {
 // New returns a manager for the bots in opts.Config.
 func New(opts Options) *Manager {
 	cfg := opts.Config
-	m := &Manager{as: opts.AS, profiles: opts.Profiles, log: opts.Log, moveMemory: opts.MoveMemory, onJoined: opts.OnJoined,
+	m := &Manager{as: opts.AS, accounts: opts.Accounts, profiles: opts.Profiles, log: opts.Log, moveMemory: opts.MoveMemory, onJoined: opts.OnJoined,
 		bots: cfg.Bots, domain: cfg.Homeserver.Domain, invite: cfg.Permissions.Invite,
 		leaveUpgraded: cfg.Rooms.LeaveUpgraded == nil || *cfg.Rooms.LeaveUpgraded}
 	for _, b := range cfg.Bots {
@@ -82,28 +87,33 @@ func (m *Manager) IDs() []id.UserID { return m.ids }
 // IsBot reports whether userID is one of our bots.
 func (m *Manager) IsBot(userID id.UserID) bool { return slices.Contains(m.ids, userID) }
 
-// Start registers every bot and brings its profile in line with the config.
+// Start registers every appservice bot (client-mode bots are logged in
+// already, appservice/accounts) and brings each bot's profile in line with
+// the config.
 func (m *Manager) Start(ctx context.Context) error {
 	for i, b := range m.bots {
 		userID := m.ids[i]
-		intent := m.as.Intent(userID)
-		err := outbox.Retry(ctx, m.log, "register "+userID.String(), time.Second, 30*time.Second, func() error {
-			return intent.EnsureRegistered(ctx)
-		})
-		if err != nil {
-			return fmt.Errorf("registering bot %s: %w", userID, err)
+		if !b.IsClient() {
+			intent := m.as.Intent(userID)
+			err := outbox.Retry(ctx, m.log, "register "+userID.String(), time.Second, 30*time.Second, func() error {
+				return intent.EnsureRegistered(ctx)
+			})
+			if err != nil {
+				return fmt.Errorf("registering bot %s: %w", userID, err)
+			}
 		}
-		if err := m.syncProfile(ctx, intent, b); err != nil {
+		if err := m.syncProfile(ctx, userID, b); err != nil {
 			return fmt.Errorf("setting the profile of bot %s: %w", userID, err)
 		}
 		m.learnRooms(ctx, userID)
-		m.log.Info().Stringer("bot", userID).Strs("skills", b.Skills).Msg("Bot ready")
+		m.log.Info().Stringer("bot", userID).Str("mode", b.Mode()).Strs("skills", b.Skills).Msg("Bot ready")
 	}
 	return nil
 }
 
-func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b config.Bot) error {
-	name, avatar, err := m.profiles.BotProfile(ctx, intent.UserID)
+func (m *Manager) syncProfile(ctx context.Context, bot id.UserID, b config.Bot) error {
+	actor := m.accounts.Actor(bot)
+	name, avatar, err := m.profiles.BotProfile(ctx, bot)
 	if err != nil {
 		return err
 	}
@@ -111,7 +121,7 @@ func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b conf
 		return nil
 	}
 	if b.Displayname != name {
-		if err := intent.SetDisplayName(ctx, b.Displayname); err != nil {
+		if err := actor.SetDisplayName(ctx, b.Displayname); err != nil {
 			return fmt.Errorf("displayname: %w", err)
 		}
 	}
@@ -120,19 +130,19 @@ func (m *Manager) syncProfile(ctx context.Context, intent *mas.IntentAPI, b conf
 		if b.Avatar != "" && err != nil {
 			return fmt.Errorf("avatar %q: %w", b.Avatar, err)
 		}
-		if err := intent.SetAvatarURL(ctx, uri); err != nil {
+		if err := actor.SetAvatarURL(ctx, uri); err != nil {
 			return fmt.Errorf("avatar: %w", err)
 		}
 	}
-	m.log.Info().Stringer("bot", intent.UserID).Str("displayname", b.Displayname).Msg("Updated bot profile")
-	return m.profiles.SetBotProfile(ctx, intent.UserID, b.Displayname, b.Avatar)
+	m.log.Info().Stringer("bot", bot).Str("displayname", b.Displayname).Msg("Updated bot profile")
+	return m.profiles.SetBotProfile(ctx, bot, b.Displayname, b.Avatar)
 }
 
 // learnRooms fetches the state of rooms the bot is in but the state store
 // does not know (a new or restored database), so that the bot answers there
 // again without being re-invited.
 func (m *Manager) learnRooms(ctx context.Context, bot id.UserID) {
-	resp, err := m.as.Intent(bot).Client.JoinedRooms(ctx)
+	resp, err := m.accounts.Client(bot).JoinedRooms(ctx)
 	if err != nil {
 		m.log.Warn().Err(err).Stringer("bot", bot).Msg("Could not list the bot's rooms")
 		return
@@ -188,7 +198,7 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 		// and may not pick who may invite the bots.
 		if !m.mayInvite(evt.Sender) {
 			log.Warn().Stringer("bot", target).Msg("Rejected invite from a user not allowed by permissions.invite")
-			_, err := m.as.Intent(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
+			_, err := m.accounts.Actor(target).LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{
 				Reason: "Sorry, you are not allowed to invite this bot. Ask the opsbot admin to add you to permissions.invite.",
 			})
 			if err != nil {
@@ -205,9 +215,9 @@ func (m *Manager) HandleMember(ctx context.Context, evt *event.Event) {
 }
 
 func (m *Manager) join(ctx context.Context, log zerolog.Logger, bot id.UserID, room id.RoomID) {
-	intent := m.as.Intent(bot)
+	actor := m.accounts.Actor(bot)
 	err := outbox.Retry(ctx, log, "join", time.Second, 30*time.Second, func() error {
-		_, err := intent.JoinRoomByID(ctx, room)
+		_, err := actor.JoinRoomByID(ctx, room)
 		return err
 	})
 	if err != nil {
@@ -244,15 +254,15 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 	}
 	_, server, _ := evt.Sender.Parse()
 	for _, bot := range roomBots {
-		intent := m.as.Intent(bot)
-		_, err := intent.JoinRoom(ctx, newRoom.String(), &mautrix.ReqJoinRoom{Via: []string{server}})
+		actor := m.accounts.Actor(bot)
+		_, err := actor.JoinRoom(ctx, newRoom.String(), &mautrix.ReqJoinRoom{Via: []string{server}})
 		if err != nil {
 			log.Info().Err(err).Stringer("bot", bot).Msg("Cannot join the replacement room yet; an invite there from someone permissions.invite allows will be accepted")
 			continue
 		}
 		if !m.succeeds(ctx, bot, evt.RoomID, newRoom) {
 			log.Warn().Stringer("bot", bot).Msg("The replacement room does not name this room as its predecessor; left it again and did not move anything")
-			if _, err := intent.LeaveRoom(ctx, newRoom, &mautrix.ReqLeave{Reason: "This room is not the upgrade of the room that pointed here."}); err != nil {
+			if _, err := actor.LeaveRoom(ctx, newRoom, &mautrix.ReqLeave{Reason: "This room is not the upgrade of the room that pointed here."}); err != nil {
 				log.Error().Err(err).Stringer("bot", bot).Msg("Could not leave the false replacement room")
 			}
 			_ = m.profiles.FinishUpgrade(ctx, newRoom)
@@ -270,7 +280,7 @@ func (m *Manager) HandleTombstone(ctx context.Context, evt *event.Event, roomBot
 // oldRoom as its predecessor.
 func (m *Manager) succeeds(ctx context.Context, bot id.UserID, oldRoom, newRoom id.RoomID) bool {
 	var create event.CreateEventContent
-	if err := m.as.Intent(bot).StateEvent(ctx, newRoom, event.StateCreate, "", &create); err != nil {
+	if err := m.accounts.Actor(bot).StateEvent(ctx, newRoom, event.StateCreate, "", &create); err != nil {
 		m.log.Warn().Err(err).Stringer("room_id", newRoom).Msg("Could not read the create event of a replacement room")
 		return false
 	}
@@ -302,7 +312,7 @@ func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.R
 	// Later bots find nothing left to move; keep the record until every bot
 	// of the old room has left or followed, which is cheap to leave as is.
 	if m.leaveUpgraded {
-		if _, err := m.as.Intent(bot).LeaveRoom(ctx, oldRoom, &mautrix.ReqLeave{Reason: "This room was upgraded; I moved to the new one."}); err != nil {
+		if _, err := m.accounts.Actor(bot).LeaveRoom(ctx, oldRoom, &mautrix.ReqLeave{Reason: "This room was upgraded; I moved to the new one."}); err != nil {
 			log.Warn().Err(err).Stringer("bot", bot).Msg("Could not leave the upgraded room")
 		}
 	}
@@ -321,11 +331,11 @@ func (m *Manager) finishUpgrade(ctx context.Context, bot id.UserID, newRoom id.R
 // join the homeserver does not push the room's earlier state, and without it
 // opsbot would not know that the room is encrypted or who is in it.
 func (m *Manager) FetchState(ctx context.Context, bot id.UserID, room id.RoomID) error {
-	intent := m.as.Intent(bot)
+	client := m.accounts.Client(bot)
 	var state mautrix.RoomStateMap
 	err := outbox.Retry(ctx, m.log, "fetch state", time.Second, 30*time.Second, func() error {
 		var err error
-		state, err = intent.Client.State(ctx, room)
+		state, err = client.State(ctx, room)
 		return err
 	})
 	if err != nil {
@@ -371,7 +381,7 @@ func (m *Manager) leaveIfAlone(ctx context.Context, room id.RoomID) {
 		ours = append(ours, u)
 	}
 	for _, bot := range ours {
-		if _, err := m.as.Intent(bot).LeaveRoom(ctx, room); err != nil && !errors.Is(err, mautrix.MForbidden) {
+		if _, err := m.accounts.Actor(bot).LeaveRoom(ctx, room); err != nil && !errors.Is(err, mautrix.MForbidden) {
 			m.log.Warn().Err(err).Stringer("bot", bot).Stringer("room_id", room).Msg("Could not leave empty room")
 			continue
 		}
@@ -384,6 +394,9 @@ func (m *Manager) Describe() string {
 	parts := make([]string, len(m.bots))
 	for i, b := range m.bots {
 		parts[i] = fmt.Sprintf("%s (%s)", m.ids[i], strings.Join(b.Skills, ", "))
+		if b.IsClient() {
+			parts[i] = fmt.Sprintf("%s [client mode] (%s)", m.ids[i], strings.Join(b.Skills, ", "))
+		}
 	}
 	return strings.Join(parts, ", ")
 }

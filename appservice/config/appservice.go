@@ -14,7 +14,8 @@ type AppService struct {
 	// PublicURL is how the homeserver reaches Listen; it goes into the
 	// registration's url.
 	PublicURL string `yaml:"public_url"`
-	// SenderLocalpart is the appservice's own user; defaults to the first bot.
+	// SenderLocalpart is the appservice's own user; defaults to the first
+	// appservice bot.
 	SenderLocalpart string `yaml:"sender_localpart"`
 	ASToken         string `yaml:"as_token"`
 	HSToken         string `yaml:"hs_token"`
@@ -51,7 +52,9 @@ func (a *AppService) applyDefaults() {
 	}
 }
 
-func (a AppService) validate() error {
+// validate checks the section; the tokens only when some bot is an
+// appservice bot (client-mode bots need no registration).
+func (a AppService) validate(needTokens bool) error {
 	var p problems
 	if a.ID == "" || strings.ContainsAny(a.ID, " /") {
 		p.add("appservice.id", "%q must be a non-empty word", a.ID)
@@ -62,10 +65,10 @@ func (a AppService) validate() error {
 	if err := checkHTTPURL(a.PublicURL); err != nil {
 		p.add("appservice.public_url", "%v", err)
 	}
-	if len(a.ASToken) < 16 {
+	if needTokens && len(a.ASToken) < 16 {
 		p.add("appservice.as_token", "missing or shorter than 16 characters (set it in the file or in OPSBOT_AS_TOKEN)")
 	}
-	if len(a.HSToken) < 16 {
+	if needTokens && len(a.HSToken) < 16 {
 		p.add("appservice.hs_token", "missing or shorter than 16 characters (set it in the file or in OPSBOT_HS_TOKEN)")
 	}
 	if a.ASToken != "" && a.ASToken == a.HSToken {

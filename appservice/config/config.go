@@ -78,9 +78,11 @@ func (c *Config) applyDefaults() {
 	for i := range c.Bots {
 		c.Bots[i].applyDefaults()
 	}
-	// The appservice's own user is the first bot unless named.
-	if c.AppService.SenderLocalpart == "" && len(c.Bots) > 0 {
-		c.AppService.SenderLocalpart = c.Bots[0].Localpart
+	// The appservice's own user is the first appservice bot unless named.
+	if c.AppService.SenderLocalpart == "" {
+		if bots := c.AppServiceBots(); len(bots) > 0 {
+			c.AppService.SenderLocalpart = bots[0].Localpart
+		}
 	}
 	c.Rooms.applyDefaults()
 	for i := range c.ExternalSkills {
@@ -97,7 +99,7 @@ func (c *Config) applyDefaults() {
 func (c *Config) Validate() error {
 	return errors.Join(
 		c.Homeserver.validate(),
-		c.AppService.validate(),
+		c.AppService.validate(c.HasAppServiceBots()),
 		c.Database.validate(),
 		c.Encryption.validate(),
 		validateBots(c.Bots),
@@ -121,6 +123,11 @@ func (c *Config) crossCheck() error {
 	for i, skill := range c.Memory.InRoomState {
 		if !c.botRuns(skill) {
 			p.add(fmt.Sprintf("memory.in_room_state[%d]", i), "no bot runs a skill named %q", skill)
+		}
+	}
+	for i, b := range c.Bots {
+		if b.IsClient() && b.Localpart == c.AppService.SenderLocalpart {
+			p.add(fmt.Sprintf("bots[%d].account", i), "%q is appservice.sender_localpart, the appservice's own user: it cannot also be an ordinary account", b.Localpart)
 		}
 	}
 	// Only a valid host:port can clash; Metrics.validate reports the rest.
@@ -175,6 +182,21 @@ func checkHTTPURL(s string) error {
 	}
 	return nil
 }
+
+// AppServiceBots are the bots in the appservice's namespace (not client mode).
+func (c *Config) AppServiceBots() []Bot {
+	var out []Bot
+	for _, b := range c.Bots {
+		if !b.IsClient() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// HasAppServiceBots reports whether opsbot runs as an appservice at all:
+// with client-mode bots only, it needs no registration and no tokens.
+func (c *Config) HasAppServiceBots() bool { return len(c.AppServiceBots()) > 0 }
 
 // BotIDs returns the full Matrix IDs of the configured bots, in config order.
 func (c *Config) BotIDs() []string {

@@ -15,6 +15,16 @@ func (c *Config) EnvOverrides() []skills.EnvOverride {
 		{Name: "OPSBOT_HOMESERVER_ADDRESS", Apply: func(v string) { c.Homeserver.Address = v }},
 		{Name: "OPSBOT_DENDRITE_ADMIN_TOKEN", Apply: func(v string) { c.Encryption.DendriteAdminToken = v }},
 	}
+	for i := range c.Bots {
+		// Only for bots the file puts in client mode: a variable alone
+		// never turns an appservice bot into an ordinary account.
+		if acc := c.Bots[i].Account; acc != nil {
+			prefix := c.Bots[i].EnvPrefix()
+			out = append(out,
+				skills.EnvOverride{Name: prefix + "PASSWORD", Apply: func(v string) { acc.Password = v }},
+				skills.EnvOverride{Name: prefix + "ACCESS_TOKEN", Apply: func(v string) { acc.AccessToken = v }})
+		}
+	}
 	for i := range c.ExternalSkills {
 		out = append(out, c.ExternalSkills[i].EnvOverrides()...)
 	}

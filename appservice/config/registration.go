@@ -32,7 +32,8 @@ func (c *Config) Registration() *mas.Registration {
 		MSC4190: c.Encryption.Enabled && c.Encryption.MSC4190,
 	}
 	localparts := []string{c.AppService.SenderLocalpart}
-	for _, b := range c.Bots {
+	// Client-mode bots are ordinary accounts, outside the namespace.
+	for _, b := range c.AppServiceBots() {
 		if !slices.Contains(localparts, b.Localpart) {
 			localparts = append(localparts, b.Localpart)
 		}

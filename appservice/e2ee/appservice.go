@@ -64,25 +64,33 @@ func (m *Manager) deviceInfoLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case info := <-m.deviceInfo:
-			// (Bots with their own /sync see them there too: telling the
-			// machines twice costs a key query, missing one a wrong session.)
-			if info.lists != nil && len(info.lists.Changed) > 0 && m.anyViaTransactions() {
-				m.devicesChanged(ctx, info.lists.Changed)
-				m.devices[m.order[0]].Machine.HandleDeviceLists(ctx, info.lists, "")
+			m.ApplyDeviceInfo(ctx, info.lists, info.otks)
+		}
+	}
+}
+
+// ApplyDeviceInfo tells the machines of devices whose keys come through the
+// event path about device-list changes and their one-time-key counts. A
+// client-mode bot's /sync intake calls it before it stores the batch, so a
+// crash in between only repeats it (it is idempotent).
+func (m *Manager) ApplyDeviceInfo(ctx context.Context, lists *mautrix.DeviceLists, otks map[id.UserID]map[id.DeviceID]mautrix.OTKCount) {
+	// (Bots with their own /sync see them there too: telling the
+	// machines twice costs a key query, missing one a wrong session.)
+	if lists != nil && len(lists.Changed) > 0 && m.anyViaTransactions() {
+		m.devicesChanged(ctx, lists.Changed)
+		m.devices[m.order[0]].Machine.HandleDeviceLists(ctx, lists, "")
+	}
+	for user, devices := range otks {
+		for deviceID, count := range devices {
+			dev := m.devices[user]
+			if dev == nil || dev.DeviceID != deviceID || !dev.viaTransactions {
+				continue
 			}
-			for user, devices := range info.otks {
-				for deviceID, count := range devices {
-					dev := m.devices[user]
-					if dev == nil || dev.DeviceID != deviceID || !dev.viaTransactions {
-						continue
-					}
-					count.UserID, count.DeviceID = user, deviceID
-					if m.opts.OnOTKCount != nil {
-						m.opts.OnOTKCount(user, count.SignedCurve25519)
-					}
-					dev.Machine.HandleOTKCounts(ctx, &count)
-				}
+			count.UserID, count.DeviceID = user, deviceID
+			if m.opts.OnOTKCount != nil {
+				m.opts.OnOTKCount(user, count.SignedCurve25519)
 			}
+			dev.Machine.HandleOTKCounts(ctx, &count)
 		}
 	}
 }

@@ -192,6 +192,10 @@ func (t *Transactions) waitFor(ctx context.Context, features ...string) bool {
 // bot device sends itself), else sync; with encryption.msc4190 always
 // appservice, unconfirmed if nothing showed the homeserver pushes keys.
 func (m *Manager) chooseMode(ctx context.Context, versions *mautrix.RespVersions) (mode, why string, unconfirmed bool) {
+	asBots := m.appserviceBots()
+	if len(asBots) == 0 {
+		return ModeSync, "no appservice bots: each client-mode bot receives its keys in its own /sync", false
+	}
 	if Advertises(versions) {
 		return ModeAppservice, AdvertisedWhy, false
 	}
@@ -208,10 +212,7 @@ func (m *Manager) chooseMode(ctx context.Context, versions *mautrix.RespVersions
 			notPushed = seen[NotPushed]
 		}
 	}
-	if len(m.order) == 0 {
-		return ModeSync, "no bot devices", false
-	}
-	if err := m.probe(ctx, m.devices[m.order[0]]); err != nil {
+	if err := m.probe(ctx, m.devices[asBots[0]]); err != nil {
 		m.opts.Log.Warn().Err(err).Msg("Could not send the key delivery probe")
 	}
 	if !notPushed.IsZero() && !m.opts.MSC4190 {

@@ -48,6 +48,10 @@ type Options struct {
 	// Sender is the appservice's sender user, which Synapse does not let
 	// use /sync.
 	Sender id.UserID
+	// ClientBots are the client-mode bots (ordinary accounts), each with
+	// its logged-in client: its device is that login's, and its keys come
+	// with its own /sync through the event path, whatever Mode says.
+	ClientBots map[id.UserID]*mautrix.Client
 	// Features remembers what the homeserver pushed in transactions.
 	Features FeatureStore
 	// MSC4190 creates devices through the appservice API (PUT /devices)
@@ -99,8 +103,11 @@ type Device struct {
 	store          *crypto.SQLCryptoStore
 	log            zerolog.Logger
 	// viaTransactions: the device's to-device events, one-time-key counts
-	// and device lists come from transactions, not its own /sync.
+	// and device lists come through the event path (an appservice bot's
+	// transactions, a client-mode bot's /sync intake), not a /sync here.
 	viaTransactions bool
+	// client: a client-mode bot's device, the device of its login.
+	client bool
 	// noKeys, if set, says why nothing has brought the device keys yet.
 	noKeys atomic.Pointer[string]
 	reused bool // the device existed before this start
@@ -187,14 +194,17 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 	if err := ctx.Err(); err != nil {
 		return "", "", err // stopped while starting: nothing was decided
 	}
-	if m.opts.MSC4190 && mode != ModeAppservice {
+	if m.opts.MSC4190 && mode != ModeAppservice && len(m.appserviceBots()) > 0 {
 		return "", "", fmt.Errorf("encryption.msc4190 needs key delivery in transactions, but %s", why)
 	}
 	m.opts.Mode = mode
 	unconfirmed = unconfirmed && !m.Transactions.has(FeatureToDevice, FeatureDeviceInfo)
 	err = inParallel(ctx, len(m.order), func(ctx context.Context, i int) error {
 		dev := m.devices[m.order[i]]
-		dev.viaTransactions = mode == ModeAppservice
+		dev.viaTransactions = mode == ModeAppservice || dev.client
+		if dev.client {
+			return nil
+		}
 		if unconfirmed {
 			problem := "no transaction has brought encryption keys yet: " + why
 			dev.noKeys.Store(&problem)
@@ -388,6 +398,18 @@ func (m *Manager) run(ctx context.Context) {
 // Mode returns the key delivery mode ("auto" until Start resolved it).
 func (m *Manager) Mode() string { return m.opts.Mode }
 
+// appserviceBots are the bots whose devices the appservice made (not
+// client mode), in config order: key delivery is chosen for them.
+func (m *Manager) appserviceBots() []id.UserID {
+	var out []id.UserID
+	for _, bot := range m.order {
+		if !m.devices[bot].client {
+			out = append(out, bot)
+		}
+	}
+	return out
+}
+
 func (m *Manager) anyViaTransactions() bool {
 	for _, bot := range m.order {
 		if m.devices[bot].viaTransactions {
@@ -410,19 +432,29 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err != nil {
 		return nil, fmt.Errorf("reading the stored device ID: %w", err)
 	}
-	deviceID := storedID
-	if deviceID == "" {
-		deviceID = newDeviceID()
-	}
-	client, err := mautrix.NewClient(m.opts.HomeserverURL, bot, m.opts.ASToken)
-	if err != nil {
-		return nil, err
-	}
-	client.Log = log.With().Str("component", "e2ee-client").Logger()
-	client.DefaultHTTPRetries = 3
-	localpart, _, _ := bot.Parse()
-	if err := m.resumeDevice(ctx, client, store, deviceID, storedID != "", "opsbot ("+localpart+")"); err != nil {
-		return nil, err
+	client, deviceID := m.opts.ClientBots[bot], storedID
+	if client != nil {
+		// A client-mode bot: its login made the device (appservice/accounts).
+		if storedID != "" && storedID != client.DeviceID {
+			return nil, fmt.Errorf("the bot's login is device %s, but this database holds the encryption keys of its device %s: "+
+				"give it an access token of device %s, or its password (opsbot then logs in as device %s); "+
+				"to give up the old device's keys instead, delete its crypto_account row (people must verify the bot again)",
+				client.DeviceID, storedID, storedID, storedID)
+		}
+		deviceID = client.DeviceID
+	} else {
+		if deviceID == "" {
+			deviceID = newDeviceID()
+		}
+		if client, err = mautrix.NewClient(m.opts.HomeserverURL, bot, m.opts.ASToken); err != nil {
+			return nil, err
+		}
+		client.Log = log.With().Str("component", "e2ee-client").Logger()
+		client.DefaultHTTPRetries = 3
+		localpart, _, _ := bot.Parse()
+		if err := m.resumeDevice(ctx, client, store, deviceID, storedID != "", "opsbot ("+localpart+")"); err != nil {
+			return nil, err
+		}
 	}
 	store.DeviceID = deviceID
 	client.Store = store
@@ -443,7 +475,8 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 	if err := machine.Load(ctx); err != nil {
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
-	return &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log, reused: storedID != ""}, nil
+	return &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log, reused: storedID != "",
+		client: m.opts.ClientBots[bot] != nil}, nil
 }
 
 // SecretDeviceToken keeps the access token of a bot's device (not with

@@ -62,6 +62,9 @@ type Options struct {
 	// user-interactive auth for uploading cross-signing keys: it gives the
 	// bot a fresh random password through Dendrite's admin API first.
 	DendriteAdminToken string
+	// Password, if set, returns a bot's own password ("" if it has none):
+	// a client-mode bot answers the prompt with it, no admin needed.
+	Password func(bot id.UserID) string
 	// KeyBackup turns on the server-side backup of room keys.
 	KeyBackup bool
 	Log       zerolog.Logger
@@ -347,15 +350,22 @@ func (m *Manager) open(ctx context.Context, mach *crypto.OlmMachine, recoveryKey
 	return key, nil
 }
 
-// passwordAuth answers a user-interactive auth challenge for the bot. An
-// appservice user has no password; on Dendrite, which always asks for one,
-// opsbot sets a fresh random one through the admin API and uses it once.
+// passwordAuth answers a user-interactive auth challenge for the bot. A
+// client-mode bot answers with its own password. An appservice user has
+// none; on Dendrite, which always asks for one, opsbot sets a fresh random
+// one through the admin API and uses it once.
 func (m *Manager) passwordAuth(ctx context.Context, dev *e2ee.Device, resp *mautrix.RespUserInteractive) (any, error) {
 	if !resp.HasSingleStageFlow(mautrix.AuthTypePassword) {
 		return nil, fmt.Errorf("the homeserver wants user-interactive auth (%v) to upload cross-signing keys, and opsbot can only answer a password stage", resp.Flows)
 	}
+	if m.opts.Password != nil {
+		if password := m.opts.Password(dev.UserID); password != "" {
+			return passwordAnswer(dev.UserID, resp.Session, password), nil
+		}
+	}
 	if m.opts.DendriteAdminToken == "" {
-		return nil, errors.New("the homeserver asks for the bot's password to upload cross-signing keys; on Dendrite set encryption.dendrite_admin_token " +
+		return nil, errors.New("the homeserver asks for the bot's password to upload cross-signing keys; for a client-mode bot set its account.password, " +
+			"for an appservice bot on Dendrite set encryption.dendrite_admin_token " +
 			"(OPSBOT_DENDRITE_ADMIN_TOKEN) to an admin's access token so opsbot can set one, on Synapse enable MSC4190 for the appservice " +
 			"(see docs/homeservers.md), or turn encryption.cross_signing off")
 	}
@@ -374,11 +384,16 @@ func (m *Manager) passwordAuth(ctx context.Context, dev *e2ee.Device, resp *maut
 	if _, err := admin.MakeFullRequest(ctx, mautrix.FullRequest{Method: "POST", URL: url, RequestJSON: body, SensitiveContent: true}); err != nil {
 		return nil, fmt.Errorf("setting the bot's password through Dendrite's admin API (encryption.dendrite_admin_token): %w", err)
 	}
+	return passwordAnswer(dev.UserID, resp.Session, password), nil
+}
+
+// passwordAnswer is the password stage of user-interactive auth.
+func passwordAnswer(user id.UserID, session, password string) *mautrix.ReqUIAuthLogin {
 	return &mautrix.ReqUIAuthLogin{
-		BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: resp.Session},
-		User:         dev.UserID.String(),
+		BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: session},
+		User:         user.String(),
 		Password:     password,
-	}, nil
+	}
 }
 
 // lazyKey returns the secret storage key: key if it is known (its Key

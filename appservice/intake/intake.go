@@ -1,8 +1,10 @@
-// Package intake serves the homeserver-facing appservice API: pushed
-// transactions, user and room-alias queries, and ping. A transaction is
+// Package intake is where events enter opsbot: the homeserver-facing
+// appservice API (pushed transactions, user and room-alias queries, ping)
+// and, for client-mode bots, their /sync (sync.go). A transaction is
 // answered 200 only once it and its events are durably recorded in the
 // inbox; a transaction ID seen before, even before a restart, is
-// acknowledged without being processed again.
+// acknowledged without being processed again. A /sync batch and the
+// position after it are recorded in one step the same way.
 package intake
 
 import (
@@ -235,6 +237,11 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 // transaction: the homeserver would resend the same bad event forever,
 // blocking everything behind it.
 func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
+	return file(log, out, raws, kind)
+}
+
+// file is Handler.file for any source of events (transactions, /sync).
+func file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
 	for i, raw := range raws {
 		// The one decoding of the event: the pipeline gets it with the
 		// event (store.InboxEvent.Decoded).
@@ -243,7 +250,7 @@ func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.R
 		if err != nil || evt.Type.Type == "" ||
 			(kind == store.KindPDU && (evt.ID == "" || evt.RoomID == "")) ||
 			(kind == store.KindToDevice && (evt.ToUserID == "" || evt.ToDeviceID == "")) {
-			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event from transaction (not an object, or missing type, event_id, room_id, to_user_id or to_device_id)")
+			log.Warn().Int("index", i).Str("kind", kind).Msg("Dropped malformed event (not an object, or missing type, event_id, room_id, to_user_id or to_device_id)")
 			continue
 		}
 		if contentErr != nil {

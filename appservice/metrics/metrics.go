@@ -25,6 +25,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	Transactions  *prometheus.CounterVec   // outcome
+	ClientSyncs   *prometheus.CounterVec   // bot, outcome
 	Events        *prometheus.CounterVec   // type
 	EventSeconds  *prometheus.HistogramVec // type
 	Backlog       prometheus.GaugeFunc
@@ -100,6 +101,8 @@ func New(opts Options) *Metrics {
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m.Transactions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_transactions_total",
 		Help: "Transactions pushed by the homeserver, by outcome (ok, duplicate, duplicate_grown, standby, unauthorized, forbidden, too_large, not_json, overloaded, store_error)."}, []string{"outcome"})
+	m.ClientSyncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_client_syncs_total",
+		Help: "/sync batches of client-mode bots, by bot and outcome (ok, error, store_error)."}, []string{"bot", "outcome"})
 	m.Events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsbot_events_total",
 		Help: "Events handled by the pipeline, by event type (unknown types count as other)."}, []string{"type"})
 	m.EventSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "opsbot_event_handling_seconds",
@@ -166,7 +169,7 @@ func New(opts Options) *Metrics {
 		_, oldest := m.parked()
 		return oldest.Seconds()
 	})
-	for _, c := range []prometheus.Collector{m.Leader, m.LeaderEpoch, m.ParkedRooms, m.ParkedOldest, m.Ready, m.OneTimeKeys, m.Transactions, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
+	for _, c := range []prometheus.Collector{m.Leader, m.LeaderEpoch, m.ParkedRooms, m.ParkedOldest, m.Ready, m.OneTimeKeys, m.Transactions, m.ClientSyncs, m.Events, m.EventSeconds, m.Backlog, m.Decryptions, m.Encryptions,
 		m.ToDevice, m.SkillRuns, m.SkillSeconds, m.Sends, m.SendSeconds, m.BuildInfo, m.BotDevices,
 		m.CrossSigned, m.KeyDelivery, m.KeysBackedUp, m.BackupFailures, m.Verifications, m.VerificationsWaiting,
 		m.CommandsRefused,

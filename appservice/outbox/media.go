@@ -39,7 +39,7 @@ func (o *Outbox) Download(ctx context.Context, bot id.UserID, content *event.Mes
 // download tries the authenticated media API first and falls back to the
 // legacy one for homeservers that predate it (Dendrite v0.13).
 func (o *Outbox) download(ctx context.Context, bot id.UserID, mxc id.ContentURI, maxBytes int64) ([]byte, error) {
-	cli := o.opts.AS.Intent(bot).Client
+	cli := o.opts.Accounts.Client(bot)
 	paths := []mautrix.PrefixableURLPath{
 		mautrix.ClientURLPath{"v1", "media", "download", mxc.Homeserver, mxc.FileID},
 		mautrix.MediaURLPath{"v3", "download", mxc.Homeserver, mxc.FileID},
@@ -90,7 +90,7 @@ func (o *Outbox) Upload(ctx context.Context, bot id.UserID, room id.RoomID, data
 	var resp *mautrix.RespMediaUpload
 	err = o.retry(ctx, "upload", func() error {
 		var err error
-		resp, err = o.opts.AS.Intent(bot).Client.UploadBytesWithName(ctx, body, uploadType, name)
+		resp, err = o.opts.Accounts.Client(bot).UploadBytesWithName(ctx, body, uploadType, name)
 		return err
 	})
 	if err != nil {

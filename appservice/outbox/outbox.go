@@ -20,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/opsbot/opsbot/appservice/accounts"
 	"github.com/opsbot/opsbot/skills/retry"
 )
 
@@ -42,7 +43,12 @@ type Fence interface {
 
 // Options configure an Outbox.
 type Options struct {
+	// AS gives the state store (is a room encrypted?) and, unless
+	// Accounts is set, acts for every bot.
 	AS *mas.AppService
+	// Accounts, if set, gives each bot what it acts through (client-mode
+	// bots have their own login).
+	Accounts *accounts.Accounts
 	// Encryptor encrypts sends into encrypted rooms; nil while E2EE is off
 	// (such sends are then refused).
 	Encryptor Encryptor
@@ -56,7 +62,7 @@ type Options struct {
 	Observe func(op string, err error, took time.Duration)
 }
 
-// Outbox sends as bot users through the appservice.
+// Outbox sends as bot users, each through its account (appservice/accounts).
 type Outbox struct {
 	opts Options
 }
@@ -68,6 +74,9 @@ func New(opts Options) *Outbox {
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = time.Minute
+	}
+	if opts.Accounts == nil {
+		opts.Accounts = accounts.ForAppService(opts.AS)
 	}
 	return &Outbox{opts: opts}
 }
@@ -122,7 +131,7 @@ func (o *Outbox) Send(ctx context.Context, bot id.UserID, room id.RoomID, evtTyp
 		sctx, cancel := attempt(ctx)
 		defer cancel()
 		var err error
-		resp, err = o.opts.AS.Intent(bot).SendMessageEvent(sctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
+		resp, err = o.opts.Accounts.Actor(bot).SendMessageEvent(sctx, room, evtType, marked, mautrix.ReqSendEvent{TransactionID: txnID, DontEncrypt: true})
 		check = err != nil
 		return err
 	})
@@ -139,7 +148,7 @@ func (o *Outbox) Redact(ctx context.Context, bot id.UserID, room id.RoomID, targ
 		sctx, cancel := attempt(ctx)
 		defer cancel()
 		var err error
-		resp, err = o.opts.AS.Intent(bot).RedactEvent(sctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
+		resp, err = o.opts.Accounts.Actor(bot).RedactEvent(sctx, room, target, mautrix.ReqRedact{Reason: reason, TxnID: txnID})
 		return err
 	})
 	if err != nil {

@@ -75,7 +75,7 @@ func withMarker(content any, txnID string) (json.RawMessage, error) {
 // since. (Not forward from the trigger: Dendrite does not take the tokens
 // of /context in /messages.)
 func (o *Outbox) alreadySent(ctx context.Context, bot id.UserID, room id.RoomID, txnID string, trig trigger) (id.EventID, error) {
-	client := o.opts.AS.Intent(bot).Client
+	client := o.opts.Accounts.Client(bot)
 	var since int64
 	if trig.event != "" {
 		evt, err := client.GetEvent(ctx, trig.room, trig.event)

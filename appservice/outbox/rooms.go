@@ -18,7 +18,7 @@ func (o *Outbox) SendState(ctx context.Context, bot id.UserID, room id.RoomID, e
 	var resp *mautrix.RespSendEvent
 	err := o.retry(ctx, "state", func() error {
 		var err error
-		resp, err = o.opts.AS.Intent(bot).SendStateEvent(ctx, room, evtType, stateKey, content)
+		resp, err = o.opts.Accounts.Actor(bot).SendStateEvent(ctx, room, evtType, stateKey, content)
 		return err
 	})
 	if err != nil {
@@ -30,7 +30,7 @@ func (o *Outbox) SendState(ctx context.Context, bot id.UserID, room id.RoomID, e
 // Typing sets the bot's typing notification.
 func (o *Outbox) Typing(ctx context.Context, bot id.UserID, room id.RoomID, typing bool, timeout time.Duration) error {
 	return o.retry(ctx, "typing", func() error {
-		_, err := o.opts.AS.Intent(bot).UserTyping(ctx, room, typing, timeout)
+		_, err := o.opts.Accounts.Actor(bot).UserTyping(ctx, room, typing, timeout)
 		return err
 	})
 }
@@ -38,24 +38,24 @@ func (o *Outbox) Typing(ctx context.Context, bot id.UserID, room id.RoomID, typi
 // MarkRead sends a read receipt as bot.
 func (o *Outbox) MarkRead(ctx context.Context, bot id.UserID, room id.RoomID, eventID id.EventID) error {
 	return o.retry(ctx, "receipt", func() error {
-		return o.opts.AS.Intent(bot).MarkRead(ctx, room, eventID)
+		return o.opts.Accounts.Actor(bot).MarkRead(ctx, room, eventID)
 	})
 }
 
 // Membership invites, kicks, bans or unbans a user as bot.
 func (o *Outbox) Membership(ctx context.Context, bot id.UserID, room id.RoomID, user id.UserID, action skills.Membership, reason string) error {
-	intent := o.opts.AS.Intent(bot)
+	actor := o.opts.Accounts.Actor(bot)
 	return o.retry(ctx, "membership", func() error {
 		var err error
 		switch action {
 		case skills.Invite:
-			_, err = intent.InviteUser(ctx, room, &mautrix.ReqInviteUser{UserID: user, Reason: reason})
+			_, err = actor.InviteUser(ctx, room, &mautrix.ReqInviteUser{UserID: user, Reason: reason})
 		case skills.Kick:
-			_, err = intent.KickUser(ctx, room, &mautrix.ReqKickUser{UserID: user, Reason: reason})
+			_, err = actor.KickUser(ctx, room, &mautrix.ReqKickUser{UserID: user, Reason: reason})
 		case skills.Ban:
-			_, err = intent.BanUser(ctx, room, &mautrix.ReqBanUser{UserID: user, Reason: reason})
+			_, err = actor.BanUser(ctx, room, &mautrix.ReqBanUser{UserID: user, Reason: reason})
 		case skills.Unban:
-			_, err = intent.UnbanUser(ctx, room, &mautrix.ReqUnbanUser{UserID: user, Reason: reason})
+			_, err = actor.UnbanUser(ctx, room, &mautrix.ReqUnbanUser{UserID: user, Reason: reason})
 		default:
 			return fmt.Errorf("unknown membership action %q", action)
 		}

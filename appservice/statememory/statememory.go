@@ -16,7 +16,6 @@ import (
 	"strings"
 
 	"maunium.net/go/mautrix"
-	mas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -32,14 +31,14 @@ const MaxValueBytes = 32 << 10
 
 // Store reads and writes memory through the bots.
 type Store struct {
-	as     *mas.AppService
-	botFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)
+	clientOf func(bot id.UserID) *mautrix.Client
+	botFor   func(ctx context.Context, room id.RoomID) (id.UserID, bool)
 }
 
-// New returns a Store acting through as; botFor returns a bot joined to
-// the room that can act there.
-func New(as *mas.AppService, botFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)) *Store {
-	return &Store{as: as, botFor: botFor}
+// New returns a Store acting through each bot's client (clientOf); botFor
+// returns a bot joined to the room that can act there.
+func New(clientOf func(bot id.UserID) *mautrix.Client, botFor func(ctx context.Context, room id.RoomID) (id.UserID, bool)) *Store {
+	return &Store{clientOf: clientOf, botFor: botFor}
 }
 
 // ErrNoBot means no bot is in the room to read or write its state.
@@ -67,7 +66,7 @@ func (m *roomMemory) client(ctx context.Context) (*mautrix.Client, error) {
 	if !ok {
 		return nil, ErrNoBot
 	}
-	return m.s.as.Intent(bot).Client, nil
+	return m.s.clientOf(bot), nil
 }
 
 // keyRe keeps state keys to characters every homeserver routes the same
@@ -160,7 +159,7 @@ func (s *Store) entries(ctx context.Context, room id.RoomID) (map[string]json.Ra
 	if !ok {
 		return nil, ErrNoBot
 	}
-	state, err := s.as.Intent(bot).Client.State(ctx, room)
+	state, err := s.clientOf(bot).State(ctx, room)
 	if err != nil {
 		return nil, fmt.Errorf("reading room state: %w", err)
 	}
@@ -185,7 +184,7 @@ func (s *Store) Move(ctx context.Context, oldRoom, newRoom id.RoomID) (int, erro
 	if !ok {
 		return 0, ErrNoBot
 	}
-	cli := s.as.Intent(bot).Client
+	cli := s.clientOf(bot)
 	n := 0
 	for sk, value := range all {
 		if _, err := cli.SendStateEvent(ctx, newRoom, EventType, sk, content{Value: value}); err != nil {

@@ -1,0 +1,245 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store/storetest"
+	"github.com/opsbot/opsbot/integration/harness"
+	"github.com/opsbot/opsbot/integration/peers"
+)
+
+// helperID is the client-mode bot of these tests: an ordinary account,
+// registered like any person's.
+const helperID = "@helper:localhost"
+
+// registerHelper registers the helper account and returns the environment
+// that gives opsbot its password.
+func registerHelper(t *testing.T, hs *harness.Homeserver, password string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := hs.RegisterAccount(ctx, "helper", password, false); err != nil {
+		t.Fatalf("registering the helper account: %v", err)
+	}
+	return []string{"OPSBOT_BOT_HELPER_PASSWORD=" + password}
+}
+
+// newClientWorld starts a homeserver with no appservice installed and an
+// opsbot whose config has no appservice section: one client-mode bot, its
+// password from the environment.
+func newClientWorld(t *testing.T, hs homeserver, dbType string) *world {
+	t.Helper()
+	h := harness.Start(t, harness.Options{ServerName: "localhost", Server: hs.Server, KeysInTransactions: hs.KeysInTransactions})
+	env := registerHelper(t, h, config.RandomToken())
+	dir := t.TempDir()
+	db := storetest.Config(t, dbType)
+	metricsPort := freePort(t)
+	text := fmt.Sprintf(`homeserver:
+  domain: localhost
+  address: %s
+database:
+  type: %s
+  uri: %q
+bots:
+  - localpart: helper
+    displayname: Helper
+    skills: [ping, help, echo]
+    account: {}
+encryption:
+  enabled: true
+  pickle_key: %s
+metrics:
+  listen: 127.0.0.1:%d
+logging:
+  level: debug
+  format: json
+`, h.URL, db.Type, db.URI, config.RandomToken(), metricsPort)
+	cfgPath := filepath.Join(dir, "opsbot.yaml")
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err == nil || !strings.Contains(err.Error(), "OPSBOT_BOT_HELPER_PASSWORD") {
+		t.Fatalf("a client-mode bot without a password must be refused, naming the variable; got %v", err)
+	}
+	t.Setenv("OPSBOT_BOT_HELPER_PASSWORD", strings.TrimPrefix(env[0], "OPSBOT_BOT_HELPER_PASSWORD="))
+	if cfg, err = config.Load(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HasAppServiceBots() {
+		t.Fatal("the config has no appservice bots")
+	}
+	// No appservice section: the listener is at its default address.
+	ob := newOpsbot(t, dir, cfgPath, cfg, 29333, metricsPort)
+	ob.Env = env
+	ob.Start()
+	return &world{HS: h, Bot: ob}
+}
+
+// userDevices is what a person's client learns of user's devices: device
+// ID to Ed25519 key.
+func userDevices(t *testing.T, u *harness.User, user string) map[string]string {
+	t.Helper()
+	var resp struct {
+		DeviceKeys map[string]map[string]struct {
+			Keys map[string]string `json:"keys"`
+		} `json:"device_keys"`
+	}
+	u.MustDo(t, http.MethodPost, "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string][]string{user: {}}}, &resp)
+	out := map[string]string{}
+	for dev, keys := range resp.DeviceKeys[user] {
+		out[dev] = keys.Keys["ed25519:"+dev]
+	}
+	return out
+}
+
+// An ordinary account runs the same bot without any admin: plain and
+// encrypted conversations with both client families, its device
+// cross-signed with its own password, kept across restarts, and a SIGKILL
+// in a burst of commands answers each exactly once.
+func TestClientMode(t *testing.T) { onEachWorld(t, testClientMode) }
+
+func testClientMode(t *testing.T, hs homeserver, dbType string) {
+	w := newClientWorld(t, hs, dbType)
+	w.Bot.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"password, new device"`)
+	// Dendrite asks for the password to upload cross-signing keys: the bot
+	// answers with its own, no admin token.
+	w.Bot.WaitForLog(t, wait, "Bot identity is cross-signed", `"bot":"`+helperID+`"`)
+	w.Bot.WaitMetric(t, `opsbot_bot_cross_signed{bot="`+helperID+`"}`, 1)
+	device := strings.Trim(w.Bot.LastLogField(t, "Client-mode bot logged in", "device_id"), `"`)
+
+	// No registration, so nothing may push transactions.
+	resp, err := http.Post(w.Bot.URL+"/_matrix/app/v1/transactions/t1", "application/json", strings.NewReader(`{"events":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a transaction to a client-mode-only opsbot got HTTP %d, want 404", resp.StatusCode)
+	}
+
+	alice := w.HS.RegisterUser(t, "alice")
+	bob := w.HS.RegisterUser(t, "bob")
+	plain := joinedRoom(t, alice, helperID)
+	if ev := ask(t, alice, plain, "!ping", helperID); ev.Body() != "pong" {
+		t.Fatalf("plain !ping: got %s", ev)
+	}
+
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	js := peers.StartJS(t)
+	js.Login(w.HS.URL, bob.ID, bob.Password, "BOBJS")
+	room := nio.CreateRoom(true, helperID, bob.ID)
+	botJoined(t, alice, room, helperID)
+	nio.Send(room, "!echo from nio")
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "from nio" || !m.Encrypted {
+		t.Fatalf("nio: got %+v", m)
+	}
+	// bob joins now: the bot shares its room key with a new member.
+	js.Join(room)
+	js.Send(room, "!ping")
+	if m := js.WaitMessage(room, helperID, wait); m.Body != "pong" || !m.Encrypted {
+		t.Fatalf("js: got %+v", m)
+	}
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "pong" {
+		t.Fatalf("nio should see the answer to bob too, got %+v", m)
+	}
+	// The person's client sees the bot's device signed by its owner.
+	if tr := js.DeviceTrust(helperID, device); !tr.Known || !tr.SignedByOwner {
+		t.Fatalf("bob's client sees the bot's device %s as %+v, want it signed by its owner", device, tr)
+	}
+	before := userDevices(t, alice, helperID)
+	if len(before) != 1 || before[device] == "" {
+		t.Fatalf("the bot's account has devices %v, want only %s", before, device)
+	}
+
+	// SIGKILL in the middle of a burst: every command answered once.
+	const n = 20
+	for i := range n {
+		alice.SendText(t, plain, fmt.Sprintf("!echo burst %d", i))
+	}
+	answers := map[string]int{}
+	first := alice.WaitForMessage(t, plain, wait, harness.From(helperID))
+	answers[first.Body()]++
+	w.Bot.Kill()
+	w.Bot.Start()
+	w.Bot.WaitForLogs(t, wait, 1, "Client-mode bot logged in", `"how":"its stored login"`)
+	w.Bot.WaitForLog(t, wait, "Reusing the bot's encryption device", `"bot":"`+helperID+`"`)
+	deadline := time.Now().Add(90 * time.Second)
+	for len(answers) < n && time.Now().Before(deadline) {
+		for _, ev := range alice.Collect(t, plain, 2*time.Second, harness.From(helperID)) {
+			answers[ev.Body()]++
+		}
+	}
+	for _, ev := range sentinel(t, alice, plain, helperID) {
+		answers[ev.Body()]++
+	}
+	for i := range n {
+		if got := answers[fmt.Sprintf("burst %d", i)]; got != 1 {
+			t.Errorf("command %d answered %d times, want once (answers: %v)", i, got, answers)
+		}
+	}
+
+	// Same device, same keys: nothing new uploaded, nothing to verify again.
+	if after := userDevices(t, alice, helperID); len(after) != 1 || after[device] != before[device] {
+		t.Fatalf("the bot's devices changed across restarts: %v -> %v", before, after)
+	}
+	nio.Send(room, "!echo after the crash")
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "after the crash" || !m.Encrypted {
+		t.Fatalf("after restart: got %+v", m)
+	}
+	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner {
+		t.Fatalf("after restart bob's client sees %+v", tr)
+	}
+}
+
+// An appservice bot and a client-mode bot share a room and one opsbot:
+// each answers its own commands, once, though both see every event.
+func TestClientAndAppserviceBots(t *testing.T) { onHomeservers(t, testClientAndAppserviceBots) }
+
+func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
+	// The password in the file this time (TestClientMode gives it in the
+	// environment).
+	password := config.RandomToken()
+	w := newWorldWith(t, worldOptions{HS: hs, DB: "sqlite", Bots: defaultBots + `
+  - localpart: helper
+    command_prefix: "?"
+    skills: [echo]
+    account:
+      password: ` + password + `
+`, BeforeStart: func(h *harness.Homeserver) []string { registerHelper(t, h, password); return nil }})
+	w.Bot.WaitForLog(t, wait, "Bot ready", `"mode":"client"`, `"bot":"`+helperID+`"`)
+	alice := w.HS.RegisterUser(t, "alice")
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	room := nio.CreateRoom(true, botID, helperID)
+	botJoined(t, alice, room, botID)
+	botJoined(t, alice, room, helperID)
+
+	nio.Send(room, "!echo for the appservice bot")
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "for the appservice bot" || !m.Encrypted {
+		t.Fatalf("appservice bot: got %+v", m)
+	}
+	nio.Send(room, "?echo for the client bot")
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "for the client bot" || !m.Encrypted {
+		t.Fatalf("client-mode bot: got %+v", m)
+	}
+	// Each command once, by its own bot: the raw view counts what each
+	// bot sent (both see both commands: an event both bring in is handled
+	// once).
+	sent := map[string]int{}
+	for _, ev := range alice.Collect(t, room, 3*time.Second, harness.OfType("m.room.encrypted")) {
+		sent[ev.Sender]++
+	}
+	if sent[botID] != 1 || sent[helperID] != 1 {
+		t.Fatalf("messages sent by each bot: %v, want one each", sent)
+	}
+}
