@@ -17,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/opsbot/opsbot/appservice/accounts"
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/discovery"
 	"github.com/opsbot/opsbot/appservice/e2ee"
@@ -48,7 +49,15 @@ func Check(ctx context.Context, cfg *config.Config, path string, out io.Writer) 
 	report(checkDatabase(ctx, cfg))
 	client, hsResult := checkHomeserver(ctx, cfg)
 	report(hsResult)
-	if client == nil {
+	for _, b := range cfg.Bots {
+		report(checkBot(ctx, client, cfg, b))
+	}
+	if !cfg.HasAppServiceBots() {
+		const why = "no appservice bots (client mode only)"
+		report(CheckResult{"as_token", "skip", why})
+		report(CheckResult{"appservice", "skip", why})
+		report(CheckResult{"encryption", "skip", why + ": each bot receives its keys in its own /sync"})
+	} else if client == nil {
 		report(CheckResult{"as_token", "skip", "homeserver not reachable"})
 		report(CheckResult{"appservice", "skip", "homeserver not reachable"})
 	} else {
@@ -110,6 +119,31 @@ func checkHomeserver(ctx context.Context, cfg *config.Config) (*mautrix.Client, 
 		return nil, CheckResult{"homeserver", "FAIL", fmt.Sprintf("%s: %v (is homeserver.address right, and the homeserver running?)", shown, err)}
 	}
 	return client, CheckResult{"homeserver", "ok", fmt.Sprintf("%s answers, spec versions %s", shown, strings.Join(versionStrings(versions), " "))}
+}
+
+// checkBot says how a bot runs: an appservice bot (the as_token line
+// checks its registration), or a client-mode bot, whose login is checked
+// without logging in.
+func checkBot(ctx context.Context, hs *mautrix.Client, cfg *config.Config, b config.Bot) CheckResult {
+	bot := id.NewUserID(b.Localpart, cfg.Homeserver.Domain)
+	if !b.IsClient() {
+		return CheckResult{"bot", "ok", fmt.Sprintf("%s: appservice bot, skills %s", bot, strings.Join(b.Skills, ", "))}
+	}
+	if hs == nil {
+		return CheckResult{"bot", "skip", fmt.Sprintf("%s: client mode; homeserver not reachable", bot)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stored *store.ClientSession
+	if st, err := store.Open(cfg.Database, zerolog.Nop()); err == nil {
+		stored, _ = st.ClientSession(ctx, bot) // none yet, or an older schema: no stored login
+		st.Close()
+	}
+	detail, err := accounts.Check(ctx, hs.HomeserverURL.String(), bot, b, stored)
+	if err != nil {
+		return CheckResult{"bot", "FAIL", fmt.Sprintf("%s: client mode: %v", bot, err)}
+	}
+	return CheckResult{"bot", "ok", fmt.Sprintf("%s: client mode, %s; skills %s", bot, detail, strings.Join(b.Skills, ", "))}
 }
 
 func checkASToken(ctx context.Context, client *mautrix.Client, cfg *config.Config) CheckResult {

@@ -552,7 +552,9 @@ func (o *Opsbot) Run(args ...string) (string, error) {
 	if bin == "" {
 		bin = opsbotBinary(o.t)
 	}
-	out, err := exec.CommandContext(ctx, bin, append([]string{"-c", o.CfgPath}, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-c", o.CfgPath}, args...)...)
+	cmd.Env = append(os.Environ(), o.Env...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 

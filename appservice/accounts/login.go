@@ -117,14 +117,8 @@ func (a *Accounts) passwordLogin(ctx context.Context, cb *clientBot, device id.D
 	if cb.cfg.Account.Password == "" {
 		return fmt.Errorf("%w: the bot has no password to log in with (account.password, %sPASSWORD)", errPermanent, cb.cfg.EnvPrefix())
 	}
-	flows, err := cli.GetLoginFlows(ctx)
-	if err != nil {
-		return fmt.Errorf("asking the homeserver how to log in (GET /login): %w", err)
-	}
-	if !flows.HasFlow(mautrix.AuthTypePassword) {
-		return fmt.Errorf("%w: the homeserver does not offer password login (it offers %v); with next-generation auth (MAS) password login must be "+
-			"enabled in MAS, or give the bot an access token instead (account.access_token, %sACCESS_TOKEN; docs/homeservers.md says how to get one)",
-			errPermanent, flowTypes(flows), cb.cfg.EnvPrefix())
+	if err := offersPassword(ctx, cli, cb.cfg); err != nil {
+		return err
 	}
 	localpart, _, _ := cli.UserID.Parse()
 	resp, err := cli.Login(ctx, &mautrix.ReqLogin{

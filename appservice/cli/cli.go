@@ -59,7 +59,9 @@ func Run(opts Options, args []string, stdout, stderr io.Writer) int {
 
 Commands:
   (none)                 run opsbot
-  generate-config        print an example config with fresh tokens
+  generate-config [client]
+                         print an example config with fresh tokens; "client"
+                         for bots that are ordinary accounts (no registration)
   generate-registration  print the homeserver registration for the config
   check                  check config, database, homeserver and appservice reachability
   recovery-key show|restore|reset [@bot:server]
@@ -78,7 +80,7 @@ Flags:
 		return 2
 	}
 	cmd := fs.Arg(0)
-	takesArgs := cmd == "recovery-key" || cmd == "verification"
+	takesArgs := cmd == "recovery-key" || cmd == "verification" || cmd == "generate-config"
 	if fs.NArg() > 1 && !takesArgs {
 		fmt.Fprintf(stderr, "unexpected arguments after %q: %s (flags go before the command)\n", cmd, strings.Join(fs.Args()[1:], " "))
 		return 2
@@ -88,7 +90,18 @@ Flags:
 		fmt.Fprintln(stdout, version)
 		return 0
 	case "generate-config":
-		fmt.Fprint(stdout, config.Example())
+		switch mode := fs.Arg(1); {
+		case fs.NArg() > 2:
+			fmt.Fprintf(stderr, "generate-config takes one argument, appservice or client\n")
+			return 2
+		case mode == "" || mode == "appservice":
+			fmt.Fprint(stdout, config.Example())
+		case mode == "client":
+			fmt.Fprint(stdout, config.ExampleClient())
+		default:
+			fmt.Fprintf(stderr, "generate-config %q: say appservice (the default) or client\n", mode)
+			return 2
+		}
 		return 0
 	case "", "generate-registration", "check", "recovery-key", "verification":
 	default:
@@ -107,6 +120,10 @@ Flags:
 	}
 	switch cmd {
 	case "generate-registration":
+		if !cfg.HasAppServiceBots() {
+			fmt.Fprintln(stderr, "opsbot: every bot in the config is an ordinary account (client mode): there is no registration to install")
+			return 1
+		}
 		text, err := cfg.RegistrationYAML()
 		if err != nil {
 			fmt.Fprintf(stderr, "opsbot: %v\n", err)

@@ -53,6 +53,30 @@ func TestGenerateConfigThenRegistration(t *testing.T) {
 	}
 }
 
+// generate-config client writes a config with no appservice section that
+// is valid once the bot's password is in the environment, and has no
+// registration.
+func TestGenerateClientConfig(t *testing.T) {
+	code, cfg, _ := runCLI(t, "generate-config", "client")
+	if code != 0 || strings.Contains(cfg, "appservice:") || strings.Contains(cfg, "as_token") {
+		t.Fatalf("generate-config client: %d\n%s", code, cfg)
+	}
+	path := filepath.Join(t.TempDir(), "opsbot.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, "-c", path, "generate-registration"); code != 1 || !strings.Contains(errOut, "OPSBOT_BOT_OPSBOT_PASSWORD") {
+		t.Fatalf("without its password the config must be refused, naming the variable: %d %s", code, errOut)
+	}
+	t.Setenv("OPSBOT_BOT_OPSBOT_PASSWORD", "correct horse battery staple")
+	if code, _, errOut := runCLI(t, "-c", path, "generate-registration"); code != 1 || !strings.Contains(errOut, "no registration") {
+		t.Fatalf("generate-registration of a client-only config: %d %s", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "generate-config", "sideways"); code != 2 || !strings.Contains(errOut, "appservice (the default) or client") {
+		t.Fatalf("unknown generate-config mode: %d %s", code, errOut)
+	}
+}
+
 func TestBadConfigIsNamed(t *testing.T) {
 	dir := t.TempDir()
 	code, _, errOut := runCLI(t, "-c", filepath.Join(dir, "missing.yaml"))

@@ -88,6 +88,14 @@ bots:
     # avatar: mxc://example.org/abcdef
     command_prefix: "!"
     skills: [ping, help, echo]
+  # A bot can also be an ordinary account that opsbot logs in as (client
+  # mode, no registration needed for it): create the account, then give its
+  # password here or in OPSBOT_BOT_<LOCALPART>_PASSWORD. See
+  # docs/getting-started.md, "No admin rights?".
+  # - localpart: helper
+  #   skills: [ping, echo]
+  #   account:
+  #     password: ""
 
 # Per-skill settings, keyed by skill name. See each skill's README.
 skills: {}
@@ -131,6 +139,64 @@ logging:
   # pretty (for a terminal) or json (for log collectors).
   format: pretty
 `
+
+// clientTemplate is what generate-config client writes: client-mode bots
+// only, so no appservice section, tokens or registration.
+const clientTemplate = `# opsbot configuration for bots that are ordinary Matrix accounts (client
+# mode): no homeserver admin, no registration. Every key is documented in
+# docs/configuration.md; generate-config without "client" shows them all.
+
+homeserver:
+  # The server name: the part after ':' in the bot's user ID.
+  domain: example.org
+  # The client-server API URL; leave it out to find it through
+  # https://example.org/.well-known/matrix/client.
+  address: https://matrix.example.org
+
+database:
+  # sqlite (one machine) or postgres (several replicas).
+  type: sqlite
+  uri: opsbot.db
+
+encryption:
+  # The bot gets its own encryption device (its login's), so it can talk in
+  # encrypted rooms. See docs/getting-started.md.
+  enabled: true
+  # Encrypts the bot's private keys in the database: back it up with it.
+  pickle_key: @PICKLE_KEY@
+  # Cross-sign the bot's device with its own password, so clients show it
+  # as verified by its owner.
+  cross_signing: true
+  key_backup: true
+
+bots:
+  # The account @opsbot:example.org, created beforehand like anyone's.
+  - localpart: opsbot
+    skills: [ping, help, echo]
+    account:
+      # Better in the environment: OPSBOT_BOT_OPSBOT_PASSWORD. Or give an
+      # access_token (OPSBOT_BOT_OPSBOT_ACCESS_TOKEN) made for a device.
+      password: ""
+
+permissions:
+  invite:
+    # Who may invite the bot. With both lists empty, any user of
+    # homeserver.domain may.
+    users: []
+    servers: []
+  # Who may use admin-only commands (!status).
+  admins: []
+
+logging:
+  level: info
+  format: pretty
+`
+
+// ExampleClient returns the example config for client-mode bots only, with
+// a fresh pickle key.
+func ExampleClient() string {
+	return strings.ReplaceAll(clientTemplate, "@PICKLE_KEY@", RandomToken())
+}
 
 // Example returns the example config with freshly generated tokens.
 func Example() string {
