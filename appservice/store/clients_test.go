@@ -1,0 +1,104 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store"
+)
+
+// A client-mode bot's login is kept; a new login of the same device keeps
+// its /sync position, a login of another device starts over.
+func TestClientSession(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		bot := id.UserID("@helper:example.org")
+		if s, err := st.ClientSession(ctx, bot); err != nil || s != nil {
+			t.Fatalf("before any login: %+v %v", s, err)
+		}
+		if err := st.SaveLogin(ctx, bot, "DEV1", "token1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.RecordSync(ctx, bot, "", "s1", nil, leaderOf(1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.SaveLogin(ctx, bot, "DEV1", "token2"); err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := st.ClientSession(ctx, bot); s == nil || s.DeviceID != "DEV1" || s.AccessToken != "token2" || s.NextBatch != "s1" {
+			t.Fatalf("a new token for the same device: %+v", s)
+		}
+		if err := st.SaveLogin(ctx, bot, "DEV2", "token3"); err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := st.ClientSession(ctx, bot); s == nil || s.DeviceID != "DEV2" || s.NextBatch != "" {
+			t.Fatalf("another device must sync from the start: %+v", s)
+		}
+	})
+}
+
+// A /sync batch and the position after it are recorded together or not at
+// all: from a position that moved, under a term that is over, or when an
+// event cannot be written, neither changes.
+func TestRecordSyncIsOneStep(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		bot := id.UserID("@helper:example.org")
+		if err := st.SaveLogin(ctx, bot, "DEV1", "token"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.RecordSync(ctx, bot, "", "s1", events("a", 3), leaderOf(1))
+		if err != nil || len(got) != 3 || got[0].Seq == 0 {
+			t.Fatalf("first batch: %v %v", got, err)
+		}
+		position := func() string {
+			s, err := st.ClientSession(ctx, bot)
+			if err != nil || s == nil {
+				t.Fatalf("session: %+v %v", s, err)
+			}
+			return s.NextBatch
+		}
+		// Another process moved on (or this one's view is stale).
+		if _, err := st.RecordSync(ctx, bot, "s0", "s2", events("b", 2), leaderOf(1)); !errors.Is(err, store.ErrSyncMoved) {
+			t.Fatalf("from a stale position: %v", err)
+		}
+		// The term is over.
+		if _, err := st.RecordSync(ctx, bot, "s1", "s2", events("b", 2), &fence{epoch: 1, over: true}); !errors.Is(err, store.ErrFenced) {
+			t.Fatalf("under a term that is over: %v", err)
+		}
+		// An event the database refuses (Postgres takes no NUL in text;
+		// SQLite takes it, so there the batch goes in).
+		if cfg.Type == "postgres" {
+			bad := events("c", 2)
+			bad[1].Payload = []byte("a\x00b")
+			if _, err := st.RecordSync(ctx, bot, "s1", "s2", bad, leaderOf(1)); err == nil {
+				t.Fatal("Postgres took a NUL byte in a text column")
+			}
+		}
+		if position() != "s1" {
+			t.Fatalf("refused batches moved the position to %q", position())
+		}
+		pending, err := st.PendingEvents(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range pending {
+			if ev.EventID == "$b-0" || ev.EventID == "$c-0" {
+				t.Fatalf("an event of a refused batch is in the inbox: %s", ev.EventID)
+			}
+		}
+		// The same events again (two bots in one room): recorded once.
+		got, err = st.RecordSync(ctx, bot, position(), "s3", events("a", 3), leaderOf(1))
+		if err != nil || len(got) != 0 || position() != "s3" {
+			t.Fatalf("events already in the inbox: %v %v at %q", got, err, position())
+		}
+	})
+}
