@@ -13,6 +13,9 @@ import (
 func (s *Service) startSyncs(ctx context.Context, term *leader.Term) {
 	ctx, s.cancelSyncs = context.WithCancel(ctx)
 	for _, bot := range s.Accounts.ClientBots() {
+		for _, outcome := range []string{"ok", "error", "store_error"} {
+			s.Metrics.ClientSyncs.WithLabelValues(bot.String(), outcome).Add(0)
+		}
 		opts := intake.SyncOptions{
 			Client:     s.Accounts.Client(bot),
 			Store:      s.Store,

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -35,10 +37,11 @@ func registerHelper(t *testing.T, hs *harness.Homeserver, password string) []str
 // newClientWorld starts a homeserver with no appservice installed and an
 // opsbot whose config has no appservice section: one client-mode bot, its
 // password from the environment.
-func newClientWorld(t *testing.T, hs homeserver, dbType string) *world {
+func newClientWorld(t *testing.T, hs homeserver, dbType string) (w *world, password string) {
 	t.Helper()
 	h := harness.Start(t, harness.Options{ServerName: "localhost", Server: hs.Server, KeysInTransactions: hs.KeysInTransactions})
-	env := registerHelper(t, h, config.RandomToken())
+	password = config.RandomToken()
+	env := registerHelper(t, h, password)
 	dir := t.TempDir()
 	db := storetest.Config(t, dbType)
 	metricsPort := freePort(t)
@@ -70,7 +73,7 @@ logging:
 	if err == nil || !strings.Contains(err.Error(), "OPSBOT_BOT_HELPER_PASSWORD") {
 		t.Fatalf("a client-mode bot without a password must be refused, naming the variable; got %v", err)
 	}
-	t.Setenv("OPSBOT_BOT_HELPER_PASSWORD", strings.TrimPrefix(env[0], "OPSBOT_BOT_HELPER_PASSWORD="))
+	t.Setenv("OPSBOT_BOT_HELPER_PASSWORD", password)
 	if cfg, err = config.Load(cfgPath); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +84,30 @@ logging:
 	ob := newOpsbot(t, dir, cfgPath, cfg, 29333, metricsPort)
 	ob.Env = env
 	ob.Start()
-	return &world{HS: h, Bot: ob}
+	return &world{HS: h, Bot: ob}, password
+}
+
+// removeDevice deletes one of the account's devices from another session
+// of it, as a person does in their client's session list (the password
+// answers the homeserver's prompt).
+func removeDevice(t *testing.T, u *harness.User, device, password string) {
+	t.Helper()
+	path := "/_matrix/client/v3/devices/" + device
+	err := u.Do(t.Context(), http.MethodDelete, path, map[string]any{}, nil)
+	var uia *harness.HTTPError
+	if !errors.As(err, &uia) || uia.Status != http.StatusUnauthorized {
+		t.Fatalf("deleting device %s: %v, want a password prompt", device, err)
+	}
+	var prompt struct {
+		Session string `json:"session"`
+	}
+	if err := json.Unmarshal(uia.Body, &prompt); err != nil {
+		t.Fatal(err)
+	}
+	u.MustDo(t, http.MethodDelete, path, map[string]any{"auth": map[string]any{
+		"type": "m.login.password", "session": prompt.Session, "password": password,
+		"identifier": map[string]string{"type": "m.id.user", "user": u.ID},
+	}}, nil)
 }
 
 // userDevices is what a person's client learns of user's devices: device
@@ -108,7 +134,7 @@ func userDevices(t *testing.T, u *harness.User, user string) map[string]string {
 func TestClientMode(t *testing.T) { onEachWorld(t, testClientMode) }
 
 func testClientMode(t *testing.T, hs homeserver, dbType string) {
-	w := newClientWorld(t, hs, dbType)
+	w, password := newClientWorld(t, hs, dbType)
 	w.Bot.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"password, new device"`)
 	// Dendrite asks for the password to upload cross-signing keys: the bot
 	// answers with its own, no admin token.
@@ -209,8 +235,34 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	if m := nio.WaitMessage(room, helperID, wait); m.Body != "after the crash" || !m.Encrypted {
 		t.Fatalf("after restart: got %+v", m)
 	}
+	if m := js.WaitMessage(room, helperID, wait); m.Body != "after the crash" {
+		t.Fatalf("bob after restart: got %+v", m)
+	}
 	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner {
 		t.Fatalf("after restart bob's client sees %+v", tr)
+	}
+
+	// The bot's owner removes its session (from another session of the
+	// account): the next start logs in again as the same device, with the
+	// same keys, signed again, and talks as before.
+	owner := w.HS.Login(t, "helper", password, "OWNER")
+	removeDevice(t, owner, device, password)
+	if err := owner.Logout(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"password, same device"`)
+	w.Bot.WaitForLog(t, wait, "forgot this device's keys", "uploading them again")
+	if after := userDevices(t, alice, helperID); len(after) != 1 || after[device] != before[device] {
+		t.Fatalf("after the device was removed: %v, want %s with its old key", after, device)
+	}
+	js.Send(room, "!echo after the removal")
+	if m := js.WaitMessage(room, helperID, wait); m.Body != "after the removal" || !m.Encrypted {
+		t.Fatalf("after the device was removed: got %+v", m)
+	}
+	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner {
+		t.Fatalf("after the device was removed bob's client sees %+v", tr)
 	}
 }
 

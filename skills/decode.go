@@ -84,6 +84,12 @@ func decodeValue(node *yaml.Node, rv reflect.Value, path string) error {
 		return nil
 	case reflect.Pointer:
 		if node.Tag == "!!null" {
+			// A section written with nothing under it ("account:" with
+			// its lines commented out) is there, and empty; a plain
+			// value left empty is not set.
+			if rv.IsNil() && rv.Type().Elem().Kind() == reflect.Struct {
+				rv.Set(reflect.New(rv.Type().Elem()))
+			}
 			return nil
 		}
 		if rv.IsNil() {

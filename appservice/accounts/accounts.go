@@ -185,11 +185,11 @@ func (a *Accounts) Client(bot id.UserID) *mautrix.Client {
 	return a.opts.AS.Intent(bot).Client
 }
 
-// Password returns a client-mode bot's password ("" if it has none, or for
-// an appservice bot): it answers the homeserver's password prompts.
-func (a *Accounts) Password(bot id.UserID) string {
+// Password returns a client-mode bot's password ("" if it has none) and
+// whether bot is one: it answers the homeserver's password prompts.
+func (a *Accounts) Password(bot id.UserID) (password string, client bool) {
 	if cb := a.clients[bot]; cb != nil {
-		return cb.cfg.Account.Password
+		return cb.cfg.Account.Password, true
 	}
-	return ""
+	return "", false
 }

@@ -57,7 +57,7 @@ func (a *Accounts) login(ctx context.Context, cb *clientBot) (string, error) {
 		case errors.Is(err, mautrix.MUnknownToken) && acc.Password != "":
 			a.opts.Log.Warn().Stringer("bot", cli.UserID).Msg("The configured access token is not valid (any more); logging in with the password")
 		case errors.Is(err, mautrix.MUnknownToken):
-			return "", fmt.Errorf("the homeserver does not know the configured access token (M_UNKNOWN_TOKEN): give a current one in account.access_token (%sACCESS_TOKEN), or a password", cb.cfg.EnvPrefix())
+			return "", fmt.Errorf("%w: the homeserver does not know the configured access token (M_UNKNOWN_TOKEN): give a current one in account.access_token (%sACCESS_TOKEN), or a password", errPermanent, cb.cfg.EnvPrefix())
 		default:
 			return "", err
 		}
@@ -96,11 +96,11 @@ func (a *Accounts) useToken(ctx context.Context, cb *clientBot, token string, st
 	}
 	if who.UserID != cli.UserID {
 		cli.AccessToken = ""
-		return fmt.Errorf("%w: the access token belongs to %s, not to this bot", errPermanent, who.UserID)
+		return fmt.Errorf("%w: the access token belongs to %s, not to this bot (account.access_token, %sACCESS_TOKEN)", errPermanent, who.UserID, cb.cfg.EnvPrefix())
 	}
 	if who.DeviceID == "" {
 		cli.AccessToken = ""
-		return fmt.Errorf("%w: the access token has no device (the homeserver's /whoami names none); opsbot needs one for its encryption keys: use a token made by a login", errPermanent)
+		return fmt.Errorf("%w: the access token has no device (the homeserver's /whoami names none); opsbot needs one for its encryption keys: give account.access_token (%sACCESS_TOKEN) a token made by a login", errPermanent, cb.cfg.EnvPrefix())
 	}
 	cli.DeviceID = who.DeviceID
 	if stored != nil && stored.DeviceID == who.DeviceID && stored.AccessToken == token {
@@ -133,7 +133,7 @@ func (a *Accounts) passwordLogin(ctx context.Context, cb *clientBot, device id.D
 	case errors.Is(err, mautrix.MForbidden):
 		return fmt.Errorf("%w: the homeserver refused the password (M_FORBIDDEN): check account.password (%sPASSWORD): %w", errPermanent, cb.cfg.EnvPrefix(), err)
 	case errors.Is(err, mautrix.MUserDeactivated):
-		return fmt.Errorf("%w: the account is deactivated: %w", errPermanent, err)
+		return fmt.Errorf("%w: the account is deactivated (M_USER_DEACTIVATED); a client-mode bot needs a live account: %w", errPermanent, err)
 	case err != nil:
 		return fmt.Errorf("password login: %w", err)
 	}

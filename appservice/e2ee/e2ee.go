@@ -437,9 +437,9 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 		// A client-mode bot: its login made the device (appservice/accounts).
 		if storedID != "" && storedID != client.DeviceID {
 			return nil, fmt.Errorf("the bot's login is device %s, but this database holds the encryption keys of its device %s: "+
-				"give it an access token of device %s, or its password (opsbot then logs in as device %s); "+
-				"to give up the old device's keys instead, delete its crypto_account row (people must verify the bot again)",
-				client.DeviceID, storedID, storedID, storedID)
+				"give it an access token of device %s; or, to give up the old device's keys, delete the bot's crypto_account row "+
+				"(account_id %s; people must verify the bot again)",
+				client.DeviceID, storedID, storedID, bot)
 		}
 		deviceID = client.DeviceID
 	} else {
@@ -565,7 +565,14 @@ func (d *Device) ensureKeysOnServer(ctx context.Context) error {
 	keys, ok := resp.DeviceKeys[d.UserID][d.DeviceID]
 	switch {
 	case !ok || len(keys.Keys) == 0:
-		if shared {
+		if shared && d.client {
+			// A client-mode bot logged in again as its device after the
+			// device was logged out or removed, which took its keys off the
+			// server: the same keys go up again, so people's clients see
+			// the same device, not a new one to verify.
+			d.log.Warn().Stringer("device_id", d.DeviceID).Msg("The homeserver forgot this device's keys (it was logged out or removed); uploading them again")
+			d.Machine.GetAccount().Shared = false
+		} else if shared {
 			return errors.New("the device's keys disappeared from the server; delete the device and its crypto_account row to start over")
 		}
 		if err := d.Machine.ShareKeys(ctx, -1); err != nil {

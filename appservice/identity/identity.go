@@ -62,9 +62,10 @@ type Options struct {
 	// user-interactive auth for uploading cross-signing keys: it gives the
 	// bot a fresh random password through Dendrite's admin API first.
 	DendriteAdminToken string
-	// Password, if set, returns a bot's own password ("" if it has none):
-	// a client-mode bot answers the prompt with it, no admin needed.
-	Password func(bot id.UserID) string
+	// Password, if set, returns a client-mode bot's own password ("" if
+	// it has none) and whether bot is one: it answers the prompt with it,
+	// no admin needed, and its password is never reset.
+	Password func(bot id.UserID) (password string, client bool)
 	// KeyBackup turns on the server-side backup of room keys.
 	KeyBackup bool
 	Log       zerolog.Logger
@@ -359,8 +360,13 @@ func (m *Manager) passwordAuth(ctx context.Context, dev *e2ee.Device, resp *maut
 		return nil, fmt.Errorf("the homeserver wants user-interactive auth (%v) to upload cross-signing keys, and opsbot can only answer a password stage", resp.Flows)
 	}
 	if m.opts.Password != nil {
-		if password := m.opts.Password(dev.UserID); password != "" {
+		switch password, client := m.opts.Password(dev.UserID); {
+		case password != "":
 			return passwordAnswer(dev.UserID, resp.Session, password), nil
+		case client:
+			// An ordinary account's password is its owner's: never reset.
+			return nil, errors.New("the homeserver asks for the bot's password to upload cross-signing keys: set its account.password " +
+				"(the bot keeps working unsigned until then), or turn encryption.cross_signing off")
 		}
 	}
 	if m.opts.DendriteAdminToken == "" {
