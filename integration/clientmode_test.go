@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +111,23 @@ func removeDevice(t *testing.T, u *harness.User, device, password string) {
 	}}, nil)
 }
 
+// botsJoined waits until every bot has joined room, in whatever order they
+// do (botJoined one after the other would consume the first bot's join
+// while waiting for the second's).
+func botsJoined(t *testing.T, u *harness.User, room string, bots ...string) {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, b := range bots {
+		missing[b] = true
+	}
+	for len(missing) > 0 {
+		ev := u.WaitForEvent(t, room, wait, harness.All(harness.OfType("m.room.member"), func(e harness.Event) bool {
+			return missing[e.Sender] && e.Membership() == "join"
+		}))
+		delete(missing, ev.Sender)
+	}
+}
+
 // userDevices is what a person's client learns of user's devices: device
 // ID to Ed25519 key.
 func userDevices(t *testing.T, u *harness.User, user string) map[string]string {
@@ -167,7 +185,12 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 
 	alice := w.HS.RegisterUser(t, "alice")
 	bob := w.HS.RegisterUser(t, "bob")
-	plain := joinedRoom(t, alice, helperID)
+	// A command from before the bot was in the room is history: an
+	// appservice bot is not sent it, and neither is it run here.
+	plain := alice.CreateRoom(t, harness.RoomOptions{})
+	alice.SendText(t, plain, "!echo from before the bot came")
+	alice.Invite(t, plain, helperID)
+	botJoined(t, alice, plain, helperID)
 	if ev := ask(t, alice, plain, "!ping", helperID); ev.Body() != "pong" {
 		t.Fatalf("plain !ping: got %s", ev)
 	}
@@ -277,7 +300,7 @@ func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
 	w := newWorldWith(t, worldOptions{HS: hs, DB: "sqlite", Bots: defaultBots + `
   - localpart: helper
     command_prefix: "?"
-    skills: [echo]
+    skills: [echo, notes]
     account:
       password: ` + password + `
 `, BeforeStart: func(h *harness.Homeserver) []string { registerHelper(t, h, password); return nil }})
@@ -296,8 +319,7 @@ func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
 	nio := peers.StartNio(t)
 	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
 	room := nio.CreateRoom(true, botID, helperID)
-	botJoined(t, alice, room, botID)
-	botJoined(t, alice, room, helperID)
+	botsJoined(t, alice, room, botID, helperID)
 
 	nio.Send(room, "!echo for the appservice bot")
 	if m := nio.WaitMessage(room, botID, wait); m.Body != "for the appservice bot" || !m.Encrypted {
@@ -316,5 +338,92 @@ func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
 	}
 	if sent[botID] != 1 || sent[helperID] != 1 {
 		t.Fatalf("messages sent by each bot: %v, want one each", sent)
+	}
+
+	// A room upgrade: both bots follow the tombstone, the client-mode
+	// bot's notes come along, and both leave the old room.
+	public := alice.CreateRoom(t, harness.RoomOptions{Preset: "public_chat", Invite: []string{botID, helperID}})
+	botsJoined(t, alice, public, botID, helperID)
+	if ev := ask(t, alice, public, "?note add before the upgrade", helperID); ev.Body() != "Noted (1)." {
+		t.Fatalf("got %s", ev)
+	}
+	newRoom := alice.UpgradeRoom(t, public, "10")
+	botsJoined(t, alice, newRoom, botID, helperID)
+	botLeft(t, alice, public, helperID)
+	if ev := ask(t, alice, newRoom, "?note list", helperID); ev.Body() != "1. before the upgrade" {
+		t.Fatalf("notes in the new room: %s", ev)
+	}
+	if ev := ask(t, alice, newRoom, "!ping", botID); ev.Body() != "pong" {
+		t.Fatalf("got %s", ev)
+	}
+}
+
+// Client-mode bots fail over like appservice bots: only the leader syncs;
+// a standby takes over a killed leader's login and /sync position and
+// answers every command once; a leader that froze and wakes up records
+// nothing more.
+func TestClientModeFailover(t *testing.T) { onHomeservers(t, testClientModeFailover) }
+
+func testClientModeFailover(t *testing.T, hs homeserver) {
+	w, _ := newClientWorld(t, hs, "postgres")
+	a := w.Bot
+	b := a.Replica(t)
+	b.StartStandby()
+	b.WaitForLog(t, wait, "standing by")
+	alice := w.HS.RegisterUser(t, "alice")
+	nio := peers.StartNio(t)
+	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")
+	room := nio.CreateRoom(true, helperID)
+	botJoined(t, alice, room, helperID)
+
+	answered := map[string]int{}
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			nio.Send(room, fmt.Sprintf("!echo command %d", i))
+		}
+	}
+	collect := func(n int) {
+		for len(answered) < n {
+			m := nio.WaitMessage(room, helperID, 60*time.Second)
+			answered[m.Body]++
+		}
+	}
+	send(0, 5)
+	collect(5)
+	if strings.Contains(b.Log(), "/sync") {
+		t.Fatal("the standby syncs the bot")
+	}
+
+	// The leader dies mid-conversation.
+	a.Kill()
+	send(5, 10)
+	b.WaitForLog(t, wait, "This opsbot is the leader")
+	b.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"its stored login"`)
+	b.WaitForLog(t, wait, "Resuming the bot's /sync where it stopped")
+	collect(10)
+
+	// The new leader freezes; a third replica takes over; the frozen one
+	// wakes up and records nothing more.
+	c := a.Replica(t)
+	c.StartStandby()
+	c.WaitForLog(t, wait, "standing by")
+	b.Signal(syscall.SIGSTOP)
+	send(10, 15)
+	c.WaitForLog(t, 30*time.Second, "This opsbot is the leader")
+	collect(15)
+	b.Signal(syscall.SIGCONT)
+	b.WaitExit(t, wait)
+	nio.Send(room, "!echo sentinel")
+	for {
+		m := nio.WaitMessage(room, helperID, wait)
+		if m.Body == "sentinel" {
+			break
+		}
+		answered[m.Body]++
+	}
+	for i := range 15 {
+		if n := answered[fmt.Sprintf("command %d", i)]; n != 1 {
+			t.Errorf("command %d answered %d times", i, n)
+		}
 	}
 }

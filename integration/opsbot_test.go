@@ -278,8 +278,15 @@ func (o *Opsbot) Replica(t *testing.T) *Opsbot {
 		t.Fatal(err)
 	}
 	port, metricsPort := freePort(t), freePort(t)
-	text := strings.Replace(string(data), "listen: "+o.Cfg.AppService.Listen, fmt.Sprintf("listen: 127.0.0.1:%d", port), 1)
+	text := string(data)
+	own := strings.Contains(text, "listen: "+o.Cfg.AppService.Listen)
+	text = strings.Replace(text, "listen: "+o.Cfg.AppService.Listen, fmt.Sprintf("listen: 127.0.0.1:%d", port), 1)
 	text = strings.Replace(text, "listen: "+o.Cfg.Metrics.Listen, fmt.Sprintf("listen: 127.0.0.1:%d", metricsPort), 1)
+	if !own {
+		// A config without an appservice section (client mode) listens on
+		// the default address: the replica gets its own.
+		text += fmt.Sprintf("appservice:\n  listen: 127.0.0.1:%d\n", port)
+	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "opsbot.yaml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
@@ -289,7 +296,9 @@ func (o *Opsbot) Replica(t *testing.T) *Opsbot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newOpsbot(t, dir, path, cfg, port, metricsPort)
+	r := newOpsbot(t, dir, path, cfg, port, metricsPort)
+	r.Env, r.Binary = o.Env, o.Binary
+	return r
 }
 
 // serveFront serves h on a free loopback port until the test ends (the

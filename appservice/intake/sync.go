@@ -266,12 +266,19 @@ func (s *Sync) batch(resp *wireSync, first bool, log zerolog.Logger) []store.Inb
 		if first {
 			continue // the bot's rooms were learned at start (bots.Start)
 		}
-		if joined.Timeline.Limited {
-			log.Info().Stringer("room_id", room).Int("limit", syncTimelineLimit).
-				Msg("More events came in this room than one /sync batch holds; the earlier ones are not handled")
+		if join := s.ownJoin(joined.Timeline.Events); join >= 0 {
+			// Joined in this batch: what came before the join is the
+			// room's history and state, which an appservice is not sent
+			// either (the bot fetched the state when it joined).
+			out = file(log, out, inRoom(room, joined.Timeline.Events[join:]), store.KindPDU)
+		} else {
+			if joined.Timeline.Limited {
+				log.Info().Stringer("room_id", room).Int("limit", syncTimelineLimit).
+					Msg("More events came in this room than one /sync batch holds; the earlier ones are not handled")
+			}
+			out = file(log, out, inRoom(room, joined.State.Events), store.KindPDU)
+			out = file(log, out, inRoom(room, joined.Timeline.Events), store.KindPDU)
 		}
-		out = file(log, out, inRoom(room, joined.State.Events), store.KindPDU)
-		out = file(log, out, inRoom(room, joined.Timeline.Events), store.KindPDU)
 		ephemeral = append(ephemeral, inRoom(room, joined.Ephemeral.Events)...)
 	}
 	for room, invited := range resp.Rooms.Invite {
@@ -294,6 +301,30 @@ func (s *Sync) batch(resp *wireSync, first bool, log zerolog.Logger) []store.Inb
 		toDevice = append(toDevice, withFields(raw, "to_user_id", s.bot.String(), "to_device_id", s.opts.Client.DeviceID.String()))
 	}
 	return file(log, out, toDevice, store.KindToDevice)
+}
+
+// ownJoin returns the index of the bot's own join among a room's timeline
+// events (a membership that becomes join, not a profile change), or -1.
+func (s *Sync) ownJoin(events []json.RawMessage) int {
+	type membership struct {
+		Membership string `json:"membership"`
+	}
+	for i, raw := range events {
+		var member struct {
+			Type     string     `json:"type"`
+			StateKey string     `json:"state_key"`
+			Content  membership `json:"content"`
+			Unsigned struct {
+				PrevContent *membership `json:"prev_content"`
+			} `json:"unsigned"`
+		}
+		if json.Unmarshal(raw, &member) == nil && member.Type == event.StateMember.Type &&
+			member.StateKey == s.bot.String() && member.Content.Membership == "join" &&
+			(member.Unsigned.PrevContent == nil || member.Unsigned.PrevContent.Membership != "join") {
+			return i
+		}
+	}
+	return -1
 }
 
 // invite returns the bot's own invite event from a room's invite state,

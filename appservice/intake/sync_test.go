@@ -99,8 +99,17 @@ func TestSyncIntake(t *testing.T) {
 			"timeline":{"limited":true,"events":[{"type":"m.room.message","event_id":"$cmd","sender":"@alice:example.org","content":{"msgtype":"m.text","body":"!ping"}}]},
 			"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@alice:example.org"]}}]}}}},
 		  "device_lists":{"changed":["@bob:example.org"]}}`,
-		// Refused once by the database.
-		`{"next_batch":%q,"rooms":{"join":{"!new:example.org":{"timeline":{"events":[{"type":"m.room.message","event_id":"$after","sender":"@alice:example.org","content":{"body":"x"}}]}}}}}`,
+		// Refused once by the database. A room just joined: its history
+		// before the bot's join is left out; in the other room a profile
+		// change of the bot is not a join.
+		`{"next_batch":%q,"rooms":{"join":{
+			"!new:example.org":{"timeline":{"events":[{"type":"m.room.message","event_id":"$after","sender":"@alice:example.org","content":{"body":"x"}},
+				{"type":"m.room.member","state_key":"@helper:example.org","event_id":"$rename","sender":"@helper:example.org","content":{"membership":"join","displayname":"H"},"unsigned":{"prev_content":{"membership":"join"}}}]}},
+			"!joined:example.org":{"timeline":{"limited":true,"events":[
+				{"type":"m.room.create","state_key":"","event_id":"$create","sender":"@alice:example.org","content":{}},
+				{"type":"m.room.message","event_id":"$old","sender":"@alice:example.org","content":{"body":"!ping"}},
+				{"type":"m.room.member","state_key":"@helper:example.org","event_id":"$join","sender":"@helper:example.org","content":{"membership":"join"},"unsigned":{"prev_content":{"membership":"invite"}}},
+				{"type":"m.room.message","event_id":"$new","sender":"@alice:example.org","content":{"body":"!ping"}}]}}}}}`,
 	}}
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
@@ -164,7 +173,7 @@ func TestSyncIntake(t *testing.T) {
 		mu.Lock()
 		n := len(got)
 		mu.Unlock()
-		if n >= 6 || time.Now().After(deadline) {
+		if n >= 9 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -179,8 +188,8 @@ func TestSyncIntake(t *testing.T) {
 	for _, ev := range got {
 		ids = append(ids, ev.Kind+":"+ev.RoomID+":"+ev.EventID)
 	}
-	if len(got) != 6 {
-		t.Fatalf("recorded %d events, want 6: %v", len(got), ids)
+	if len(got) != 9 {
+		t.Fatalf("recorded %d events, want 9: %v", len(got), ids)
 	}
 	// The invite: the bot's membership event, in its room, with an ID.
 	invite := got[0]
@@ -198,14 +207,21 @@ func TestSyncIntake(t *testing.T) {
 	if got[1].Kind != store.KindToDevice || got[1].RoomID != "to-device:@helper:example.org|DEV1" {
 		t.Fatalf("room key recorded as %v", ids)
 	}
-	for i, want := range []string{"pdu:!new:example.org:$topic", "pdu:!new:example.org:$cmd", "ephemeral:!new:example.org:", "pdu:!new:example.org:$after"} {
+	for i, want := range []string{"pdu:!new:example.org:$topic", "pdu:!new:example.org:$cmd", "ephemeral:!new:example.org:"} {
 		if ids[2+i] != want {
 			t.Fatalf("event %d is %s, want %s (all: %v)", 2+i, ids[2+i], want, ids)
 		}
 	}
+	// The last batch's rooms come in either order; each in its own.
+	last := strings.Join(ids[5:], " ")
+	for _, want := range []string{"pdu:!new:example.org:$after pdu:!new:example.org:$rename", "pdu:!joined:example.org:$join pdu:!joined:example.org:$new"} {
+		if !strings.Contains(last, want) {
+			t.Fatalf("last batch %v lacks %s", ids[5:], want)
+		}
+	}
 	for _, id := range ids {
-		if strings.Contains(id, "$history") {
-			t.Fatalf("the first sync's room history was recorded: %v", ids)
+		if strings.Contains(id, "$history") || strings.Contains(id, "$old") || strings.Contains(id, "$create") {
+			t.Fatalf("room history from before the bot's join was recorded: %v", ids)
 		}
 	}
 	if len(lists) != 1 || lists[0] != "@bob:example.org" || otks != 7 {
