@@ -162,7 +162,8 @@ func restartNeeded(old, new *config.Config) string {
 	}
 	for i := range old.Bots {
 		o, n := old.Bots[i], new.Bots[i]
-		if o.Localpart != n.Localpart || o.Displayname != n.Displayname || o.Avatar != n.Avatar {
+		if o.Localpart != n.Localpart || o.Displayname != n.Displayname || o.Avatar != n.Avatar ||
+			o.IsClient() != n.IsClient() || (o.IsClient() && *o.Account != *n.Account) {
 			return fmt.Sprintf("bots[%d] (only skills and command_prefix reload)", i)
 		}
 	}
@@ -198,7 +199,11 @@ func (s *Service) Status(ctx context.Context) string {
 		if resp, err := s.Accounts.Client(bot).JoinedRooms(ctx); err == nil {
 			rooms = len(resp.JoinedRooms)
 		}
-		fmt.Fprintf(&b, "%s: %d rooms%s%s%s\n", bot, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot), s.describeStatus(bot))
+		mode := ""
+		if s.Accounts.IsClient(bot) {
+			mode = " (client mode)"
+		}
+		fmt.Fprintf(&b, "%s%s: %d rooms%s%s%s\n", bot, mode, rooms, s.identityStatus(bot), s.keyDeliveryStatus(bot), s.describeStatus(bot))
 	}
 	return strings.TrimRight(b.String(), "\n")
 }

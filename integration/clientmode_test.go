@@ -60,6 +60,9 @@ bots:
 encryption:
   enabled: true
   pickle_key: %s
+permissions:
+  # The burst below is more commands a minute than the default allows.
+  rate_limit: {user_per_minute: 100}
 metrics:
   listen: 127.0.0.1:%d
 logging:

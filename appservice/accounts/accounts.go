@@ -131,7 +131,7 @@ func New(opts Options) (*Accounts, error) {
 		if err != nil {
 			return nil, err
 		}
-		client.Log = opts.Log.With().Stringer("bot", bot).Str("component", "client").Logger()
+		client.Log = opts.Log.With().Stringer("bot", bot).Logger()
 		// The outbox and the start-up waits retry with their own policies.
 		client.DefaultHTTPRetries = 0
 		client.Client.Timeout = 60 * time.Second
