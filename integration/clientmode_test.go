@@ -60,6 +60,8 @@ bots:
 encryption:
   enabled: true
   pickle_key: %s
+  verification:
+    allowed_users: ["@bob:localhost"]
 permissions:
   # The burst below is more commands a minute than the default allows.
   rate_limit: {user_per_minute: 100}
@@ -221,6 +223,10 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	if tr := js.DeviceTrust(helperID, device); !tr.Known || !tr.SignedByOwner {
 		t.Fatalf("bob's client sees the bot's device %s as %+v, want it signed by its owner", device, tr)
 	}
+	// bob (with a cross-signing identity of his own) verifies the bot with
+	// emoji, the operator confirming.
+	js.BootstrapCrossSigning(bob.Password)
+	verifyBotOf(t, w, js, helperID, device, "")
 	before := userDevices(t, alice, helperID)
 	if len(before) != 1 || before[device] == "" {
 		t.Fatalf("the bot's account has devices %v, want only %s", before, device)
@@ -264,8 +270,8 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	if m := js.WaitMessage(room, helperID, wait); m.Body != "after the crash" {
 		t.Fatalf("bob after restart: got %+v", m)
 	}
-	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner {
-		t.Fatalf("after restart bob's client sees %+v", tr)
+	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner || !tr.CrossSigningVerified {
+		t.Fatalf("after restart bob's client sees %+v, want it signed and verified", tr)
 	}
 
 	// The bot's owner removes its session (from another session of the

@@ -75,6 +75,12 @@ func botDevice(t *testing.T, o *Opsbot, bot string) string {
 // transaction ID and the line.
 func pendingVerification(t *testing.T, o *Opsbot) (string, string) {
 	t.Helper()
+	return pendingVerificationOf(t, o, botID)
+}
+
+// pendingVerificationOf is pendingVerification for any bot.
+func pendingVerificationOf(t *testing.T, o *Opsbot, bot string) (string, string) {
+	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
 		out, err := o.Run("verification", "list")
@@ -82,7 +88,7 @@ func pendingVerification(t *testing.T, o *Opsbot) (string, string) {
 			t.Fatalf("verification list: %v\n%s", err, out)
 		}
 		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(l, botID) && strings.Contains(l, "waits for you") {
+			if strings.Contains(l, bot) && strings.Contains(l, "waits for you") {
 				return strings.Fields(l)[0], l
 			}
 		}
@@ -129,14 +135,20 @@ func sasShown(t *testing.T, line string, sas peers.SAS) {
 // confirming with the CLI.
 func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	t.Helper()
-	knowsDevice(t, p, dev)
+	verifyBotOf(t, w, p, botID, dev, room)
+}
+
+// verifyBotOf is verifyBot for any bot.
+func verifyBotOf(t *testing.T, w *world, p *peers.Peer, bot, dev, room string) {
+	t.Helper()
+	knowsDeviceOf(t, p, bot, dev)
 	if room == "" {
-		p.VerifyRequestDevice(botID, dev)
+		p.VerifyRequestDevice(bot, dev)
 	} else {
-		p.VerifyRequestDM(botID, room)
+		p.VerifyRequestDM(bot, room)
 	}
 	sas := p.VerifySAS(true, wait)
-	txn, line := pendingVerification(t, w.Bot)
+	txn, line := pendingVerificationOf(t, w.Bot, bot)
 	sasShown(t, line, sas)
 	// What the operator's alert (OpsbotVerificationWaiting) reads.
 	waitMetric(t, w.Bot, "opsbot_verifications_waiting", 1)
@@ -147,7 +159,7 @@ func verifyBot(t *testing.T, w *world, p *peers.Peer, dev, room string) {
 	if o := p.VerifyWaitDone(wait); o.Phase != "done" {
 		t.Fatalf("verification ended %+v, want done", o)
 	}
-	seesVerified(t, p, dev)
+	seesVerifiedOf(t, p, bot, dev)
 	w.Bot.WaitForLog(t, wait, "Verification done", txn)
 	noPendingVerification(t, w.Bot)
 	waitMetric(t, w.Bot, "opsbot_verifications_waiting", 0)
@@ -187,8 +199,13 @@ func threePeople(t *testing.T, w *world) (alice, bob, carol *harness.User, a, b,
 // learns of it from /sync after the bot joined a room they share.
 func knowsDevice(t *testing.T, p *peers.Peer, dev string) {
 	t.Helper()
+	knowsDeviceOf(t, p, botID, dev)
+}
+
+func knowsDeviceOf(t *testing.T, p *peers.Peer, bot, dev string) {
+	t.Helper()
 	deadline := time.Now().Add(wait)
-	for !p.DeviceTrust(botID, dev).Known {
+	for !p.DeviceTrust(bot, dev).Known {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s does not know the bot's device %s after %v", p.UserID, dev, wait)
 		}
@@ -201,9 +218,14 @@ func knowsDevice(t *testing.T, p *peers.Peer, dev string) {
 // and uploads the signature just after the verification ends).
 func seesVerified(t *testing.T, p *peers.Peer, dev string) {
 	t.Helper()
+	seesVerifiedOf(t, p, botID, dev)
+}
+
+func seesVerifiedOf(t *testing.T, p *peers.Peer, bot, dev string) {
+	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
-		ut, dt := p.UserTrust(botID), p.DeviceTrust(botID, dev)
+		ut, dt := p.UserTrust(bot), p.DeviceTrust(bot, dev)
 		if ut.CrossSigningVerified && dt.CrossSigningVerified {
 			return
 		}
