@@ -139,7 +139,7 @@ func checkBot(ctx context.Context, hs *mautrix.Client, cfg *config.Config, b con
 		stored, _ = st.ClientSession(ctx, bot) // none yet, or an older schema: no stored login
 		st.Close()
 	}
-	detail, err := accounts.Check(ctx, hs.HomeserverURL.String(), bot, b, stored)
+	detail, err := accounts.Check(ctx, hs.HomeserverURL.String(), bot, b, stored, []byte(cfg.Encryption.PickleKey))
 	if err != nil {
 		return CheckResult{"bot", "FAIL", fmt.Sprintf("%s: client mode: %v", bot, err)}
 	}

@@ -154,7 +154,7 @@ func New(cfg *config.Config, log zerolog.Logger, goSkills func() []skills.Skill,
 	transport.MaxIdleConnsPerHost = 32
 	s.AS.HTTPClient.Transport = transport
 	s.Accounts, err = accounts.New(accounts.Options{AS: s.AS, Bots: cfg.Bots, Domain: cfg.Homeserver.Domain,
-		HomeserverURL: cfg.Homeserver.Address, Sessions: s.Store, Transport: transport,
+		HomeserverURL: cfg.Homeserver.Address, Sessions: s.Store, Transport: transport, PickleKey: []byte(cfg.Encryption.PickleKey),
 		Log: log.With().Str("component", "accounts").Logger()})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the client-mode bots: %w", err)

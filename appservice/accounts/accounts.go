@@ -98,6 +98,8 @@ type Options struct {
 	// HomeserverURL is the client-server API of the client-mode bots.
 	HomeserverURL string
 	Sessions      SessionStore
+	// PickleKey, if set, encrypts the stored access tokens (token.go).
+	PickleKey []byte
 	// Transport, if set, is the client-mode bots' HTTP transport.
 	Transport http.RoundTripper
 	Log       zerolog.Logger

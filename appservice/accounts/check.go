@@ -15,8 +15,9 @@ import (
 // Check says whether a client-mode bot can log in, without logging in (a
 // login would make a device): the configured or stored token is asked
 // /whoami, else the homeserver must offer password login. homeserverURL
-// is the client-server API; stored is the bot's stored login, or nil.
-func Check(ctx context.Context, homeserverURL string, bot id.UserID, b config.Bot, stored *store.ClientSession) (string, error) {
+// is the client-server API; stored is the bot's stored login, or nil,
+// its token sealed with pickleKey.
+func Check(ctx context.Context, homeserverURL string, bot id.UserID, b config.Bot, stored *store.ClientSession, pickleKey []byte) (string, error) {
 	cli, err := mautrix.NewClient(homeserverURL, bot, "")
 	if err != nil {
 		return "", err
@@ -24,7 +25,10 @@ func Check(ctx context.Context, homeserverURL string, bot id.UserID, b config.Bo
 	cli.DefaultHTTPRetries = 0
 	token, source := b.Account.AccessToken, "the configured access token"
 	if token == "" && stored != nil {
-		token, source = stored.AccessToken, "its stored login"
+		if token, err = openToken(pickleKey, stored.AccessToken); err != nil {
+			return "", err
+		}
+		source = "its stored login"
 	}
 	if token != "" {
 		cli.AccessToken = token

@@ -62,7 +62,11 @@ func (a *Accounts) login(ctx context.Context, cb *clientBot) (string, error) {
 			return "", err
 		}
 	} else if stored != nil && stored.AccessToken != "" {
-		err := a.useToken(ctx, cb, stored.AccessToken, stored)
+		token, err := openToken(a.opts.PickleKey, stored.AccessToken)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", errPermanent, err)
+		}
+		err = a.useToken(ctx, cb, token, stored)
 		if err == nil {
 			return "its stored login", nil
 		}
@@ -103,10 +107,12 @@ func (a *Accounts) useToken(ctx context.Context, cb *clientBot, token string, st
 		return fmt.Errorf("%w: the access token has no device (the homeserver's /whoami names none); opsbot needs one for its encryption keys: give account.access_token (%sACCESS_TOKEN) a token made by a login", errPermanent, cb.cfg.EnvPrefix())
 	}
 	cli.DeviceID = who.DeviceID
-	if stored != nil && stored.DeviceID == who.DeviceID && stored.AccessToken == token {
-		return nil
+	if stored != nil && stored.DeviceID == who.DeviceID {
+		if same, err := openToken(a.opts.PickleKey, stored.AccessToken); err == nil && same == token {
+			return nil
+		}
 	}
-	return a.opts.Sessions.SaveLogin(ctx, cli.UserID, who.DeviceID, token)
+	return a.saveLogin(ctx, cli.UserID, who.DeviceID, token)
 }
 
 // passwordLogin logs in with the bot's password, asking for device (or a
@@ -140,7 +146,16 @@ func (a *Accounts) passwordLogin(ctx context.Context, cb *clientBot, device id.D
 	if device != "" && resp.DeviceID != device {
 		return fmt.Errorf("%w: asked to log in with device %s and the homeserver gave %s", errPermanent, device, resp.DeviceID)
 	}
-	return a.opts.Sessions.SaveLogin(ctx, cli.UserID, resp.DeviceID, resp.AccessToken)
+	return a.saveLogin(ctx, cli.UserID, resp.DeviceID, resp.AccessToken)
+}
+
+// saveLogin stores a login, its token sealed with the pickle key.
+func (a *Accounts) saveLogin(ctx context.Context, bot id.UserID, device id.DeviceID, token string) error {
+	sealed, err := sealToken(a.opts.PickleKey, token)
+	if err != nil {
+		return err
+	}
+	return a.opts.Sessions.SaveLogin(ctx, bot, device, sealed)
 }
 
 // errPermanent marks a login failure that waiting will not mend.

@@ -95,9 +95,10 @@ func (h *homeserver) loginCount() int {
 }
 
 type fixture struct {
-	hs    *homeserver
-	url   string
-	store *store.Store
+	hs        *homeserver
+	url       string
+	store     *store.Store
+	pickleKey []byte
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -113,7 +114,7 @@ func newFixture(t *testing.T) *fixture {
 	if err := st.Upgrade(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{hs: hs, url: srv.URL, store: st}
+	return &fixture{hs: hs, url: srv.URL, store: st, pickleKey: []byte("pickle key for the tests, 32 b")}
 }
 
 // login runs one start's login of a client-mode bot with account acc.
@@ -124,6 +125,7 @@ func (f *fixture) login(t *testing.T, acc config.Account) (*accounts.Accounts, e
 		Domain:        "example.org",
 		HomeserverURL: f.url,
 		Sessions:      f.store,
+		PickleKey:     f.pickleKey,
 		Log:           zerolog.Nop(),
 	})
 	if err != nil {
@@ -165,8 +167,17 @@ func TestLoginOnceKeepDevice(t *testing.T) {
 		t.Fatalf("logged in again asking for device %v, want %s", asked, device)
 	}
 	s, err := f.store.ClientSession(context.Background(), bot)
-	if err != nil || s.DeviceID != device || s.AccessToken != a.Client(bot).AccessToken {
+	if err != nil || s.DeviceID != device || s.AccessToken == "" {
 		t.Fatalf("stored login %+v %v", s, err)
+	}
+	// The database holds the token encrypted with the pickle key.
+	if strings.Contains(s.AccessToken, a.Client(bot).AccessToken) {
+		t.Fatalf("the access token is in the database as it is: %q", s.AccessToken)
+	}
+	// Another pickle key cannot read it, and says so.
+	f.pickleKey = []byte("another pickle key, 32 bytes lo")
+	if _, err := f.login(t, config.Account{Password: "right"}); err == nil || !strings.Contains(err.Error(), "encryption.pickle_key") {
+		t.Fatalf("with another pickle key: %v", err)
 	}
 }
 
@@ -231,7 +242,7 @@ func TestConfiguredToken(t *testing.T) {
 	}
 	// check reads the same without logging in.
 	s, _ := f.store.ClientSession(context.Background(), bot)
-	detail, err := accounts.Check(context.Background(), f.url, bot, config.Bot{Localpart: "helper", Account: &config.Account{Password: "right"}}, s)
+	detail, err := accounts.Check(context.Background(), f.url, bot, config.Bot{Localpart: "helper", Account: &config.Account{Password: "right"}}, s, f.pickleKey)
 	if err != nil || !strings.Contains(detail, "its stored login works (device GIVEN)") || f.hs.loginCount() != 1 {
 		t.Fatalf("check: %q %v after %d logins", detail, err, f.hs.loginCount())
 	}
