@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"errors"
 
 	"github.com/opsbot/opsbot/appservice/intake"
 	"github.com/opsbot/opsbot/appservice/leader"
@@ -29,12 +30,24 @@ func (s *Service) startSyncs(ctx context.Context, term *leader.Term) {
 		if s.E2EE != nil {
 			opts.DeviceInfo = s.E2EE.ApplyDeviceInfo
 		}
+		// With a password the next start logs in again (as the same
+		// device, its keys uploaded again if they went with it): stand
+		// down so that it happens now, by the supervisor's restart or a
+		// standby, rather than leave the bot deaf.
+		password, _ := s.Accounts.Password(bot)
+		opts.StopOnLostLogin = password != ""
 		in := intake.NewSync(opts)
 		s.syncs.Go(func() {
-			if err := in.Run(ctx, term); err != nil && ctx.Err() == nil {
+			err := in.Run(ctx, term)
+			switch {
+			case err == nil || ctx.Err() != nil:
+				return
+			case errors.Is(err, intake.ErrLoginLost):
+				s.Log.Error().Err(err).Stringer("bot", bot).Msg("The bot's login ended; stopping so that the next start logs in again")
+			default:
 				s.Log.Error().Err(err).Stringer("bot", bot).Msg("Stopped the bot's /sync: this process does not lead any more")
-				term.Release(context.Background())
 			}
+			term.Release(context.Background())
 		})
 	}
 }

@@ -275,14 +275,17 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	}
 
 	// The bot's owner removes its session (from another session of the
-	// account): the next start logs in again as the same device, with the
-	// same keys, signed again, and talks as before.
+	// account) while opsbot runs: opsbot stops rather than stay deaf, and
+	// the next start logs in again as the same device, with the same keys,
+	// signed again, and talks as before.
 	owner := w.HS.Login(t, "helper", password, "OWNER")
 	removeDevice(t, owner, device, password)
 	if err := owner.Logout(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	w.Bot.Stop()
+	// (A /sync already waiting may be held for its whole 30 s first.)
+	w.Bot.WaitForLog(t, 2*wait, "The bot's login ended; stopping so that the next start logs in again")
+	w.Bot.WaitExit(t, wait)
 	w.Bot.Start()
 	w.Bot.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"password, same device"`)
 	w.Bot.WaitForLog(t, wait, "forgot this device's keys", "uploading them again")

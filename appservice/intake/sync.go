@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -47,6 +48,11 @@ type SyncOptions struct {
 	// Overloaded, if set, makes the loop wait while the pipeline is too far
 	// behind, as intake refuses transactions then.
 	Overloaded func() bool
+	// StopOnLostLogin makes Run return ErrLoginLost when the homeserver
+	// no longer takes the bot's login, for a bot that can log in again
+	// (it has a password): the next start does. Otherwise Run says so and
+	// keeps trying, in case the token comes back.
+	StopOnLostLogin bool
 	// PollTimeout is how long the homeserver may hold a /sync open (30 s
 	// if zero).
 	PollTimeout time.Duration
@@ -141,9 +147,12 @@ func (s *Sync) Run(ctx context.Context, fence store.Fence) error {
 		case errors.Is(err, errStore):
 			s.observe("store_error", 0)
 			log.Error().Err(err).Dur("retry_in", backoff).Msg("Could not record a /sync batch; fetching it again")
+		case errors.Is(err, mautrix.MUnknownToken) && s.opts.StopOnLostLogin:
+			s.observe("error", 0)
+			return fmt.Errorf("%w: %w", ErrLoginLost, err)
 		case errors.Is(err, mautrix.MUnknownToken):
 			s.observe("error", 0)
-			log.Error().Err(err).Msg("The homeserver no longer takes the bot's login (logged out, or the device was removed): restart opsbot to log in again")
+			log.Error().Err(err).Msg("The homeserver no longer takes the bot's login (logged out, or the device was removed), and it has no password to log in again with: give it a new access token and restart opsbot")
 			backoff = time.Minute
 		default:
 			s.observe("error", 0)
@@ -156,6 +165,10 @@ func (s *Sync) Run(ctx context.Context, fence store.Fence) error {
 	}
 	return nil
 }
+
+// ErrLoginLost is returned by Run (with StopOnLostLogin) when the
+// homeserver no longer takes the bot's login.
+var ErrLoginLost = errors.New("the homeserver no longer takes the bot's login (logged out, or the device was removed)")
 
 // errStore marks a failure to record a batch (not the homeserver's).
 var errStore = errors.New("recording the batch")

@@ -258,3 +258,35 @@ func TestSyncIntake(t *testing.T) {
 		t.Fatalf("Run under a term that is over: %v", err)
 	}
 }
+
+// A login the homeserver no longer takes stops the intake of a bot that can
+// log in again, so that the next start does.
+func TestSyncStopsOnLostLogin(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"errcode":"M_UNKNOWN_TOKEN","error":"Unknown access token"}`)
+	}))
+	defer hs.Close()
+	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if err := st.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveLogin(ctx, syncBot, "DEV1", "revoked"); err != nil {
+		t.Fatal(err)
+	}
+	client, err := mautrix.NewClient(hs.URL, syncBot, "revoked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := intake.NewSync(intake.SyncOptions{Client: client, Store: st, Deliver: func([]store.InboxEvent) {}, StopOnLostLogin: true, Log: zerolog.Nop()})
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := in.Run(rctx, term{over: &atomic.Bool{}}); !errors.Is(err, intake.ErrLoginLost) {
+		t.Fatalf("Run: %v, want ErrLoginLost", err)
+	}
+}
