@@ -289,8 +289,13 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	w.Bot.Start()
 	w.Bot.WaitForLog(t, wait, "Client-mode bot logged in", `"how":"password, same device"`)
 	w.Bot.WaitForLog(t, wait, "forgot this device's keys", "uploading them again")
-	if after := userDevices(t, alice, helperID); len(after) != 1 || after[device] != before[device] {
-		t.Fatalf("after the device was removed: %v, want %s with its old key", after, device)
+	// (The line comes just before the upload.)
+	deadline = time.Now().Add(wait)
+	for after := userDevices(t, alice, helperID); len(after) != 1 || after[device] != before[device]; after = userDevices(t, alice, helperID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the device was removed: %v, want %s with its old key", after, device)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	js.Send(room, "!echo after the removal")
 	if m := js.WaitMessage(room, helperID, wait); m.Body != "after the removal" || !m.Encrypted {

@@ -146,7 +146,7 @@ func (t *Term) Hold(ctx context.Context) error {
 	}
 	current, err := t.hold(ctx)
 	if err != nil {
-		return err
+		return unconfirmed{err}
 	}
 	if current != t.epoch {
 		t.end(fmt.Errorf("%w (epoch %d, ours %d)", ErrFenced, current, t.epoch))
@@ -154,6 +154,15 @@ func (t *Term) Hold(ctx context.Context) error {
 	}
 	return nil
 }
+
+// unconfirmed is a failure to check the term (the database did not answer,
+// its session was ended), not an answer that the term is over: the write
+// it guards fails and is retried, and the lease decides about the term.
+type unconfirmed struct{ err error }
+
+func (u unconfirmed) Error() string     { return "cannot confirm leadership: " + u.err.Error() }
+func (u unconfirmed) Unwrap() error     { return u.err }
+func (u unconfirmed) Unconfirmed() bool { return true }
 
 // Release ends the term (if it has not ended) and hands over: standbys
 // may take over at once. Call it once the work under the term has stopped;

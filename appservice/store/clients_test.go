@@ -102,3 +102,39 @@ func TestRecordSyncIsOneStep(t *testing.T) {
 		}
 	})
 }
+
+// unsureFence cannot say whether its term holds (its database session was
+// ended, say).
+type unsureFence struct{}
+
+type unsure struct{}
+
+func (unsure) Error() string     { return "connection terminated" }
+func (unsure) Unconfirmed() bool { return true }
+
+func (unsureFence) Epoch() int64               { return 1 }
+func (unsureFence) Hold(context.Context) error { return unsure{} }
+
+// A term that cannot be confirmed is not a term that is over: the write
+// fails, to be retried, and nothing says the leader was fenced.
+func TestUnconfirmedTermIsNotFenced(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, cfg config.Database) {
+		ctx := context.Background()
+		st := open(t, cfg)
+		defer st.Close()
+		bot := id.UserID("@helper:example.org")
+		if err := st.SaveLogin(ctx, bot, "DEV1", "token"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.RecordSync(ctx, bot, "", "s1", events("a", 1), unsureFence{}); err == nil || errors.Is(err, store.ErrFenced) {
+			t.Fatalf("RecordSync: %v, want a plain error", err)
+		}
+		rec, _, _, err := st.RecordTransaction(ctx, "t1", events("b", 1), leaderOf(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.MarkDone(ctx, unsureFence{}, []int64{rec[0].Seq}); err == nil || errors.Is(err, store.ErrFenced) {
+			t.Fatalf("MarkDone: %v, want a plain error", err)
+		}
+	})
+}

@@ -47,16 +47,24 @@ type Fence interface {
 	Epoch() int64
 	// Hold, called inside a database transaction, fails unless the term
 	// still holds; the transaction then commits before any newer term
-	// begins, or not at all.
+	// begins, or not at all. An error with an Unconfirmed() method
+	// returning true means the database could not say (a lost
+	// connection): the write fails and is retried, the term goes on.
 	Hold(ctx context.Context) error
 }
 
-// hold runs fence.Hold in a transaction, as ErrFenced when the term is over.
+// hold runs fence.Hold in a transaction, as ErrFenced when the term is
+// over, and as the plain error when the database could not say.
 func hold(ctx context.Context, fence Fence) error {
-	if err := fence.Hold(ctx); err != nil {
-		return fmt.Errorf("%w: %w", ErrFenced, err)
+	err := fence.Hold(ctx)
+	var unsure interface{ Unconfirmed() bool }
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &unsure) && unsure.Unconfirmed():
+		return err
 	}
-	return nil
+	return fmt.Errorf("%w: %w", ErrFenced, err)
 }
 
 // RecordTransaction durably records a transaction and its events in one
