@@ -115,8 +115,9 @@ func (unsure) Unconfirmed() bool { return true }
 func (unsureFence) Epoch() int64               { return 1 }
 func (unsureFence) Hold(context.Context) error { return unsure{} }
 
-// A term that cannot be confirmed is not a term that is over: the write
-// fails, to be retried, and nothing says the leader was fenced.
+// A term that cannot be confirmed is not a term that is over for writes
+// that take work in (the write fails, to be retried), but it is for
+// marking work done, which must not happen under a term in doubt.
 func TestUnconfirmedTermIsNotFenced(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()
@@ -133,8 +134,11 @@ func TestUnconfirmedTermIsNotFenced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.MarkDone(ctx, unsureFence{}, []int64{rec[0].Seq}); err == nil || errors.Is(err, store.ErrFenced) {
-			t.Fatalf("MarkDone: %v, want a plain error", err)
+		if _, err := st.ClaimPending(ctx, unsureFence{}, 10); err == nil || errors.Is(err, store.ErrFenced) {
+			t.Fatalf("ClaimPending: %v, want a plain error", err)
+		}
+		if err := st.MarkDone(ctx, unsureFence{}, []int64{rec[0].Seq}); !errors.Is(err, store.ErrFenced) {
+			t.Fatalf("MarkDone: %v, want ErrFenced", err)
 		}
 	})
 }

@@ -49,22 +49,33 @@ type Fence interface {
 	// still holds; the transaction then commits before any newer term
 	// begins, or not at all. An error with an Unconfirmed() method
 	// returning true means the database could not say (a lost
-	// connection): the write fails and is retried, the term goes on.
+	// connection), not that the term is over.
 	Hold(ctx context.Context) error
 }
 
 // hold runs fence.Hold in a transaction, as ErrFenced when the term is
-// over, and as the plain error when the database could not say.
+// over or cannot be confirmed: marking work done under a term in doubt
+// could mark work whose sends that doubt refused (they run again under the
+// next term instead).
 func hold(ctx context.Context, fence Fence) error {
+	if err := fence.Hold(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrFenced, err)
+	}
+	return nil
+}
+
+// holdToTake is hold for writes that only take work in (claims, a /sync
+// batch): taking it under a term in doubt is harmless (a newer leader
+// re-runs what an earlier one claimed and did not finish), so a check the
+// database could not answer (a lost connection) is a plain error, tried
+// again, not the end of the term.
+func holdToTake(ctx context.Context, fence Fence) error {
 	err := fence.Hold(ctx)
 	var unsure interface{ Unconfirmed() bool }
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &unsure) && unsure.Unconfirmed():
+	if err != nil && errors.As(err, &unsure) && unsure.Unconfirmed() {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrFenced, err)
+	return hold(ctx, fence)
 }
 
 // RecordTransaction durably records a transaction and its events in one
@@ -226,7 +237,7 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]InboxEvent, err
 func (s *Store) ClaimPending(ctx context.Context, fence Fence, limit int) (claimed []InboxEvent, err error) {
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
 		claimed = claimed[:0]
-		if err := hold(ctx, fence); err != nil {
+		if err := holdToTake(ctx, fence); err != nil {
 			return err
 		}
 		rows, err := s.DB.Query(ctx, `SELECT seq, txn_id, event_id, room_id, kind, payload, claimed_epoch FROM opsbot_inbox
