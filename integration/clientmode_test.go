@@ -177,16 +177,8 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 
 	// check says the bot runs in client mode and its login works, without
 	// logging in (no second device), and that no appservice is involved.
-	out, err := w.Bot.Run("check")
-	if err != nil {
-		t.Errorf("check failed: %v\n%s", err, out)
-	}
-	for _, want := range []string{"bot         ok   " + helperID + ": client mode, its stored login works (device " + device + ")",
-		"as_token    skip no appservice bots", "appservice  skip no appservice bots"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("check output lacks %q:\n%s", want, out)
-		}
-	}
+	w.Bot.checkSays(t, "bot         ok   "+helperID+": client mode, its stored login works (device "+device+")",
+		"as_token    skip no appservice bots", "appservice  skip no appservice bots")
 
 	alice := w.HS.RegisterUser(t, "alice")
 	bob := w.HS.RegisterUser(t, "bob")
@@ -322,16 +314,8 @@ func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
       password: ` + password + `
 `, BeforeStart: func(h *harness.Homeserver) []string { registerHelper(t, h, password); return nil }})
 	w.Bot.WaitForLog(t, wait, "Bot ready", `"mode":"client"`, `"bot":"`+helperID+`"`)
-	out, err := w.Bot.Run("check")
-	if err != nil {
-		t.Errorf("check failed: %v\n%s", err, out)
-	}
-	for _, want := range []string{"bot         ok   " + botID + ": appservice bot", "bot         ok   " + helperID + ": client mode, its stored login works",
-		"as_token    ok"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("check output lacks %q:\n%s", want, out)
-		}
-	}
+	w.Bot.checkSays(t, "bot         ok   "+botID+": appservice bot", "bot         ok   "+helperID+": client mode, its stored login works",
+		"as_token    ok")
 	alice := w.HS.RegisterUser(t, "alice")
 	nio := peers.StartNio(t)
 	nio.Login(w.HS.URL, alice.ID, alice.Password, "ALICENIO")

@@ -31,9 +31,7 @@ const e2eeBots = `
 // botJoined waits until bot has joined room, as seen by u.
 func botJoined(t *testing.T, u *harness.User, room, bot string) {
 	t.Helper()
-	u.WaitForEvent(t, room, wait, harness.All(harness.OfType("m.room.member"), harness.From(bot), func(e harness.Event) bool {
-		return e.Membership() == "join"
-	}))
+	botsJoined(t, u, room, bot)
 }
 
 // lastSessionFrom returns the Megolm session ID of the next encrypted event

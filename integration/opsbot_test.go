@@ -567,6 +567,21 @@ func (o *Opsbot) Run(args ...string) (string, error) {
 	return string(out), err
 }
 
+// checkSays runs `check`, which must pass, and fails the test unless its
+// output holds every want.
+func (o *Opsbot) checkSays(t testing.TB, wants ...string) {
+	t.Helper()
+	out, err := o.Run("check")
+	if err != nil {
+		t.Errorf("check failed: %v\n%s", err, out)
+	}
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // PutTransaction pushes a transaction to opsbot as the homeserver would.
 func (o *Opsbot) PutTransaction(t testing.TB, txnID, body string) int {
 	t.Helper()

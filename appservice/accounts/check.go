@@ -32,14 +32,12 @@ func Check(ctx context.Context, homeserverURL string, bot id.UserID, b config.Bo
 	}
 	if token != "" {
 		cli.AccessToken = token
-		who, err := cli.Whoami(ctx)
+		device, err := tokenDevice(ctx, cli, source)
 		switch {
-		case err == nil && who.UserID != bot:
-			return "", fmt.Errorf("%s belongs to %s, not to this bot", source, who.UserID)
-		case err == nil && who.DeviceID == "":
-			return "", fmt.Errorf("%s has no device; opsbot needs one for its encryption keys", source)
 		case err == nil:
-			return fmt.Sprintf("%s works (device %s)", source, who.DeviceID), nil
+			return fmt.Sprintf("%s works (device %s)", source, device), nil
+		case errors.Is(err, errPermanent):
+			return "", err
 		case !errors.Is(err, mautrix.MUnknownToken):
 			return "", fmt.Errorf("checking %s (GET /account/whoami): %w", source, err)
 		case b.Account.Password == "":

@@ -50,7 +50,7 @@ func (a *Accounts) login(ctx context.Context, cb *clientBot) (string, error) {
 		return "", err
 	}
 	if acc.AccessToken != "" {
-		err := a.useToken(ctx, cb, acc.AccessToken, stored)
+		err := a.useToken(ctx, cb, acc.AccessToken, fmt.Sprintf("the access token (account.access_token, %sACCESS_TOKEN)", cb.cfg.EnvPrefix()), stored)
 		switch {
 		case err == nil:
 			return "the configured access token", nil
@@ -66,7 +66,7 @@ func (a *Accounts) login(ctx context.Context, cb *clientBot) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", errPermanent, err)
 		}
-		err = a.useToken(ctx, cb, token, stored)
+		err = a.useToken(ctx, cb, token, "its stored login", stored)
 		if err == nil {
 			return "its stored login", nil
 		}
@@ -88,31 +88,38 @@ func (a *Accounts) login(ctx context.Context, cb *clientBot) (string, error) {
 	return "password, new device", nil
 }
 
-// useToken checks a token with /whoami and, if it is the bot's and names a
-// device, makes it the client's and stores it.
-func (a *Accounts) useToken(ctx context.Context, cb *clientBot, token string, stored *store.ClientSession) error {
+// useToken checks a token (source names it) with tokenDevice and, if it
+// is the bot's and names a device, makes it the client's and stores it.
+func (a *Accounts) useToken(ctx context.Context, cb *clientBot, token, source string, stored *store.ClientSession) error {
 	cli := cb.client
 	cli.AccessToken, cli.DeviceID = token, ""
-	who, err := cli.Whoami(ctx)
+	device, err := tokenDevice(ctx, cli, source)
 	if err != nil {
 		cli.AccessToken = ""
 		return err
 	}
-	if who.UserID != cli.UserID {
-		cli.AccessToken = ""
-		return fmt.Errorf("%w: the access token belongs to %s, not to this bot (account.access_token, %sACCESS_TOKEN)", errPermanent, who.UserID, cb.cfg.EnvPrefix())
-	}
-	if who.DeviceID == "" {
-		cli.AccessToken = ""
-		return fmt.Errorf("%w: the access token has no device (the homeserver's /whoami names none); opsbot needs one for its encryption keys: give account.access_token (%sACCESS_TOKEN) a token made by a login", errPermanent, cb.cfg.EnvPrefix())
-	}
-	cli.DeviceID = who.DeviceID
-	if stored != nil && stored.DeviceID == who.DeviceID {
+	cli.DeviceID = device
+	if stored != nil && stored.DeviceID == device {
 		if same, err := openToken(a.opts.PickleKey, stored.AccessToken); err == nil && same == token {
 			return nil
 		}
 	}
-	return a.saveLogin(ctx, cli.UserID, who.DeviceID, token)
+	return a.saveLogin(ctx, cli.UserID, device, token)
+}
+
+// tokenDevice asks /whoami about the token cli holds (source names it):
+// it must be the bot's, and name the device opsbot keeps its keys for.
+func tokenDevice(ctx context.Context, cli *mautrix.Client, source string) (id.DeviceID, error) {
+	who, err := cli.Whoami(ctx)
+	switch {
+	case err != nil:
+		return "", err
+	case who.UserID != cli.UserID:
+		return "", fmt.Errorf("%w: %s belongs to %s, not to this bot", errPermanent, source, who.UserID)
+	case who.DeviceID == "":
+		return "", fmt.Errorf("%w: %s has no device (the homeserver's /whoami names none); opsbot needs one for its encryption keys: use a token made by a login", errPermanent, source)
+	}
+	return who.DeviceID, nil
 }
 
 // passwordLogin logs in with the bot's password, asking for device (or a

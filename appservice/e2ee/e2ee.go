@@ -433,7 +433,8 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 		return nil, fmt.Errorf("reading the stored device ID: %w", err)
 	}
 	client, deviceID := m.opts.ClientBots[bot], storedID
-	if client != nil {
+	clientMode := client != nil
+	if clientMode {
 		// A client-mode bot: its login made the device (appservice/accounts).
 		if storedID != "" && storedID != client.DeviceID {
 			return nil, fmt.Errorf("the bot's login is device %s, but this database holds the encryption keys of its device %s: "+
@@ -476,7 +477,7 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 		return nil, fmt.Errorf("loading the Olm account: %w", err)
 	}
 	return &Device{UserID: bot, DeviceID: deviceID, Client: client, Machine: machine, store: store, log: log, reused: storedID != "",
-		client: m.opts.ClientBots[bot] != nil}, nil
+		client: clientMode}, nil
 }
 
 // SecretDeviceToken keeps the access token of a bot's device (not with

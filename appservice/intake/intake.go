@@ -161,19 +161,19 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	events := make([]store.InboxEvent, 0, len(txn.Events)+len(txn.Ephemeral))
-	events = h.file(log, events, txn.Events, store.KindPDU)
+	events = file(log, events, txn.Events, store.KindPDU)
 	if txn.Ephemeral != nil {
-		events = h.file(log, events, txn.Ephemeral, store.KindEphemeral)
+		events = file(log, events, txn.Ephemeral, store.KindEphemeral)
 	} else {
-		events = h.file(log, events, txn.MSC2409Ephemeral, store.KindEphemeral)
+		events = file(log, events, txn.MSC2409Ephemeral, store.KindEphemeral)
 	}
 	// To-device events carry room keys: they are stored like room events,
 	// so that a crash cannot lose a key the homeserver will not send again.
 	roomEvents := len(events)
 	if txn.ToDevice != nil {
-		events = h.file(log, events, txn.ToDevice, store.KindToDevice)
+		events = file(log, events, txn.ToDevice, store.KindToDevice)
 	} else {
-		events = h.file(log, events, txn.MSC2409ToDevice, store.KindToDevice)
+		events = file(log, events, txn.MSC2409ToDevice, store.KindToDevice)
 	}
 	toDevice := len(events) > roomEvents
 	lists, otks := txn.DeviceLists, txn.OTKCounts
@@ -232,15 +232,10 @@ func (h *Handler) putTransaction(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
-// file appends the well-formed events of a list to the inbox batch. A
-// malformed event is logged and left out rather than failing the whole
-// transaction: the homeserver would resend the same bad event forever,
-// blocking everything behind it.
-func (h *Handler) file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
-	return file(log, out, raws, kind)
-}
-
-// file is Handler.file for any source of events (transactions, /sync).
+// file appends the well-formed events of a list to the inbox batch (of a
+// transaction or a /sync batch). A malformed event is logged and left out
+// rather than failing the whole batch: the homeserver would send the same
+// bad event again forever, blocking everything behind it.
 func file(log zerolog.Logger, out []store.InboxEvent, raws []json.RawMessage, kind string) []store.InboxEvent {
 	for i, raw := range raws {
 		// The one decoding of the event: the pipeline gets it with the

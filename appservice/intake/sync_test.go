@@ -65,6 +65,29 @@ func (s *syncServer) requests() []map[string]string {
 	return append([]map[string]string(nil), s.asked...)
 }
 
+// loggedIn returns a store (SQLite, closed when the test ends) in which the
+// bot has logged in as device DEV1 with token, and the bot's client.
+func loggedIn(t *testing.T, homeserverURL, token string) (*store.Store, *mautrix.Client) {
+	t.Helper()
+	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.Upgrade(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveLogin(context.Background(), syncBot, "DEV1", token); err != nil {
+		t.Fatal(err)
+	}
+	client, err := mautrix.NewClient(homeserverURL, syncBot, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.DeviceID = "DEV1"
+	return st, client
+}
+
 // flakyStore fails the first failures RecordSync calls.
 type flakyStore struct {
 	*store.Store
@@ -115,22 +138,7 @@ func TestSyncIntake(t *testing.T) {
 	defer hs.Close()
 
 	ctx := context.Background()
-	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Upgrade(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SaveLogin(ctx, syncBot, "DEV1", "bot-token"); err != nil {
-		t.Fatal(err)
-	}
-	client, err := mautrix.NewClient(hs.URL, syncBot, "bot-token")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client.DeviceID = "DEV1"
+	st, client := loggedIn(t, hs.URL, "bot-token")
 
 	var mu sync.Mutex
 	var got []store.InboxEvent
@@ -267,22 +275,8 @@ func TestSyncStopsOnLostLogin(t *testing.T) {
 		fmt.Fprint(w, `{"errcode":"M_UNKNOWN_TOKEN","error":"Unknown access token"}`)
 	}))
 	defer hs.Close()
-	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	ctx := context.Background()
-	if err := st.Upgrade(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SaveLogin(ctx, syncBot, "DEV1", "revoked"); err != nil {
-		t.Fatal(err)
-	}
-	client, err := mautrix.NewClient(hs.URL, syncBot, "revoked")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, client := loggedIn(t, hs.URL, "revoked")
 	in := intake.NewSync(intake.SyncOptions{Client: client, Store: st, Deliver: func([]store.InboxEvent) {}, StopOnLostLogin: true, Log: zerolog.Nop()})
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -62,7 +61,6 @@ func (s *Store) RecordSync(ctx context.Context, bot id.UserID, since, next strin
 	now := time.Now().UnixMilli()
 	txnID := "sync:" + bot.String() + ":" + next
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
-		recorded = recorded[:0]
 		if err := holdToTake(ctx, fence); err != nil {
 			return err
 		}
@@ -76,14 +74,8 @@ func (s *Store) RecordSync(ctx context.Context, bot id.UserID, since, next strin
 		} else if n != 1 {
 			return fmt.Errorf("%w (%s)", ErrSyncMoved, bot)
 		}
-		for chunk := range slices.Chunk(events, insertChunk) {
-			got, err := s.insertEvents(ctx, txnID, now, fence.Epoch(), chunk)
-			if err != nil {
-				return err
-			}
-			recorded = append(recorded, got...)
-		}
-		return nil
+		recorded, err = s.insertAll(ctx, txnID, now, fence.Epoch(), events)
+		return err
 	})
 	if err != nil {
 		return nil, err

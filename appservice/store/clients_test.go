@@ -43,18 +43,26 @@ func TestClientSession(t *testing.T) {
 	})
 }
 
+// loggedIn opens a store in which a client-mode bot has logged in (device
+// DEV1), closed when the test ends.
+func loggedIn(t *testing.T, cfg config.Database) (*store.Store, id.UserID) {
+	t.Helper()
+	st := open(t, cfg)
+	t.Cleanup(func() { st.Close() })
+	bot := id.UserID("@helper:example.org")
+	if err := st.SaveLogin(context.Background(), bot, "DEV1", "token"); err != nil {
+		t.Fatal(err)
+	}
+	return st, bot
+}
+
 // A /sync batch and the position after it are recorded together or not at
 // all: from a position that moved, under a term that is over, or when an
 // event cannot be written, neither changes.
 func TestRecordSyncIsOneStep(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()
-		st := open(t, cfg)
-		defer st.Close()
-		bot := id.UserID("@helper:example.org")
-		if err := st.SaveLogin(ctx, bot, "DEV1", "token"); err != nil {
-			t.Fatal(err)
-		}
+		st, bot := loggedIn(t, cfg)
 		got, err := st.RecordSync(ctx, bot, "", "s1", events("a", 3), leaderOf(1))
 		if err != nil || len(got) != 3 || got[0].Seq == 0 {
 			t.Fatalf("first batch: %v %v", got, err)
@@ -121,12 +129,7 @@ func (unsureFence) Hold(context.Context) error { return unsure{} }
 func TestUnconfirmedTermIsNotFenced(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()
-		st := open(t, cfg)
-		defer st.Close()
-		bot := id.UserID("@helper:example.org")
-		if err := st.SaveLogin(ctx, bot, "DEV1", "token"); err != nil {
-			t.Fatal(err)
-		}
+		st, bot := loggedIn(t, cfg)
 		if _, err := st.RecordSync(ctx, bot, "", "s1", events("a", 1), unsureFence{}); err == nil || errors.Is(err, store.ErrFenced) {
 			t.Fatalf("RecordSync: %v, want a plain error", err)
 		}

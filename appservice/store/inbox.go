@@ -98,7 +98,6 @@ func holdToTake(ctx context.Context, fence Fence) error {
 func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []InboxEvent, fence Fence) (recorded []InboxEvent, claimed, duplicate bool, err error) {
 	now := time.Now().UnixMilli()
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
-		recorded = recorded[:0]
 		claimed = fence != nil && fence.Hold(ctx) == nil
 		var epoch int64
 		if claimed {
@@ -123,19 +122,27 @@ func (s *Store) RecordTransaction(ctx context.Context, txnID string, events []In
 				}
 			}
 		}
-		for chunk := range slices.Chunk(todo, insertChunk) {
-			got, err := s.insertEvents(ctx, txnID, now, epoch, chunk)
-			if err != nil {
-				return err
-			}
-			recorded = append(recorded, got...)
-		}
-		return nil
+		recorded, err = s.insertAll(ctx, txnID, now, epoch, todo)
+		return err
 	})
 	if err != nil {
 		return nil, false, false, err
 	}
 	return recorded, claimed, duplicate, nil
+}
+
+// insertAll writes events in chunks of insertChunk (insertEvents) and
+// returns those that were new, in order.
+func (s *Store) insertAll(ctx context.Context, txnID string, now, epoch int64, events []InboxEvent) ([]InboxEvent, error) {
+	var recorded []InboxEvent
+	for chunk := range slices.Chunk(events, insertChunk) {
+		got, err := s.insertEvents(ctx, txnID, now, epoch, chunk)
+		if err != nil {
+			return nil, err
+		}
+		recorded = append(recorded, got...)
+	}
+	return recorded, nil
 }
 
 // insertChunk bounds the rows of one INSERT: 4 parameters a row keeps it
