@@ -20,6 +20,7 @@ import (
 // design (seen in CI). Here a front between Synapse and opsbot drops the
 // person's done every time: the verification still ends as done on the
 // bot's side, once both MACs were checked, and both sides trust each other.
+// What fails the test is a bot that saw their done or never ended.
 func TestVerificationWithoutTheirDone(t *testing.T) {
 	var dropped atomic.Int32
 	var mu sync.Mutex
@@ -56,10 +57,13 @@ func TestVerificationWithoutTheirDone(t *testing.T) {
 	botJoined(t, alice, room, botID)
 
 	verifyBot(t, w, a, dev, "") // the person sees it done, the bot logs it done
-	if dropped.Load() == 0 {
-		t.Fatal("the front dropped no m.key.verification.done: the test proves nothing")
-	}
+	// The bot ended it without the person's done: the front dropped it, or
+	// Synapse lost it on its own (the fault this test is about; seen in CI).
+	// Either way the bot never saw it, which is what the test needs.
 	w.Bot.WaitForLog(t, wait, "Verification done", "the other side's done never arrived")
+	if dropped.Load() == 0 {
+		t.Log("Synapse did not push the person's m.key.verification.done at all; the front had nothing to drop")
+	}
 }
 
 // dropDone removes m.key.verification.done from a transaction's to-device
