@@ -219,8 +219,10 @@ func (e *Database) renew(t *Term) {
 		if err == nil {
 			n, err = res.RowsAffected()
 		}
-		lockLost := e.postgres() && !e.lockAlive(ctx)
 		cancel()
+		// Asked on its own clock: a renewal that ran out of time (a slow
+		// database, a locked row) says nothing about the lock's session.
+		lockLost := e.postgres() && !e.lockAlive(context.Background())
 		if lockLost {
 			// Cut off (a network blip, a Postgres restart, a pool reset):
 			// a standby may be fencing us already. Stand down, and let the

@@ -106,7 +106,8 @@ func (t *Term) validLocked() bool { return t.err == nil && time.Now().Before(t.d
 // Check is for actions outside the database (sends): the term must be
 // valid, and the database must have confirmed its epoch within the last
 // verifiedFor. It fails closed: when the database cannot say, the answer
-// is no.
+// is no, as an error Unconfirmed reports (wait and ask again: the lease
+// decides whether the term is over).
 func (t *Term) Check(ctx context.Context) error {
 	t.mu.Lock()
 	if !t.validLocked() {
@@ -123,7 +124,7 @@ func (t *Term) Check(ctx context.Context) error {
 	defer cancel()
 	current, err := t.verify(ctx)
 	if err != nil {
-		return fmt.Errorf("cannot confirm leadership: %w", err)
+		return unconfirmed{err}
 	}
 	if current != t.epoch {
 		t.end(fmt.Errorf("%w (epoch %d, ours %d)", ErrFenced, current, t.epoch))
@@ -156,13 +157,23 @@ func (t *Term) Hold(ctx context.Context) error {
 }
 
 // unconfirmed is a failure to check the term (the database did not answer,
-// its session was ended), not an answer that the term is over: the write
-// it guards fails and is retried, and the lease decides about the term.
+// its session was ended), not an answer that the term is over: the send or
+// write it guards waits and is tried again, and the lease decides about
+// the term.
 type unconfirmed struct{ err error }
 
 func (u unconfirmed) Error() string     { return "cannot confirm leadership: " + u.err.Error() }
 func (u unconfirmed) Unwrap() error     { return u.err }
 func (u unconfirmed) Unconfirmed() bool { return true }
+
+// Unconfirmed reports whether err (from Check or Hold, or wrapping theirs)
+// says only that the database could not confirm the term right now. Any
+// error with an Unconfirmed() method returning true counts, so that fakes
+// of a term can say it too.
+func Unconfirmed(err error) bool {
+	var unsure interface{ Unconfirmed() bool }
+	return errors.As(err, &unsure) && unsure.Unconfirmed()
+}
 
 // Release ends the term (if it has not ended) and hands over: standbys
 // may take over at once. Call it once the work under the term has stopped;

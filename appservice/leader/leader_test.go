@@ -122,6 +122,47 @@ func TestSessionLostFencesAtOnce(t *testing.T) {
 	}
 }
 
+// The database answers too slowly to confirm the term (here: the leader
+// row locked by another session for longer than Check waits): Check and
+// Hold fail with an error Unconfirmed reports, the term holds, and both
+// pass again once the database answers.
+func TestSlowDatabaseLeavesTheTermInDoubt(t *testing.T) {
+	cfg := storetest.Config(t, "postgres")
+	db := openDB(t, cfg)
+	ta := acquire(t, elector(db, "ops", 10*time.Second), 5*time.Second)
+	locker, err := openDB(t, cfg).RawDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Rollback()
+	if _, err := locker.Exec(`LOCK TABLE opsbot_leader IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // past the term's last confirmation
+	err = ta.Check(context.Background())
+	if err == nil || !leader.Unconfirmed(err) {
+		t.Fatalf("Check while the database cannot answer: %v, want an unconfirmed term", err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err = db.DoTxn(short, nil, func(ctx context.Context) error { return ta.Hold(ctx) })
+	if err == nil || !leader.Unconfirmed(err) {
+		t.Fatalf("Hold while the database cannot answer: %v, want an unconfirmed term", err)
+	}
+	if !ta.Valid() {
+		t.Fatal("a term in doubt was taken for over")
+	}
+	if err := locker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ta.Check(context.Background()); err != nil {
+		t.Fatalf("Check once the database answers: %v", err)
+	}
+	if err := db.DoTxn(context.Background(), nil, func(ctx context.Context) error { return ta.Hold(ctx) }); err != nil {
+		t.Fatalf("Hold once the database answers: %v", err)
+	}
+}
+
 // A leader that stops renewing (frozen: its session, and so its lock,
 // stay) is replaced once its lease runs out, and knows it is over by its
 // own clock even before the database tells it.
