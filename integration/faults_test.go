@@ -4,17 +4,22 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
+	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/integration/harness"
 )
 
@@ -223,5 +228,88 @@ func TestReadOnlyDatabase(t *testing.T) {
 	}
 	if extra := sentinel(t, alice, room, botID); len(extra) != 0 {
 		t.Fatalf("extra answers: %v", extra)
+	}
+}
+
+// The database cannot confirm the leader's term for a few seconds (the
+// leader row locked by another session, as under lock contention or a
+// stalled disk) just as a skill's answer is to be sent: the answer waits,
+// goes out once the database answers again, exactly once, and the skill
+// ran once. (Refusing the send would let the event be marked done without
+// its answer as soon as the database was back.)
+func TestLeadershipInDoubt(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var requests atomic.Int32
+	skill := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"actions":[{"type":"reply","text":"answered after the doubt"}]}`)
+	}))
+	t.Cleanup(skill.Close)
+	extra := fmt.Sprintf(`external_skills:
+  - name: slow
+    url: %s
+    secret: %s
+    commands: [{pattern: slow}]
+`, skill.URL, config.RandomToken())
+	bots := `
+  - localpart: opsbot
+    displayname: Ops Bot
+    skills: [echo, slow]
+`
+	w := newWorldWith(t, worldOptions{DB: "postgres", Bots: bots, Extra: extra})
+	alice := w.HS.RegisterUser(t, "alice")
+	room := joinedRoom(t, alice, botID)
+	if ev := ask(t, alice, room, "!echo before", botID); ev.Body() != "before" {
+		t.Fatalf("got %s", ev)
+	}
+
+	alice.SendText(t, room, "!slow")
+	select {
+	case <-arrived:
+	case <-time.After(wait):
+		t.Fatal("the skill was never called")
+	}
+	db, err := sql.Open("pgx", w.Bot.Cfg.Database.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	locker, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Rollback()
+	if _, err := locker.Exec(`LOCK TABLE opsbot_leader IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // past the term's last confirmation
+	close(release)
+	// The send's check waits 2 s for the database, then asks every second.
+	time.Sleep(4 * time.Second)
+	if err := locker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	ev := alice.WaitForMessage(t, room, wait, harness.From(botID))
+	if ev.Body() != "answered after the doubt" {
+		t.Fatalf("after the doubt the bot said %s", ev)
+	}
+	w.Bot.WaitForLog(t, wait, "Not sending yet: the database has not confirmed")
+	if extra := sentinel(t, alice, room, botID); len(extra) != 0 {
+		t.Fatalf("extra answers: %v", extra)
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("the skill was called %d times, want once", n)
 	}
 }

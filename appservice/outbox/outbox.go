@@ -21,6 +21,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/opsbot/opsbot/appservice/accounts"
+	"github.com/opsbot/opsbot/appservice/leader"
 	"github.com/opsbot/opsbot/skills/retry"
 )
 
@@ -170,11 +171,17 @@ func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // retry runs op until it succeeds, fails permanently, or ctx ends. Each
 // attempt first checks the fence: a process that is no longer the leader
-// sends nothing more.
+// sends nothing more, and one whose term the database cannot confirm right
+// now waits and asks again. Giving up on such a send would finish its
+// event without its answer once the database is back; the term's lease
+// decides instead, and a term that ends stops the process.
 func (o *Outbox) retry(ctx context.Context, name string, op func() error) error {
 	return Retry(ctx, o.opts.Log, name, o.opts.MinBackoff, o.opts.MaxBackoff, func() error {
 		if o.opts.Fence != nil {
 			if err := o.opts.Fence.Check(ctx); err != nil {
+				if leader.Unconfirmed(err) {
+					return termInDoubt{err}
+				}
 				return fmt.Errorf("%w: not sending (%w)", ErrNotLeader, err)
 			}
 		}
@@ -187,6 +194,16 @@ func (o *Outbox) retry(ctx context.Context, name string, op func() error) error 
 	})
 }
 
+// termInDoubt holds a send back while the database cannot confirm the
+// term (leader.Unconfirmed): neither sent nor refused, it is tried again
+// every termDoubtPoll.
+type termInDoubt struct{ err error }
+
+func (d termInDoubt) Error() string { return "not sending yet: " + d.err.Error() }
+func (d termInDoubt) Unwrap() error { return d.err }
+
+const termDoubtPoll = time.Second
+
 // Retry runs op with exponential backoff while its errors are retryable
 // (see RetryAfter). It is shared with other homeserver calls made at start-up.
 func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, maxBackoff time.Duration, op func() error) error {
@@ -197,7 +214,11 @@ func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, max
 			return retryable, wait
 		},
 		Notify: func(attempt int, err error, wait time.Duration) {
-			log.Warn().Err(err).Str("op", name).Int("attempt", attempt).Dur("retry_in", wait).Msg("Homeserver request failed, retrying")
+			msg := "Homeserver request failed, retrying"
+			if errors.As(err, new(termInDoubt)) {
+				msg = "Not sending yet: the database has not confirmed that this opsbot still leads; asking again"
+			}
+			log.Warn().Err(err).Str("op", name).Int("attempt", attempt).Dur("retry_in", wait).Msg(msg)
 		},
 	}, op)
 	if g, ok := err.(*retry.Error); ok {
@@ -211,6 +232,9 @@ func Retry(ctx context.Context, log zerolog.Logger, name string, minBackoff, max
 func RetryAfter(err error) (wait time.Duration, retryable bool) {
 	if errors.Is(err, ErrNotLeader) {
 		return 0, false
+	}
+	if errors.As(err, new(termInDoubt)) {
+		return termDoubtPoll, true // not doubling: the database is asked every time
 	}
 	var httpErr mautrix.HTTPError
 	if !errors.As(err, &httpErr) {

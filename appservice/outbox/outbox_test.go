@@ -339,6 +339,58 @@ func TestFencedOutboxSendsNothing(t *testing.T) {
 	}
 }
 
+// doubtfulFence cannot confirm its term for its first doubts checks, then
+// answers with then (nil: confirmed).
+type doubtfulFence struct {
+	mu     sync.Mutex
+	doubts int
+	then   error
+	checks int
+}
+
+type connectionLost struct{}
+
+func (connectionLost) Error() string     { return "cannot confirm leadership: connection terminated" }
+func (connectionLost) Unconfirmed() bool { return true }
+
+func (f *doubtfulFence) Check(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks++
+	if f.checks <= f.doubts {
+		return connectionLost{}
+	}
+	return f.then
+}
+
+// A send whose term the database cannot confirm right now waits and asks
+// again, instead of failing: a failed send would let its event be marked
+// done without its answer once the database is back. A term found over
+// after the doubt still stops it.
+func TestSendWaitsWhileTheTermIsInDoubt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		then  error
+		sends int
+	}{{"confirmed", nil, 1}, {"over", errors.New("a newer leader exists"), 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := &fakeHomeserver{}
+			fence := &doubtfulFence{doubts: 3, then: tc.then}
+			o := outbox.New(outbox.Options{AS: newAS(t, hs), Log: zerolog.Nop(), Fence: fence, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+			_, err := o.Send(context.Background(), bot, room, event.EventMessage, map[string]any{"body": "x"}, "t")
+			if tc.then == nil && err != nil {
+				t.Fatalf("send after the term was confirmed again: %v", err)
+			}
+			if tc.then != nil && !errors.Is(err, outbox.ErrNotLeader) {
+				t.Fatalf("send under a term found over: %v, want ErrNotLeader", err)
+			}
+			if fence.checks != 4 || len(hs.txnIDs) != tc.sends {
+				t.Fatalf("%d checks, %d sends; want 4 and %d", fence.checks, len(hs.txnIDs), tc.sends)
+			}
+		})
+	}
+}
+
 // Whatever HTML a skill writes, the room gets the spec's subset; text
 // that says @room pings nobody unless the content says so itself.
 func TestSentMessagesAreSafe(t *testing.T) {

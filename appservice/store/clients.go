@@ -61,7 +61,7 @@ func (s *Store) RecordSync(ctx context.Context, bot id.UserID, since, next strin
 	now := time.Now().UnixMilli()
 	txnID := "sync:" + bot.String() + ":" + next
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
-		if err := holdToTake(ctx, fence); err != nil {
+		if err := hold(ctx, fence); err != nil {
 			return err
 		}
 		res, err := s.DB.Exec(ctx, `UPDATE opsbot_client_session SET next_batch = $1, updated_at = $2 WHERE bot = $3 AND next_batch = $4`,

@@ -123,9 +123,9 @@ func (unsure) Unconfirmed() bool { return true }
 func (unsureFence) Epoch() int64               { return 1 }
 func (unsureFence) Hold(context.Context) error { return unsure{} }
 
-// A term that cannot be confirmed is not a term that is over for writes
-// that take work in (the write fails, to be retried), but it is for
-// marking work done, which must not happen under a term in doubt.
+// A term that cannot be confirmed is not a term that is over: every
+// fenced write fails with a plain error, to be tried again (sends wait
+// for a confirmed term, so nothing marked done later lost its answer).
 func TestUnconfirmedTermIsNotFenced(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, cfg config.Database) {
 		ctx := context.Background()
@@ -140,8 +140,11 @@ func TestUnconfirmedTermIsNotFenced(t *testing.T) {
 		if _, err := st.ClaimPending(ctx, unsureFence{}, 10); err == nil || errors.Is(err, store.ErrFenced) {
 			t.Fatalf("ClaimPending: %v, want a plain error", err)
 		}
-		if err := st.MarkDone(ctx, unsureFence{}, []int64{rec[0].Seq}); !errors.Is(err, store.ErrFenced) {
-			t.Fatalf("MarkDone: %v, want ErrFenced", err)
+		if err := st.MarkDone(ctx, unsureFence{}, []int64{rec[0].Seq}); err == nil || errors.Is(err, store.ErrFenced) {
+			t.Fatalf("MarkDone: %v, want a plain error", err)
+		}
+		if left, err := st.ClaimPending(ctx, leaderOf(2), 10); err != nil || len(left) != 1 || !left[0].Recovered {
+			t.Fatalf("after a mark under a term in doubt, the next leader gets %v (%v), want the event again", left, err)
 		}
 	})
 }

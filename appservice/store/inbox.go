@@ -10,6 +10,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
+
+	"github.com/opsbot/opsbot/appservice/leader"
 )
 
 // Kinds of inbox entries.
@@ -47,35 +49,24 @@ type Fence interface {
 	Epoch() int64
 	// Hold, called inside a database transaction, fails unless the term
 	// still holds; the transaction then commits before any newer term
-	// begins, or not at all. An error with an Unconfirmed() method
-	// returning true means the database could not say (a lost
-	// connection), not that the term is over.
+	// begins, or not at all. An error leader.Unconfirmed reports means
+	// the database could not say (a lost connection), not that the term
+	// is over.
 	Hold(ctx context.Context) error
 }
 
-// hold runs fence.Hold in a transaction, as ErrFenced when the term is
-// over or cannot be confirmed: marking work done under a term in doubt
-// could mark work whose sends that doubt refused (they run again under the
-// next term instead).
+// hold runs fence.Hold in a transaction: ErrFenced when the term is over;
+// when the database could not confirm it (a lost connection), the error
+// as it is, so that the write is tried again. Nothing done under a term in
+// doubt is lost by writing it later: sends wait until the term is
+// confirmed (appservice/outbox), and a newer leader re-runs what an
+// earlier one claimed and did not mark done.
 func hold(ctx context.Context, fence Fence) error {
-	if err := fence.Hold(ctx); err != nil {
-		return fmt.Errorf("%w: %w", ErrFenced, err)
-	}
-	return nil
-}
-
-// holdToTake is hold for writes that only take work in (claims, a /sync
-// batch): taking it under a term in doubt is harmless (a newer leader
-// re-runs what an earlier one claimed and did not finish), so a check the
-// database could not answer (a lost connection) is a plain error, tried
-// again, not the end of the term.
-func holdToTake(ctx context.Context, fence Fence) error {
 	err := fence.Hold(ctx)
-	var unsure interface{ Unconfirmed() bool }
-	if err != nil && errors.As(err, &unsure) && unsure.Unconfirmed() {
+	if err == nil || leader.Unconfirmed(err) {
 		return err
 	}
-	return hold(ctx, fence)
+	return fmt.Errorf("%w: %w", ErrFenced, err)
 }
 
 // RecordTransaction durably records a transaction and its events in one
@@ -244,7 +235,7 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]InboxEvent, err
 func (s *Store) ClaimPending(ctx context.Context, fence Fence, limit int) (claimed []InboxEvent, err error) {
 	err = s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
 		claimed = claimed[:0]
-		if err := holdToTake(ctx, fence); err != nil {
+		if err := hold(ctx, fence); err != nil {
 			return err
 		}
 		rows, err := s.DB.Query(ctx, `SELECT seq, txn_id, event_id, room_id, kind, payload, claimed_epoch FROM opsbot_inbox
