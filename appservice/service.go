@@ -411,6 +411,11 @@ func (s *Service) start(ctx, workCtx context.Context, term *leader.Term) error {
 	if err := s.waitForHomeserver(ctx); err != nil {
 		return err
 	}
+	if s.E2EE != nil {
+		if err := s.replaceRequestedDevices(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.Accounts.Login(ctx); err != nil {
 		return err
 	}

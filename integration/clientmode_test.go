@@ -296,6 +296,35 @@ func testClientMode(t *testing.T, hs homeserver, dbType string) {
 	if tr := js.DeviceTrust(helperID, device); !tr.SignedByOwner {
 		t.Fatalf("after the device was removed bob's client sees %+v", tr)
 	}
+
+	// matrix-nio keeps a removed device as gone for good, so the operator
+	// gives the bot a new device: asked for while opsbot runs, done at its
+	// next start, which signs the old device out and makes a new one,
+	// signed by the bot's unchanged identity. nio talks to it, and bob,
+	// who verified the bot, sees it verified without verifying again.
+	out, err := w.Bot.Run("device", "new", helperID)
+	if err != nil || !strings.Contains(out, "at its next start opsbot signs device "+device+" out") {
+		t.Fatalf("device new: %v\n%s", err, out)
+	}
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "Signed the bot's old device out and forgot it", device)
+	w.Bot.WaitForLogs(t, wait, 2, "Client-mode bot logged in", `"how":"password, new device"`)
+	newDevice := strings.Trim(w.Bot.LastLogField(t, "Client-mode bot logged in", "device_id"), `"`)
+	w.Bot.WaitForLog(t, wait, "Signed the bot's device with its self-signing key", newDevice)
+	if after := userDevices(t, alice, helperID); len(after) != 1 || after[newDevice] == "" || newDevice == device {
+		t.Fatalf("after device new the bot has devices %v (old %s, new %s), want only the new one", after, device, newDevice)
+	}
+	nio.Send(room, "!echo to the new device")
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "to the new device" || !m.Encrypted {
+		t.Fatalf("nio after device new: got %+v", m)
+	}
+	if m := js.WaitMessage(room, helperID, wait); m.Body != "to the new device" {
+		t.Fatalf("bob after device new: got %+v", m)
+	}
+	if tr := js.DeviceTrust(helperID, newDevice); !tr.SignedByOwner || !tr.CrossSigningVerified {
+		t.Fatalf("bob's client sees the new device as %+v, want it signed by the bot's identity and verified", tr)
+	}
 }
 
 // An appservice bot and a client-mode bot share a room and one opsbot:
@@ -356,6 +385,39 @@ func testClientAndAppserviceBots(t *testing.T, hs homeserver) {
 	}
 	if ev := ask(t, alice, newRoom, "!ping", botID); ev.Body() != "pong" {
 		t.Fatalf("got %s", ev)
+	}
+
+	// New devices for both, in one command: at the next start each old
+	// device is signed out, each bot comes back with a new one and talks
+	// in the encrypted room.
+	oldDevices := map[string]map[string]string{botID: userDevices(t, alice, botID), helperID: userDevices(t, alice, helperID)}
+	out, err := w.Bot.Run("device", "new", botID, helperID)
+	if err != nil || strings.Count(out, "at its next start opsbot signs device") != 2 {
+		t.Fatalf("device new: %v\n%s", err, out)
+	}
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLogs(t, wait, 2, "Signed the bot's old device out and forgot it")
+	w.Bot.WaitForLogs(t, wait, 2, "Created the bot's encryption device", `"bot":"`+botID+`"`)
+	w.Bot.WaitForLogs(t, wait, 2, "Client-mode bot logged in", `"how":"password, new device"`)
+	for bot, old := range oldDevices {
+		now := userDevices(t, alice, bot)
+		for dev := range old {
+			if now[dev] != "" {
+				t.Errorf("%s still has its old device %s (devices now %v)", bot, dev, now)
+			}
+		}
+		if len(now) != 1 {
+			t.Errorf("%s has devices %v after device new, want one new one", bot, now)
+		}
+	}
+	nio.Send(room, "!echo from the new appservice device")
+	if m := nio.WaitMessage(room, botID, wait); m.Body != "from the new appservice device" || !m.Encrypted {
+		t.Fatalf("appservice bot after device new: got %+v", m)
+	}
+	nio.Send(room, "?echo from the new client device")
+	if m := nio.WaitMessage(room, helperID, wait); m.Body != "from the new client device" || !m.Encrypted {
+		t.Fatalf("client-mode bot after device new: got %+v", m)
 	}
 }
 

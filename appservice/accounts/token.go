@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"maunium.net/go/mautrix/crypto/goolm/libolmpickle"
+
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // A client-mode bot's access token is stored encrypted with the pickle key
@@ -38,4 +40,10 @@ func openToken(key []byte, stored string) (string, error) {
 		return "", fmt.Errorf("decrypting the stored login (is encryption.pickle_key the one it was stored with?): %w", err)
 	}
 	return string(token), nil
+}
+
+// StoredToken is the access token of a bot's stored login, decrypted with
+// the pickle key it was stored with.
+func StoredToken(stored *store.ClientSession, pickleKey []byte) (string, error) {
+	return openToken(pickleKey, stored.AccessToken)
 }

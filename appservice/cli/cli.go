@@ -1,5 +1,6 @@
 // Package cli is opsbot's command line: run, generate-config,
-// generate-registration, check, recovery-key, verification and version.
+// generate-registration, check, recovery-key, verification, device and
+// version.
 // cmd/opsbot-appservice is this package with opsbot's own skills; a binary
 // with skills of its own is the same few lines (docs/skills.md, "Your own
 // skills, your own binary"):
@@ -68,6 +69,9 @@ Commands:
                          the bots' cross-signing recovery keys (docs/verification.md)
   verification list|confirm|cancel [TRANSACTION_ID]
                          emoji verifications waiting for the operator
+  device new @bot:server ...
+                         give the bots new devices at opsbot's next start
+                         (the old ones are signed out)
   version                print the version
 
 Secrets may come from the environment: %s
@@ -80,7 +84,7 @@ Flags:
 		return 2
 	}
 	cmd := fs.Arg(0)
-	takesArgs := cmd == "recovery-key" || cmd == "verification" || cmd == "generate-config"
+	takesArgs := cmd == "recovery-key" || cmd == "verification" || cmd == "generate-config" || cmd == "device"
 	if fs.NArg() > 1 && !takesArgs {
 		fmt.Fprintf(stderr, "unexpected arguments after %q: %s (flags go before the command)\n", cmd, strings.Join(fs.Args()[1:], " "))
 		return 2
@@ -103,7 +107,7 @@ Flags:
 			return 2
 		}
 		return 0
-	case "", "generate-registration", "check", "recovery-key", "verification":
+	case "", "generate-registration", "check", "recovery-key", "verification", "device":
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n", cmd)
 		fs.Usage()
@@ -142,6 +146,8 @@ Flags:
 		return recoveryKeyCommand(context.Background(), cfg, fs.Args()[1:], os.Stdin, stdout, stderr)
 	case "verification":
 		return verificationCommand(context.Background(), cfg, fs.Args()[1:], stdout, stderr)
+	case "device":
+		return deviceCommand(context.Background(), cfg, fs.Args()[1:], stdout, stderr)
 	}
 
 	log := newLogger(cfg.Logging, stderr)

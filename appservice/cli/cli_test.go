@@ -92,7 +92,8 @@ func TestBadConfigIsNamed(t *testing.T) {
 }
 
 // The trust commands on a fresh database: arguments checked and named, an
-// empty list, no key yet, a decision on nothing refused.
+// empty list, no key yet, a decision on nothing refused, no device to
+// replace.
 func TestTrustCommands(t *testing.T) {
 	_, cfg, _ := runCLI(t, "generate-config")
 	dir := t.TempDir()
@@ -115,6 +116,10 @@ func TestTrustCommands(t *testing.T) {
 		{[]string{"verification", "confirm"}, 2, "", "verification confirm TRANSACTION_ID"},
 		{[]string{"verification", "list"}, 0, "No verification waits", ""},
 		{[]string{"verification", "confirm", "abc"}, 1, "", "no pending verification with that transaction ID: abc"},
+		{[]string{"device"}, 2, "", "device new @bot:server"},
+		{[]string{"device", "new"}, 2, "", "device new @bot:server"},
+		{[]string{"device", "new", "@nobody:example.org"}, 2, "", "@nobody:example.org is not a configured bot"},
+		{[]string{"device", "new", "@opsbot:example.org"}, 0, "@opsbot:example.org has no device yet", ""},
 	} {
 		code, out, errOut := runCLI(t, append([]string{"-c", path}, c.args...)...)
 		if code != c.code || !strings.Contains(out, c.out) || !strings.Contains(errOut, c.errs) {

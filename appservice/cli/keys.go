@@ -14,17 +14,18 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/opsbot/opsbot/appservice"
 	"github.com/opsbot/opsbot/appservice/config"
 	"github.com/opsbot/opsbot/appservice/identity"
 	"github.com/opsbot/opsbot/appservice/store"
 	"github.com/opsbot/opsbot/appservice/verification"
 )
 
-// The operator's commands for the bots' trust: recovery keys and pending
-// verifications. They work on the database directly, so they run on the
-// opsbot host (or in its pod) whether opsbot runs or not; the running
-// opsbot picks the changes up (a restored or reset key at its next start, a
-// verification decision within a second).
+// The operator's commands for the bots' trust: recovery keys, pending
+// verifications and new devices. They work on the database directly, so
+// they run on the opsbot host (or in its pod) whether opsbot runs or not;
+// the running opsbot picks the changes up (a restored or reset key and a
+// new device at its next start, a verification decision within a second).
 
 const recoveryKeyUsage = `Usage:
   opsbot-appservice [-c opsbot.yaml] recovery-key show [@bot:server ...]
@@ -37,6 +38,31 @@ const verificationUsage = `Usage:
   opsbot-appservice [-c opsbot.yaml] verification confirm TRANSACTION_ID
   opsbot-appservice [-c opsbot.yaml] verification cancel TRANSACTION_ID
 `
+
+const deviceUsage = `Usage:
+  opsbot-appservice [-c opsbot.yaml] device new @bot:server [@bot:server ...]
+`
+
+// deviceCommand runs `device`.
+func deviceCommand(ctx context.Context, cfg *config.Config, args []string, stdout, stderr io.Writer) int {
+	if len(args) < 2 || args[0] != "new" {
+		fmt.Fprint(stderr, deviceUsage)
+		return 2
+	}
+	var bots []id.UserID
+	for _, b := range args[1:] {
+		if !slices.Contains(cfg.BotIDs(), b) {
+			fmt.Fprintf(stderr, "opsbot: %s is not a configured bot (configured: %s)\n", b, strings.Join(cfg.BotIDs(), ", "))
+			return 2
+		}
+		bots = append(bots, id.UserID(b))
+	}
+	if err := appservice.RequestNewDevices(ctx, cfg, bots, stdout); err != nil {
+		fmt.Fprintf(stderr, "opsbot: %v\n", err)
+		return 1
+	}
+	return 0
+}
 
 // recoveryKeyCommand runs `recovery-key`.
 func recoveryKeyCommand(ctx context.Context, cfg *config.Config, args []string, stdin io.Reader, stdout, stderr io.Writer) int {

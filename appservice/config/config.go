@@ -198,6 +198,16 @@ func (c *Config) AppServiceBots() []Bot {
 // with client-mode bots only, it needs no registration and no tokens.
 func (c *Config) HasAppServiceBots() bool { return len(c.AppServiceBots()) > 0 }
 
+// BotByID returns the configured bot with the full Matrix ID id.
+func (c *Config) BotByID(id string) (Bot, bool) {
+	for i, b := range c.BotIDs() {
+		if b == id {
+			return c.Bots[i], true
+		}
+	}
+	return Bot{}, false
+}
+
 // BotIDs returns the full Matrix IDs of the configured bots, in config order.
 func (c *Config) BotIDs() []string {
 	ids := make([]string, len(c.Bots))

@@ -438,8 +438,8 @@ func (m *Manager) startDevice(ctx context.Context, bot id.UserID) (*Device, erro
 		// A client-mode bot: its login made the device (appservice/accounts).
 		if storedID != "" && storedID != client.DeviceID {
 			return nil, fmt.Errorf("the bot's login is device %s, but this database holds the encryption keys of its device %s: "+
-				"give it an access token of device %s; or, to give up the old device's keys, delete the bot's crypto_account row "+
-				"(account_id %s; people must verify the bot again)",
+				"give it an access token of device %s; or, to give up the old device, run `opsbot-appservice device new %s` "+
+				"(the new device is signed by the bot's identity)",
 				client.DeviceID, storedID, storedID, bot)
 		}
 		deviceID = client.DeviceID
@@ -574,7 +574,7 @@ func (d *Device) ensureKeysOnServer(ctx context.Context) error {
 			d.log.Warn().Stringer("device_id", d.DeviceID).Msg("The homeserver forgot this device's keys (it was logged out or removed); uploading them again")
 			d.Machine.GetAccount().Shared = false
 		} else if shared {
-			return errors.New("the device's keys disappeared from the server; delete the device and its crypto_account row to start over")
+			return fmt.Errorf("the device's keys disappeared from the server; to start over, stop opsbot and run `opsbot-appservice device new %s`", d.UserID)
 		}
 		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
 			return fmt.Errorf("uploading device keys: %w", err)

@@ -50,6 +50,15 @@ func (s *Store) SaveLogin(ctx context.Context, bot id.UserID, device id.DeviceID
 	return nil
 }
 
+// ForgetLogin deletes a bot's stored login and /sync position: its next
+// start logs in anew (a new device).
+func (s *Store) ForgetLogin(ctx context.Context, bot id.UserID) error {
+	if _, err := s.DB.Exec(ctx, `DELETE FROM opsbot_client_session WHERE bot = $1`, bot); err != nil {
+		return fmt.Errorf("forgetting the login of %s: %w", bot, err)
+	}
+	return nil
+}
+
 // RecordSync records the events of one /sync batch of a client-mode bot and
 // moves its position from since to next, in one database transaction: a
 // crash leaves either both (the batch is in the inbox, the next sync starts
