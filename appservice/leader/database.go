@@ -83,27 +83,6 @@ func (e *Database) read(ctx context.Context) (row, error) {
 	return r, err
 }
 
-// Holder says which process leads now (its lease has not run out) and
-// for how much longer at most, or "" if none does: for commands that must
-// not change what a running opsbot uses. A leader that was killed holds
-// until its lease runs out.
-func (e *Database) Holder(ctx context.Context) (holder string, left time.Duration, err error) {
-	if exists, err := e.opts.DB.TableExists(ctx, "opsbot_leader"); err != nil || !exists {
-		return "", 0, err // never started
-	}
-	r, err := e.read(ctx)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", 0, nil // never started
-	}
-	if err != nil {
-		return "", 0, err
-	}
-	if r.holder == "" || r.leaseUntil <= r.now {
-		return "", 0, nil
-	}
-	return r.holder, time.Duration(r.leaseUntil-r.now) * time.Millisecond, nil
-}
-
 // Acquire waits until this process may lead, increments the epoch and
 // returns the term. On SQLite (one process) it takes the term at once.
 func (e *Database) Acquire(ctx context.Context) (*Term, error) {
