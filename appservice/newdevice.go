@@ -135,7 +135,8 @@ func signOut(ctx context.Context, cfg *config.Config, hsURL string, bot id.UserI
 			return false, "", err
 		}
 		cli.SetAppServiceUserID = true
-		if err := cli.DeleteDevice(ctx, device, nil); err != nil && !errors.Is(err, mautrix.MNotFound) {
+		// (Synapse wants a JSON object as the body, if an empty one.)
+		if err := cli.DeleteDevice(ctx, device, &mautrix.ReqDeleteDevice[any]{}); err != nil && !errors.Is(err, mautrix.MNotFound) {
 			return false, "", fmt.Errorf("DELETE /devices/%s as the appservice (MSC4190): %w", device, err)
 		}
 		return true, "", nil

@@ -501,6 +501,7 @@ func masterKeyOf(t *testing.T, o *Opsbot) string {
 // TestRecoveryKeyRestore loses the bot's database and brings the bot back
 // from its recovery key: the same identity, its new device signed, and
 // the room keys of earlier messages restored from the server-side backup.
+// Then the operator gives the bot a new device, and resets its keys.
 // On Synapse the bots' devices are MSC4190 devices, so replacing the keys
 // (reset) needs no password.
 func TestRecoveryKeyRestore(t *testing.T) {
@@ -601,6 +602,31 @@ func testRecoveryKeyRestore(t *testing.T, hs homeserver) {
 		t.Fatalf("quote after restore: %+v, want the old message decrypted", m)
 	}
 
+	// A new device on request (device new): the old one signed out (on
+	// Synapse an MSC4190 device, deleted as the appservice; on Dendrite
+	// with its own token), the new one signed by the same identity, and
+	// the history still readable (the room keys stay with the bot).
+	if out, err := w.Bot.Run("device", "new", botID); err != nil || !strings.Contains(out, "signs device "+dev+" out") {
+		t.Fatalf("device new: %v\n%s", err, out)
+	}
+	w.Bot.Stop()
+	w.Bot.Start()
+	w.Bot.WaitForLog(t, wait, "Signed the bot's old device out and forgot it", dev)
+	w.Bot.WaitForLogs(t, wait, 2, "Signed the bot's device with its self-signing key")
+	newDev := botDevice(t, w.Bot, botID)
+	// (The first device, whose database was lost, stays on the account.)
+	if devs := userDevices(t, alice, botID); newDev == dev || devs[dev] != "" || devs[newDev] == "" {
+		t.Fatalf("after device new the bot has devices %v (old %s, new %s), want the new one and not the old", devs, dev, newDev)
+	}
+	knowsDevice(t, a, newDev)
+	if tr := a.DeviceTrust(botID, newDev); !tr.SignedByOwner {
+		t.Fatalf("alice sees the bot's new device as %+v, want signed by its owner", tr)
+	}
+	a.SendReply(room, "!tour quote", secret)
+	if m := a.WaitMessage(room, botID, wait); !strings.Contains(m.Body, `said "the secret of history"`) {
+		t.Fatalf("quote from the new device: %+v, want the old message decrypted", m)
+	}
+
 	// A wrong key is refused, naming the problem.
 	if out, err := w.Bot.Run("recovery-key", "restore", botID); err == nil || !strings.Contains(out, "not a recovery key") {
 		t.Fatalf("restore with no key on stdin: %v\n%s", err, out)
@@ -613,7 +639,7 @@ func testRecoveryKeyRestore(t *testing.T, hs homeserver) {
 	}
 	w.Bot.Start()
 	w.Bot.WaitForLogs(t, wait, 2, "Created the bot's cross-signing keys")
-	w.Bot.WaitForLogs(t, wait, 4, "Bot identity is cross-signed")
+	w.Bot.WaitForLogs(t, wait, 5, "Bot identity is cross-signed")
 	if got := masterKeyOf(t, w.Bot); got == master {
 		t.Fatal("reset kept the master key")
 	}

@@ -574,7 +574,7 @@ func (d *Device) ensureKeysOnServer(ctx context.Context) error {
 			d.log.Warn().Stringer("device_id", d.DeviceID).Msg("The homeserver forgot this device's keys (it was logged out or removed); uploading them again")
 			d.Machine.GetAccount().Shared = false
 		} else if shared {
-			return fmt.Errorf("the device's keys disappeared from the server; to start over, stop opsbot and run `opsbot-appservice device new %s`", d.UserID)
+			return fmt.Errorf("the device's keys disappeared from the server; to start over, run `opsbot-appservice device new %s` and restart opsbot", d.UserID)
 		}
 		if err := d.Machine.ShareKeys(ctx, -1); err != nil {
 			return fmt.Errorf("uploading device keys: %w", err)
