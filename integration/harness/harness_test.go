@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -77,18 +78,26 @@ func crashRestart(t *testing.T, server harness.Server) {
 	hs.Restart(t)
 	// What the harness promises after a crash: the same server with its
 	// data, accepting and storing new events. Whether new events reach a
-	// /sync position from before the crash is up to Dendrite (see Kill), so
-	// the events are read back directly.
+	// /sync position from before the crash is up to Dendrite, so the events
+	// are read back directly, for a few seconds: Dendrite answers a send
+	// before the event can be read.
 	after := alice.SendText(t, room, "after crash")
 	for id, body := range map[string]string{before: "before crash", after: "after crash"} {
-		var ev struct {
-			Content struct {
-				Body string `json:"body"`
-			} `json:"content"`
-		}
-		alice.Get(t, "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/event/"+url.PathEscape(id), &ev)
-		if ev.Content.Body != body {
-			t.Fatalf("event %s after the crash has body %q, want %q", id, ev.Content.Body, body)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var ev struct {
+				Content struct {
+					Body string `json:"body"`
+				} `json:"content"`
+			}
+			err := alice.Do(t.Context(), http.MethodGet, "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/event/"+url.PathEscape(id), nil, &ev)
+			if err == nil && ev.Content.Body == body {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("event %s after the crash: body %q, error %v; want %q", id, ev.Content.Body, err, body)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 }

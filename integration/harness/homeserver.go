@@ -79,6 +79,9 @@ type flavor interface {
 	command(hs *Homeserver) []string
 	// skipLogLine says whether LogTail leaves a line out.
 	skipLogLine(line string) bool
+	// afterKill tidies what a crash leaves that the server would not
+	// recover from by itself.
+	afterKill(hs *Homeserver) error
 }
 
 // Homeserver is a running (or stopped) homeserver process.
@@ -371,11 +374,9 @@ func (hs *Homeserver) Stop() {
 }
 
 // Kill ends the homeserver with SIGKILL, like a crash: nothing is flushed.
-//
-// Dendrite quirk: its embedded NATS JetStream may lose the newest stream
-// state on a kill, after which events sent after Restart can silently never
-// reach /sync (seen about one run in four when killed right after a send).
-// Let the last event reach a client (e.g. WaitForMessage) before killing.
+// What the server stored stays; what it had in flight may be lost. Let the
+// last event reach a client (e.g. WaitForMessage) before killing if it
+// must survive.
 func (hs *Homeserver) Kill() {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
@@ -385,6 +386,9 @@ func (hs *Homeserver) Kill() {
 	_ = hs.cmd.Process.Kill()
 	<-hs.exited
 	hs.appendLog("harness: " + hs.flavor.name() + " killed")
+	if err := hs.flavor.afterKill(hs); err != nil {
+		hs.appendLog("harness: after the kill: " + err.Error())
+	}
 }
 
 // Restart stops the homeserver if it is running (use Kill first for a crash) and
