@@ -47,15 +47,15 @@ func (m *Manager) TryDecrypt(ctx context.Context, evt *event.Event, roomBots []i
 	return nil, "error", firstErr
 }
 
-// roomDevices are the devices of the room's bots that receive keys, and
-// why the others do not.
+// roomDevices are the devices of the room's bots that receive keys (or
+// may still, moments after start), and why the others do not.
 func (m *Manager) roomDevices(roomBots []id.UserID) (devs []*Device, noKeys string) {
 	for _, b := range roomBots {
 		d := m.devices[b]
 		if d == nil {
 			continue
 		}
-		if problem := d.keyProblem(); problem != "" {
+		if problem := d.keyProblem(); problem != "" && !d.mayStillGetKeys() {
 			noKeys = problem
 			continue
 		}

@@ -216,3 +216,37 @@ func TestChooseModeRemembersAnUnansweredProbe(t *testing.T) {
 		t.Fatalf("with evidence recorded: %s (%s)", mode, why)
 	}
 }
+
+// A device whose keys are to come in transactions, the start's probe
+// unanswered, still counts for a room's decryption for keyDeliveryGrace
+// after start (events wait for their key, as for a late room key); after
+// that its problem is final, and a refusal (Synapse's /sync for the
+// sender) or a device with no way in is final at once.
+func TestKeyProblemGrace(t *testing.T) {
+	const bot = id.UserID("@bot:x")
+	for _, c := range []struct {
+		name            string
+		unanswered      bool
+		viaTransactions bool
+		age             time.Duration
+		counts          bool
+	}{
+		{"just started", true, true, time.Second, true},
+		{"after the grace", true, true, keyDeliveryGrace + time.Second, false},
+		{"no way in", true, false, time.Second, false},
+		{"refused, not unanswered", false, true, time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := &Device{UserID: bot, viaTransactions: c.viaTransactions}
+			d.noKeys.Store(&noKeys{why: "no keys", since: time.Now().Add(-c.age), unanswered: c.unanswered})
+			m := &Manager{devices: map[id.UserID]*Device{bot: d}, order: []id.UserID{bot}}
+			devs, why := m.roomDevices([]id.UserID{bot})
+			if got := len(devs) == 1; got != c.counts || (why != "") == c.counts {
+				t.Fatalf("devices %v, why %q; want the device to count: %v", devs, why, c.counts)
+			}
+			if got := m.KeyDelivery()[bot]; !strings.HasPrefix(got, "none: ") {
+				t.Fatalf("key delivery reported as %q while the problem lasts", got)
+			}
+		})
+	}
+}

@@ -108,20 +108,47 @@ type Device struct {
 	viaTransactions bool
 	// client: a client-mode bot's device, the device of its login.
 	client bool
-	// noKeys, if set, says why nothing has brought the device keys yet.
-	noKeys atomic.Pointer[string]
+	// noKeys, if set, says why nothing has brought the device keys yet,
+	// and since when.
+	noKeys atomic.Pointer[noKeys]
 	reused bool // the device existed before this start
 	// ServerKeys is what the homeserver said of the bot's own keys at
 	// start (one query for all bots): device keys, cross-signing keys.
 	ServerKeys *mautrix.RespQueryKeys
 }
 
+type noKeys struct {
+	why   string
+	since time.Time
+	// unanswered: the homeserver was expected to push the keys and did
+	// not within the start's probe, which a late push can still answer.
+	unanswered bool
+}
+
+func (d *Device) setKeyProblem(why string, unanswered bool) {
+	d.noKeys.Store(&noKeys{why: why, since: time.Now(), unanswered: unanswered})
+}
+
 // keyProblem says why the device gets no keys, or "".
 func (d *Device) keyProblem() string {
 	if p := d.noKeys.Load(); p != nil {
-		return *p
+		return p.why
 	}
 	return ""
+}
+
+// keyDeliveryGrace is how long after start a device whose keys are to come
+// in transactions, with the start's probe unanswered, is still expected to
+// get them: a homeserver can push the first to-device event a little after
+// the probe gave up waiting (seen with Synapse).
+const keyDeliveryGrace = 30 * time.Second
+
+// mayStillGetKeys reports whether the device's key problem is an
+// unanswered probe that a late transaction can still end (within
+// keyDeliveryGrace of the start).
+func (d *Device) mayStillGetKeys() bool {
+	p := d.noKeys.Load()
+	return p != nil && p.unanswered && d.viaTransactions && time.Since(p.since) < keyDeliveryGrace
 }
 
 // Manager holds the devices of all bots.
@@ -206,8 +233,7 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 			return nil
 		}
 		if unconfirmed {
-			problem := "no transaction has brought encryption keys yet: " + why
-			dev.noKeys.Store(&problem)
+			dev.setKeyProblem("no transaction has brought encryption keys yet: "+why, true)
 			dev.log.Warn().Str("why", why).Msg("This bot's device has not received encryption keys in transactions yet")
 		}
 		// Synapse refuses /sync to the appservice's sender user only; the
@@ -225,8 +251,7 @@ func (m *Manager) Start(ctx context.Context, versions *mautrix.RespVersions) (mo
 			// pushes them after all (a late probe), they are taken.
 			dev.viaTransactions = true
 			if !m.Transactions.has(FeatureToDevice, FeatureDeviceInfo) {
-				problem := err.Error()
-				dev.noKeys.Store(&problem)
+				dev.setKeyProblem(err.Error(), false)
 				dev.log.Error().Err(err).Msg("This bot's device cannot receive encryption keys")
 			}
 		}
