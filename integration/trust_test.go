@@ -591,16 +591,9 @@ func testRecoveryKeyRestore(t *testing.T, hs homeserver) {
 	if dev == firstDev {
 		t.Fatalf("device %s after losing the database, want a new one", dev)
 	}
-	knowsDevice(t, a, dev)
-	if tr := a.DeviceTrust(botID, dev); !tr.SignedByOwner {
-		t.Fatalf("alice sees the restored bot's device as %+v, want signed by its owner", tr)
-	}
 	// History: the bot quotes the message from before the loss, which
 	// only the backed-up room key can decrypt.
-	a.SendReply(room, "!tour quote", secret)
-	if m := a.WaitMessage(room, botID, wait); !strings.Contains(m.Body, `said "the secret of history"`) {
-		t.Fatalf("quote after restore: %+v, want the old message decrypted", m)
-	}
+	signedAndReadsHistory(t, a, dev, room, secret)
 
 	// A new device on request (device new): the old one signed out (on
 	// Synapse an MSC4190 device, deleted as the appservice; on Dendrite
@@ -618,14 +611,7 @@ func testRecoveryKeyRestore(t *testing.T, hs homeserver) {
 	if devs := userDevices(t, alice, botID); newDev == dev || devs[dev] != "" || devs[newDev] == "" {
 		t.Fatalf("after device new the bot has devices %v (old %s, new %s), want the new one and not the old", devs, dev, newDev)
 	}
-	knowsDevice(t, a, newDev)
-	if tr := a.DeviceTrust(botID, newDev); !tr.SignedByOwner {
-		t.Fatalf("alice sees the bot's new device as %+v, want signed by its owner", tr)
-	}
-	a.SendReply(room, "!tour quote", secret)
-	if m := a.WaitMessage(room, botID, wait); !strings.Contains(m.Body, `said "the secret of history"`) {
-		t.Fatalf("quote from the new device: %+v, want the old message decrypted", m)
-	}
+	signedAndReadsHistory(t, a, newDev, room, secret)
 
 	// A wrong key is refused, naming the problem.
 	if out, err := w.Bot.Run("recovery-key", "restore", botID); err == nil || !strings.Contains(out, "not a recovery key") {
@@ -651,6 +637,21 @@ func testRecoveryKeyRestore(t *testing.T, hs homeserver) {
 	w.Bot.WaitForLogs(t, wait, 2, "Created a server-side key backup")
 	if v := w.Bot.Metric(t, cross); v != 1 {
 		t.Fatalf("%s = %v after reset, want 1; log:\n%s", cross, v, w.Bot.LogTail(20))
+	}
+}
+
+// signedAndReadsHistory checks that the person sees the bot's device dev
+// signed by its owner, and that the bot, asked to quote the message
+// secret ("the secret of history"), can decrypt it.
+func signedAndReadsHistory(t *testing.T, p *peers.Peer, dev, room, secret string) {
+	t.Helper()
+	knowsDevice(t, p, dev)
+	if tr := p.DeviceTrust(botID, dev); !tr.SignedByOwner {
+		t.Fatalf("the person sees the bot's device %s as %+v, want signed by its owner", dev, tr)
+	}
+	p.SendReply(room, "!tour quote", secret)
+	if m := p.WaitMessage(room, botID, wait); !strings.Contains(m.Body, `said "the secret of history"`) {
+		t.Fatalf("quote by device %s: %+v, want the old message decrypted", dev, m)
 	}
 }
 
