@@ -106,14 +106,7 @@ func newFixture(t *testing.T) *fixture {
 	hs := newHomeserver()
 	srv := httptest.NewServer(hs)
 	t.Cleanup(srv.Close)
-	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	if err := st.Upgrade(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, "sqlite")
 	return &fixture{hs: hs, url: srv.URL, store: st, pickleKey: []byte("pickle key for the tests, 32 b")}
 }
 

@@ -33,14 +33,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, dbType string) *fixture {
 	t.Helper()
-	st, err := store.Open(storetest.Config(t, dbType), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Upgrade(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, dbType)
 	f := &fixture{st: st}
 	h := intake.New(intake.Options{
 		HSToken: hsToken, MaxBodyBytes: 64 << 10, Store: recorder{st, &f.notLeader}, Log: zerolog.Nop(),

@@ -69,14 +69,7 @@ func (s *syncServer) requests() []map[string]string {
 // bot has logged in as device DEV1 with token, and the bot's client.
 func loggedIn(t *testing.T, homeserverURL, token string) (*store.Store, *mautrix.Client) {
 	t.Helper()
-	st, err := store.Open(storetest.Config(t, "sqlite"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	if err := st.Upgrade(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, "sqlite")
 	if err := st.SaveLogin(context.Background(), syncBot, "DEV1", token); err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,10 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/rs/zerolog"
 
 	"github.com/opsbot/opsbot/appservice/config"
+	"github.com/opsbot/opsbot/appservice/store"
 )
 
 // DefaultPostgres is used when OPSBOT_TEST_POSTGRES is not set.
@@ -38,6 +40,21 @@ func Config(t testing.TB, dbType string) config.Database {
 	}
 	t.Fatalf("unknown database type %q", dbType)
 	return config.Database{}
+}
+
+// Open returns opsbot's store on a new database of the given type (Config),
+// with its schema in place, closed when the test ends.
+func Open(t testing.TB, dbType string) *store.Store {
+	t.Helper()
+	st, err := store.Open(Config(t, dbType), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.Upgrade(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // NewPostgresDB creates a uniquely named database and returns its URI.
