@@ -55,14 +55,13 @@ func RequestNewDevices(ctx context.Context, cfg *config.Config, bots []id.UserID
 // next one): left on the account, it would keep its keys with nobody
 // holding them.
 func (s *Service) replaceRequestedDevices(ctx context.Context) error {
-	pickleKey := []byte(s.Cfg.Encryption.PickleKey)
+	requested, err := e2ee.NewDevicesRequested(ctx, s.Store.DB)
+	if err != nil {
+		return err
+	}
 	for _, b := range s.Cfg.Bots {
 		bot := s.BotID(b.Localpart)
-		requested, err := e2ee.NewDeviceRequested(ctx, s.Store.DB, bot, pickleKey)
-		if err != nil {
-			return err
-		}
-		if !requested {
+		if !requested[bot] {
 			continue
 		}
 		log := s.Log.With().Str("component", "e2ee").Stringer("bot", bot).Logger()

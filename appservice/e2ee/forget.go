@@ -55,18 +55,27 @@ func RequestNewDevice(ctx context.Context, db *dbutil.Database, bot id.UserID, p
 	return device, nil
 }
 
-// NewDeviceRequested reports whether RequestNewDevice asked for a new
-// device that the bot does not have yet.
-func NewDeviceRequested(ctx context.Context, db *dbutil.Database, bot id.UserID, pickleKey []byte) (bool, error) {
+// NewDevicesRequested returns the bots for which RequestNewDevice asked a
+// new device that they do not have yet: one query at start for all bots
+// (the request's presence is what counts, so nothing is decrypted).
+func NewDevicesRequested(ctx context.Context, db *dbutil.Database) (map[id.UserID]bool, error) {
 	if exists, err := db.TableExists(ctx, "crypto_secrets"); err != nil || !exists {
-		return false, err
+		return nil, err
 	}
-	store := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(zerolog.Nop()), bot.String(), "", pickleKey)
-	requested, err := store.GetSecret(ctx, secretNewDevice)
+	rows, err := db.Query(ctx, `SELECT account_id FROM crypto_secrets WHERE name = $1`, string(secretNewDevice))
 	if err != nil {
-		return false, fmt.Errorf("reading whether %s is to get a new device (is the pickle key right?): %w", bot, err)
+		return nil, fmt.Errorf("reading which bots are to get a new device: %w", err)
 	}
-	return requested != "", nil
+	requested := map[id.UserID]bool{}
+	for rows.Next() {
+		var bot id.UserID
+		if err := rows.Scan(&bot); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		requested[bot] = true
+	}
+	return requested, rows.Err()
 }
 
 // ForgetDevice deletes what ties the bot to its encryption device: the

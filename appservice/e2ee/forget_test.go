@@ -62,20 +62,20 @@ func TestForgetDevice(t *testing.T) {
 				t.Fatalf("stored device: %q %q %v", dev, token, err)
 			}
 
-			if asked, err := NewDeviceRequested(ctx, db, bot, []byte(testPickleKey)); err != nil || asked {
+			if asked, err := NewDevicesRequested(ctx, db); err != nil || len(asked) != 0 {
 				t.Fatalf("a new device requested before anyone asked: %v %v", asked, err)
 			}
 			if dev, err := RequestNewDevice(ctx, db, bot, []byte(testPickleKey)); err != nil || dev != "DEVbot" {
 				t.Fatalf("requesting a new device: %q %v", dev, err)
 			}
-			if asked, err := NewDeviceRequested(ctx, db, bot, []byte(testPickleKey)); err != nil || !asked {
-				t.Fatalf("the request was not recorded: %v %v", asked, err)
+			if asked, err := NewDevicesRequested(ctx, db); err != nil || len(asked) != 1 || !asked[bot] {
+				t.Fatalf("the request was not recorded for the bot alone: %v %v", asked, err)
 			}
 
 			if err := ForgetDevice(ctx, db, bot); err != nil {
 				t.Fatal(err)
 			}
-			if asked, err := NewDeviceRequested(ctx, db, bot, []byte(testPickleKey)); err != nil || asked {
+			if asked, err := NewDevicesRequested(ctx, db); err != nil || len(asked) != 0 {
 				t.Fatalf("the request outlived the device it asked to replace: %v %v", asked, err)
 			}
 			count := func(table string, b id.UserID) int {
